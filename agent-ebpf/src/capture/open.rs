@@ -1,0 +1,103 @@
+//! File opens (open, openat, openat2, creat), read once at syscall exit: the arguments from the
+//! task's saved user registers, the result from the tracepoint. A relative path is sent with the
+//! components of its base directory (the cwd, or the directory `dirfd` refers to) so that the
+//! agent can make it absolute.
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user_str};
+use custos_agent_abi::{
+    OPEN_BASE_CWD, OPEN_BASE_DIRFD, OPEN_BASE_TRUNCATED, OPEN_BASE_UNKNOWN, OPEN_PATH_FAULT,
+    OPEN_PATH_TRUNCATED, Open, OpenSyscall, PATH_STR_MAX, ProbeError, RecordKind,
+};
+
+use crate::{
+    emit::{self, HEADER_SIZE},
+    globals::off,
+    kmem::{self, Fault},
+    path,
+    scope::Task,
+    task,
+};
+
+/// `AT_FDCWD`: a relative path is relative to the cwd.
+const AT_FDCWD: i32 = -100;
+
+/// An open's arguments, whatever the syscall.
+pub struct OpenArgs {
+    pub syscall: OpenSyscall,
+    pub dirfd: i32,
+    pub path: *const u8,
+    pub flags: u32,
+    pub mode: u32,
+}
+
+#[inline(always)]
+pub fn on_open(task: &Task, args: OpenArgs, ret: i64) {
+    let ids = task::ids(task);
+    let Some(buf) = emit::scratch() else {
+        return;
+    };
+    let mut flags = 0u16;
+    let area_offset = HEADER_SIZE + core::mem::size_of::<Open>();
+    let area = buf.wrapping_add(area_offset);
+    // SAFETY: area has PATH_STR_MAX bytes of room; the helper bounds the copy.
+    let copied = unsafe {
+        bpf_probe_read_user_str(
+            area as *mut c_void,
+            PATH_STR_MAX as u32,
+            args.path as *const c_void,
+        )
+    };
+    let path_len = if copied > 0 {
+        if copied as usize == PATH_STR_MAX {
+            flags |= OPEN_PATH_TRUNCATED;
+        }
+        (copied as usize - 1) & (PATH_STR_MAX - 1)
+    } else {
+        emit::count_error(ProbeError::UserRead);
+        flags |= OPEN_PATH_FAULT;
+        0
+    };
+    // SAFETY: area is inside the scratch buffer.
+    let first = unsafe { *area };
+    let mut base_len = 0usize;
+    if path_len > 0 && first != b'/' {
+        let relative_to_cwd = args.dirfd == AT_FDCWD
+            || matches!(args.syscall, OpenSyscall::Open | OpenSyscall::Creat);
+        let base = if relative_to_cwd {
+            flags |= OPEN_BASE_CWD;
+            kmem::read_ptr(task.ptr, off!(task_fs)).map(|fs| fs.wrapping_add(off!(fs_pwd)))
+        } else {
+            flags |= OPEN_BASE_DIRFD;
+            task::fd_file(task.ptr, args.dirfd as u64)
+                .map(|file| file.wrapping_add(off!(file_f_path)))
+        };
+        match base.and_then(|base| path::walk_path(base, area_offset, path_len)) {
+            Ok(walk) => {
+                if !walk.complete {
+                    flags |= OPEN_BASE_TRUNCATED;
+                }
+                base_len = walk.len;
+            }
+            Err(Fault) => flags |= OPEN_BASE_UNKNOWN,
+        }
+    }
+    emit::write_header(buf, RecordKind::Open, flags, &ids);
+    emit::write_payload(
+        buf,
+        Open {
+            ret,
+            flags: args.flags,
+            mode: args.mode,
+            dirfd: args.dirfd,
+            syscall: args.syscall as u16,
+            path_len: path_len as u16,
+            base_len: base_len as u16,
+            _pad: [0; 6],
+        },
+    );
+    emit::submit(
+        buf,
+        HEADER_SIZE + core::mem::size_of::<Open>() + path_len + base_len,
+        RecordKind::Open,
+        task.sessionid,
+    );
+}

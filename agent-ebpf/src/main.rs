@@ -1,0 +1,33 @@
+//! Custos's kernel side. The programs capture what happens in interactive login sessions and
+//! write it to one ring buffer as `custos-agent-abi` records; everything outside the capture scope
+//! leaves each program after a few instructions.
+//!
+//! Layout, along an event's path:
+//! - [`hooks`]: the attach points (one file per hook kind). Today: classic syscall tracepoints
+//!   and BTF tracepoints, the hooks every kernel from 5.8 allows. A cheaper backend for kernels
+//!   that allow fentry would be a sibling file calling the same capture functions.
+//! - [`capture`]: one module per event family (tty, exec, open, process), independent of how it
+//!   was hooked.
+//! - [`scope`]: the in-kernel filter (which tasks are captured at all).
+//! - [`task`], [`path`], [`kmem`]: reading kernel structures through the offsets the agent read
+//!   from BTF ([`globals`]).
+//! - [`emit`]: building records in a per-CPU scratch buffer, writing them to the ring buffer and
+//!   counting what did not fit.
+#![no_std]
+#![no_main]
+
+mod capture;
+mod emit;
+mod globals;
+mod hooks;
+mod kmem;
+mod path;
+mod scope;
+mod task;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Programs never panic: there is no unwinding in BPF and the verifier rejects unbounded code.
+    loop {}
+}

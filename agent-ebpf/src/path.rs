@@ -1,0 +1,117 @@
+//! Walking a `struct path` (vfsmount + dentry) up to the root, crossing mount points.
+//!
+//! Components are written leaf first, each NUL-terminated; the agent reverses them. This keeps
+//! the kernel side to forward writes at bounded offsets, which the verifier accepts. The walk is
+//! a global function ([`custos_walk_path`]) so that the verifier checks its loop once.
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_kernel_str};
+use custos_agent_abi::{MAX_PATH_DEPTH, NAME_MAX_NUL, PATH_AREA};
+
+use crate::{
+    emit,
+    globals::off,
+    kmem::{self, Fault},
+};
+
+/// Outcome of a walk: bytes written and whether the root was reached.
+pub struct Walk {
+    pub len: usize,
+    pub complete: bool,
+}
+
+/// Largest offset of a path area in the scratch buffer (header + payload).
+const AREA_OFFSET_MASK: u64 = 0xff;
+const COMPLETE: u64 = 1 << 32;
+const FAILED: u64 = u64::MAX;
+
+/// Walks the `struct path` at kernel address `path` into the scratch buffer's area at
+/// `area_offset`, from byte `start` of the area.
+#[inline(always)]
+pub fn walk_path(path: *const u8, area_offset: usize, start: usize) -> Result<Walk, Fault> {
+    let result = custos_walk_path(path as u64, area_offset as u64, start as u64);
+    if result == FAILED {
+        return Err(Fault);
+    }
+    Ok(Walk {
+        len: (result & 0xffff) as usize,
+        complete: result & COMPLETE != 0,
+    })
+}
+
+/// Returns the bytes written (low 32 bits) and [`COMPLETE`] when the root was reached, or
+/// [`FAILED`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn custos_walk_path(path: u64, area_offset: u64, start: u64) -> u64 {
+    let Some(buf) = emit::scratch() else {
+        return FAILED;
+    };
+    let area = buf.wrapping_add((area_offset & AREA_OFFSET_MASK) as usize);
+    let path = path as *const u8;
+    let Ok(vfsmount) = kmem::read_ptr(path, off!(path_mnt)) else {
+        return FAILED;
+    };
+    let Ok(dentry) = kmem::read_ptr(path, off!(path_dentry)) else {
+        return FAILED;
+    };
+    match walk(vfsmount, dentry, area, (start as usize) & (PATH_AREA - 1)) {
+        Ok(walk) => walk.len as u64 | if walk.complete { COMPLETE } else { 0 },
+        Err(Fault) => FAILED,
+    }
+}
+
+#[inline(always)]
+fn walk(
+    vfsmount: *const u8,
+    mut dentry: *const u8,
+    area: *mut u8,
+    start: usize,
+) -> Result<Walk, Fault> {
+    let mut mount = vfsmount.wrapping_sub(off!(mount_mnt));
+    let mut mnt_root = kmem::read_ptr(vfsmount, off!(vfsmount_mnt_root))?;
+    let mut pos = start;
+    for _ in 0..MAX_PATH_DEPTH {
+        if dentry == mnt_root {
+            let parent_mount = kmem::read_ptr(mount, off!(mount_mnt_parent))?;
+            if parent_mount == mount {
+                return Ok(Walk {
+                    len: pos - start,
+                    complete: true,
+                });
+            }
+            dentry = kmem::read_ptr(mount, off!(mount_mnt_mountpoint))?;
+            mount = parent_mount;
+            mnt_root = kmem::read_ptr(mount, off!(mount_mnt) + off!(vfsmount_mnt_root))?;
+            continue;
+        }
+        let parent = kmem::read_ptr(dentry, off!(dentry_d_parent))?;
+        if parent == dentry {
+            // The root of a filesystem that is not mounted here (a detached mount).
+            return Ok(Walk {
+                len: pos - start,
+                complete: true,
+            });
+        }
+        if pos > PATH_AREA - NAME_MAX_NUL {
+            break;
+        }
+        let name = kmem::read_ptr(dentry, off!(dentry_d_name) + off!(qstr_name))?;
+        // SAFETY: the destination is inside the area (offset masked below PATH_AREA, the area is
+        // PATH_AREA + NAME_MAX_NUL long) and the helper bounds the copy by NAME_MAX_NUL.
+        let copied = unsafe {
+            bpf_probe_read_kernel_str(
+                area.add(pos & (PATH_AREA - 1)) as *mut c_void,
+                NAME_MAX_NUL as u32,
+                name as *const c_void,
+            )
+        };
+        if copied <= 0 {
+            return Err(Fault);
+        }
+        pos += copied as usize;
+        dentry = parent;
+    }
+    Ok(Walk {
+        len: pos - start,
+        complete: false,
+    })
+}

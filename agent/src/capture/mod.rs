@@ -1,0 +1,161 @@
+//! Capture: from the kernel's ring buffer to [`Capture`] messages for the session tracker.
+//!
+//! - [`decode`]: ring buffer bytes to typed records;
+//! - [`assemble`]: records to event bodies (argv joined to its exec, absolute paths);
+//! - [`drops`]: the kernel's loss counters, turned into per-session loss reports.
+pub mod assemble;
+pub mod decode;
+pub mod drops;
+
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, watch},
+};
+use tracing::warn;
+
+pub use self::{assemble::Captured, drops::SessionLoss};
+use self::{assemble::Assembler, drops::DropMonitor};
+
+/// What capture hands to the session tracker.
+#[derive(Debug)]
+pub enum Capture {
+    Event(Captured),
+    Loss(SessionLoss),
+}
+
+/// Counts of what the reader saw.
+#[derive(Debug, Default, Clone)]
+pub struct ReaderStats {
+    pub records: u64,
+    pub undecodable: u64,
+}
+
+/// Reads the ring buffer until `stop` turns true, then drains what is left in it.
+pub async fn read_ring(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Capture>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<ReaderStats> {
+    // SAFETY: the ring buffer owns its file descriptor, which stays open as long as the AsyncFd
+    // that owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)?;
+    let mut assembler = Assembler::default();
+    let mut stats = ReaderStats::default();
+    let mut stale = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut assembler, &tx, &mut stats).await;
+                guard.clear_ready();
+            }
+            _ = stale.tick() => {
+                let mut out = Vec::new();
+                assembler.flush_stale(boot_now_ns(), &mut out);
+                if !send(&tx, out).await {
+                    return Ok(stats);
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drain(ring.get_mut(), &mut assembler, &tx, &mut stats).await;
+    let mut out = Vec::new();
+    assembler.flush_all(&mut out);
+    send(&tx, out).await;
+    Ok(stats)
+}
+
+/// Sends captured events on; false when the tracker is gone.
+async fn send(tx: &mpsc::Sender<Capture>, events: Vec<Captured>) -> bool {
+    for captured in events {
+        if tx.send(Capture::Event(captured)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn drain(
+    ring: &mut RingBuf<MapData>,
+    assembler: &mut Assembler,
+    tx: &mpsc::Sender<Capture>,
+    stats: &mut ReaderStats,
+) {
+    loop {
+        // The item borrows the ring: decode it before awaiting the send.
+        let record = {
+            let Some(item) = ring.next() else {
+                break;
+            };
+            stats.records += 1;
+            decode::decode(&item)
+        };
+        match record {
+            Ok(record) => {
+                let mut out = Vec::new();
+                assembler.push(record, &mut out);
+                if !send(tx, out).await {
+                    return;
+                }
+            }
+            Err(err) => {
+                stats.undecodable += 1;
+                warn!(error = %err, "undecodable kernel record");
+            }
+        }
+    }
+}
+
+/// Polls the kernel's loss counters every `period` until `stop`, then once more.
+pub async fn watch_losses(
+    mut monitor: DropMonitor,
+    tx: mpsc::Sender<Capture>,
+    mut stop: watch::Receiver<bool>,
+    period: Duration,
+) -> DropMonitor {
+    let mut tick = tokio::time::interval(period);
+    let mut last_errors = Vec::new();
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        for loss in monitor.poll() {
+            if tx.send(Capture::Loss(loss)).await.is_err() {
+                return monitor;
+            }
+        }
+        let counters = monitor.counters();
+        if counters.errors != last_errors {
+            for (error, count) in &counters.errors {
+                if *count > 0 {
+                    warn!(kind = error.name(), count, "kernel-side read failures");
+                }
+            }
+            last_errors = counters.errors;
+        }
+        if stopping {
+            return monitor;
+        }
+    }
+}
+
+/// `CLOCK_BOOTTIME` now, the clock of the records' timestamps.
+pub fn boot_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
+pub fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and out pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
