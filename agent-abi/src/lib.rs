@@ -148,7 +148,9 @@ pub struct TtyData {
     pub uncaptured: u64,
     /// The terminal's termios `c_lflag` when the bytes were written (input only).
     pub lflag: u32,
-    pub _pad: u32,
+    /// The terminal's termios `c_oflag` when the bytes were written (output only): the agent
+    /// applies its output processing (ONLCR...) to record what the screen showed.
+    pub oflag: u32,
 }
 
 /// Keystrokes written to a pty master while the slave had ICANON on and ECHO off.
@@ -389,6 +391,8 @@ pub struct KernelOffsets {
     pub tty_link: u32,
     /// Offset of `c_lflag` inside `struct tty_struct` (termios embedded).
     pub tty_termios_lflag: u32,
+    /// Offset of `c_oflag` inside `struct tty_struct`.
+    pub tty_termios_oflag: u32,
     pub tty_driver_major: u32,
     pub tty_driver_minor_start: u32,
     pub tty_file_private_tty: u32,

@@ -137,7 +137,12 @@ pub extern "C" fn custos_send_piece(src: u64, len: u64, offset: u64, flags: u64)
         }
         (*header).flags = flags as u16;
         (*header).ts_boot_ns = bpf_ktime_get_boot_ns();
-        submit(buf, HEADER_SIZE + payload_size + n as usize, kind, sessionid);
+        submit(
+            buf,
+            HEADER_SIZE + payload_size + n as usize,
+            kind,
+            sessionid,
+        );
         n as i64
     }
 }
@@ -153,7 +158,7 @@ fn count_drop(kind: RecordKind, bytes: u64, sessionid: u32) {
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    match SESSION_DROPS.get_ptr_mut(&sessionid) {
+    match SESSION_DROPS.get_ptr_mut(sessionid) {
         Some(drops) => {
             // SAFETY: per-CPU value of this CPU.
             unsafe {
@@ -172,7 +177,7 @@ fn count_drop(kind: RecordKind, bytes: u64, sessionid: u32) {
                 first_ts: now,
                 last_ts: now,
             };
-            let _ = SESSION_DROPS.insert(&sessionid, &drops, 0);
+            let _ = SESSION_DROPS.insert(sessionid, drops, 0);
         }
     }
 }

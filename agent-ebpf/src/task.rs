@@ -22,7 +22,7 @@ pub fn ids(task: &Task) -> TaskIds {
     let parent: *const u8 = kmem::read_or_zero(task.ptr, off!(task_real_parent));
     let signal: *const u8 = kmem::read_or_zero(task.ptr, off!(task_signal));
     let tty: *const u8 = kmem::read_or_zero(signal, off!(signal_tty));
-    let ids = TaskIds {
+    TaskIds {
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
         ppid: kmem::read_or_zero(parent, off!(task_tgid)),
@@ -34,8 +34,7 @@ pub fn ids(task: &Task) -> TaskIds {
         tty: tty_dev_or_zero(tty),
         _pad: 0,
         comm: current_comm(),
-    };
-    ids
+    }
 }
 
 /// The current task's comm. Written by the helper in full (NUL-padded, or zeros on failure),

@@ -33,7 +33,8 @@ pub enum Scope {
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     pub scope: Scope,
-    /// Kernel ring buffer between the programs and the agent. A power of two, 16 KiB to 1 GiB.
+    /// Kernel ring buffer between the programs and the agent. A power of two, 64 KiB to 1 GiB
+    /// (the largest record is a little over 16 KiB).
     pub ring_buffer_size: ByteSize,
     /// Most argv bytes recorded per exec; longer ones are marked truncated with their length.
     pub argv_max: ByteSize,
@@ -93,21 +94,23 @@ impl Config {
             path: path.to_owned(),
             message: one_line(text, &err),
         })?;
-        config.validate().map_err(|(key, reason)| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            reason,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                reason,
+            })?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let capture = &self.capture;
         let ring = capture.ring_buffer_size.as_u64();
-        if !ring.is_power_of_two() || !(16 * 1024..=1024 * 1024 * 1024).contains(&ring) {
+        if !ring.is_power_of_two() || !(64 * 1024..=1024 * 1024 * 1024).contains(&ring) {
             return Err((
                 "capture.ring_buffer_size",
-                format!("must be a power of two from 16 KiB to 1 GiB, not {ring} bytes"),
+                format!("must be a power of two from 64 KiB to 1 GiB, not {ring} bytes"),
             ));
         }
         for (key, value) in [
@@ -126,16 +129,29 @@ impl Config {
     }
 }
 
-/// toml's messages span several lines (a source excerpt); ops get one: the line number, the
-/// offending line (which names the key) and the reason.
+/// toml's messages span several lines (a source excerpt); ops get one: the key (with its
+/// table), the reason and the line.
 pub fn one_line(text: &str, err: &toml::de::Error) -> String {
     let message = err.message().trim().replace('\n', " ");
     let Some(span) = err.span() else {
         return message;
     };
     let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-    format!("line {line_no} `{line}`: {message}")
+    let lines: Vec<&str> = text.lines().collect();
+    let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
+    let table = lines[..line_no.saturating_sub(1).min(lines.len())]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    match (line.split_once('='), table) {
+        (Some((key, _)), Some(table)) => {
+            format!("{table}.{}: {message} (line {line_no})", key.trim())
+        }
+        (Some((key, _)), None) => format!("{}: {message} (line {line_no})", key.trim()),
+        _ => format!("{message} (line {line_no}: `{line}`)"),
+    }
 }
 
 #[cfg(test)]
@@ -167,10 +183,12 @@ mod tests {
         let err = parse("[capture]\nring_buffer_size = \"3 MiB\"\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "config agent.toml: capture.ring_buffer_size: must be a power of two from 16 KiB to \
+            "config agent.toml: capture.ring_buffer_size: must be a power of two from 64 KiB to \
              1 GiB, not 3145728 bytes"
         );
-        let err = parse("[capture]\nscope = \"everyone\"\n").unwrap_err().to_string();
+        let err = parse("[capture]\nscope = \"everyone\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("capture.scope"), "{err}");
         assert!(!err.contains('\n'), "{err}");
         let err = parse("[capture]\nargv_maxx = 1\n").unwrap_err().to_string();

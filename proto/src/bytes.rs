@@ -184,7 +184,10 @@ mod tests {
     fn invalid_utf8_round_trips_through_the_escaped_form() {
         let value = ByteString(b"a\\b\xff\xfe c\x1b[0m\xe2\x82".to_vec());
         let json = serde_json::to_string(&value).unwrap();
-        assert_eq!(json, r#"{"escaped":"a\\\\b\\xff\\xfe c\u001b[0m\\xe2\\x82"}"#);
+        assert_eq!(
+            json,
+            r#"{"escaped":"a\\\\b\\xff\\xfe c\u001b[0m\\xe2\\x82"}"#
+        );
         assert_eq!(serde_json::from_str::<ByteString>(&json).unwrap(), value);
     }
 

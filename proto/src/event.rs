@@ -335,7 +335,10 @@ mod tests {
     fn json_round_trip() {
         let event = sample();
         let json = serde_json::to_string(&event).unwrap();
-        assert!(json.contains(r#""event":{"type":"exec","filename":"/usr/bin/ls""#), "{json}");
+        assert!(
+            json.contains(r#""event":{"type":"exec","filename":"/usr/bin/ls""#),
+            "{json}"
+        );
         assert!(json.contains(r#""time":"2023-11-14T22:13:20Z""#), "{json}");
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
     }

@@ -5,17 +5,23 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// A process or thread id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Pid(pub u32);
 
 /// A user id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Uid(pub u32);
 
 /// A group id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Gid(pub u32);
 
@@ -50,7 +56,9 @@ impl fmt::Display for BootId {
 
 /// Position of an event in its session's stream, from 1, assigned by the agent. Consecutive
 /// unless a gap record says why not.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
@@ -155,7 +163,13 @@ mod tests {
         assert_eq!(Tty::from_parts(137, 1).name(), "pts/257");
         assert_eq!(Tty::from_parts(4, 1).name(), "tty1");
         assert_eq!(Tty::from_parts(4, 64).name(), "ttyS0");
-        assert_eq!(serde_json::to_string(&Tty::from_parts(136, 3)).unwrap(), "\"136:3\"");
-        assert_eq!(serde_json::from_str::<Tty>("\"136:3\"").unwrap(), Tty::from_parts(136, 3));
+        assert_eq!(
+            serde_json::to_string(&Tty::from_parts(136, 3)).unwrap(),
+            "\"136:3\""
+        );
+        assert_eq!(
+            serde_json::from_str::<Tty>("\"136:3\"").unwrap(),
+            Tty::from_parts(136, 3)
+        );
     }
 }

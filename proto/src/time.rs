@@ -33,7 +33,11 @@ impl Timestamp {
 
 impl From<jiff::Timestamp> for Timestamp {
     fn from(value: jiff::Timestamp) -> Self {
-        Self(value.as_nanosecond().clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+        Self(
+            value
+                .as_nanosecond()
+                .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
+        )
     }
 }
 
@@ -88,7 +92,8 @@ impl<'de> Deserialize<'de> for Timestamp {
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                v.parse().map_err(|err| E::custom(format!("bad time {v:?}: {err}")))
+                v.parse()
+                    .map_err(|err| E::custom(format!("bad time {v:?}: {err}")))
             }
         }
         deserializer.deserialize_any(Visitor)

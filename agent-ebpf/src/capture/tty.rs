@@ -5,8 +5,8 @@
 //! silently cut. Keystrokes typed while the slave has ICANON on and
 //! ECHO off (a password prompt) are replaced by a [`TtySuppressed`] marker when configured.
 use custos_agent_abi::{
-    CHUNK_MAX, MAX_CHUNKS, MAX_IOVECS, ProbeError, RecordKind, SETTING_SUPPRESS_ECHO_OFF_INPUT, TTY_INPUT,
-    TaskIds, TtyData, TtySuppressed, dev_split, tty_major,
+    CHUNK_MAX, MAX_CHUNKS, MAX_IOVECS, ProbeError, RecordKind, SETTING_SUPPRESS_ECHO_OFF_INPUT,
+    TTY_INPUT, TaskIds, TtyData, TtySuppressed, dev_split, tty_major,
 };
 
 use crate::{
@@ -29,7 +29,7 @@ pub enum Source {
 }
 
 enum Direction {
-    Output,
+    Output { oflag: u32 },
     Input { lflag: u32 },
 }
 
@@ -43,8 +43,8 @@ pub fn on_write(task: &Task, fd: u64, source: Source, written: u64) {
     let Some(buf) = emit::scratch() else {
         return;
     };
-    let (flags, lflag) = match direction {
-        Direction::Output => (0, 0),
+    let (flags, lflag, oflag) = match direction {
+        Direction::Output { oflag } => (0, 0, oflag),
         Direction::Input { lflag } => {
             if setting!(flags) & SETTING_SUPPRESS_ECHO_OFF_INPUT != 0
                 && lflag & ICANON != 0
@@ -67,10 +67,19 @@ pub fn on_write(task: &Task, fd: u64, source: Source, written: u64) {
                 );
                 return;
             }
-            (TTY_INPUT, lflag)
+            (TTY_INPUT, lflag, 0)
         }
     };
-    capture(task, &ids, buf, flags, tty, lflag, source, written);
+    let target = Target {
+        task,
+        ids: &ids,
+        buf,
+        flags,
+        tty,
+        lflag,
+        oflag,
+    };
+    capture(&target, source, written);
 }
 
 /// Is `fd` a terminal, and which one, and which side?
@@ -96,36 +105,42 @@ fn classify(task: *const u8, fd: u64) -> Result<Option<(u32, Direction)>, Fault>
         let lflag: u32 = kmem::read(slave, off!(tty_termios_lflag))?;
         Ok(Some((task::tty_dev(slave)?, Direction::Input { lflag })))
     } else {
-        Ok(Some((task::tty_dev(tty)?, Direction::Output)))
+        let oflag: u32 = kmem::read(tty, off!(tty_termios_oflag))?;
+        Ok(Some((task::tty_dev(tty)?, Direction::Output { oflag })))
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn capture(
-    task: &Task,
-    ids: &TaskIds,
+/// Who wrote to which terminal, for every record of one write.
+struct Target<'a> {
+    task: &'a Task,
+    ids: &'a TaskIds,
     buf: *mut u8,
     flags: u16,
     tty: u32,
     lflag: u32,
-    source: Source,
-    written: u64,
-) {
-    // The header and the fields every piece shares; custos_send_piece fills in the rest.
-    emit::write_header(buf, RecordKind::TtyData, flags, ids);
-    emit::write_payload(
-        buf,
+    oflag: u32,
+}
+
+impl Target<'_> {
+    fn payload(&self, written: u64, offset: u64, uncaptured: u64) -> TtyData {
         TtyData {
-            tty,
+            tty: self.tty,
             len: 0,
             write_len: written,
-            offset: 0,
-            uncaptured: 0,
-            lflag,
-            _pad: 0,
-        },
-    );
+            offset,
+            uncaptured,
+            lflag: self.lflag,
+            oflag: self.oflag,
+        }
+    }
+}
+
+#[inline(always)]
+fn capture(target: &Target, source: Source, written: u64) {
+    let (buf, flags) = (target.buf, target.flags);
+    // The header and the fields every piece shares; custos_send_piece fills in the rest.
+    emit::write_header(buf, RecordKind::TtyData, flags, target.ids);
+    emit::write_payload(buf, target.payload(written, 0, 0));
     let limit = setting!(tty_write_max) as u64;
     let total = if written < limit { written } else { limit };
     let mut captured = 0u64;
@@ -172,24 +187,13 @@ fn capture(
     }
     if captured < written {
         // What was not captured is reported, as a last record without data.
-        emit::write_header(buf, RecordKind::TtyData, flags, ids);
-        emit::write_payload(
-            buf,
-            TtyData {
-                tty,
-                len: 0,
-                write_len: written,
-                offset: captured,
-                uncaptured: written - captured,
-                lflag,
-                _pad: 0,
-            },
-        );
+        emit::write_header(buf, RecordKind::TtyData, flags, target.ids);
+        emit::write_payload(buf, target.payload(written, captured, written - captured));
         emit::submit(
             buf,
             HEADER_SIZE + core::mem::size_of::<TtyData>(),
             RecordKind::TtyData,
-            task.sessionid,
+            target.task.sessionid,
         );
     }
 }

@@ -82,7 +82,12 @@ pub fn sys_exit_writev(ctx: TracePointContext) {
     let fd = exit.arg(off!(pt_regs_di));
     let iov = exit.arg(off!(pt_regs_si)) as *const u8;
     let count = exit.arg(off!(pt_regs_dx));
-    tty::on_write(&exit.task, fd, Source::Iovecs { iov, count }, exit.ret as u64);
+    tty::on_write(
+        &exit.task,
+        fd,
+        Source::Iovecs { iov, count },
+        exit.ret as u64,
+    );
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]

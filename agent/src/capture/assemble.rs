@@ -22,6 +22,27 @@ pub struct Captured {
 }
 
 const ECHO: u32 = 0o10;
+const OPOST: u32 = 0o1;
+const ONLCR: u32 = 0o4;
+const OCRNL: u32 = 0o10;
+
+/// Bytes a program wrote to a terminal, as the terminal's output processing passed them to the
+/// screen: with OPOST and ONLCR (the default) a newline becomes carriage return + newline; with
+/// OCRNL a carriage return becomes a newline.
+pub fn as_displayed(data: Vec<u8>, oflag: u32) -> Vec<u8> {
+    if oflag & OPOST == 0 || oflag & (ONLCR | OCRNL) == 0 {
+        return data;
+    }
+    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
+    for byte in data {
+        match byte {
+            b'\n' if oflag & ONLCR != 0 => out.extend_from_slice(b"\r\n"),
+            b'\r' if oflag & OCRNL != 0 => out.push(b'\n'),
+            other => out.push(other),
+        }
+    }
+    out
+}
 /// An exec whose argv pieces stop coming (a piece was lost) is sent this long after its record.
 const PENDING_EXEC_TTL_NS: u64 = 1_000_000_000;
 
@@ -74,10 +95,10 @@ impl Assembler {
                     pending.broken = true;
                 }
                 pending.argv.extend_from_slice(&data);
-                if fault || pending.argv.len() >= pending.wanted {
-                    if let Some(pending) = self.pending.remove(&tid) {
-                        out.push(pending.finish());
-                    }
+                if (fault || pending.argv.len() >= pending.wanted)
+                    && let Some(pending) = self.pending.remove(&tid)
+                {
+                    out.push(pending.finish());
                 }
             }
             return;
@@ -92,6 +113,7 @@ impl Assembler {
                 tty,
                 input,
                 lflag,
+                oflag,
                 uncaptured,
                 data,
             } => {
@@ -106,7 +128,7 @@ impl Assembler {
                 } else {
                     EventBody::Output(event::Output {
                         tty,
-                        data: ByteString(data),
+                        data: ByteString(as_displayed(data, oflag)),
                         uncaptured,
                     })
                 }
@@ -132,8 +154,7 @@ impl Assembler {
                         argv_len: u64::from(argv_len),
                         argv_truncated: flags & (EXEC_ARGV_TRUNCATED | EXEC_ARGV_FAULT) != 0,
                         cwd: ByteString(components_to_path(&cwd)),
-                        cwd_truncated: flags & (EXEC_CWD_TRUNCATED | EXEC_FILENAME_TRUNCATED)
-                            != 0,
+                        cwd_truncated: flags & (EXEC_CWD_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0,
                     }),
                 };
                 if argv_wanted == 0 {
@@ -159,10 +180,8 @@ impl Assembler {
                 path,
                 base,
             } => {
-                let incomplete_flags = OPEN_PATH_TRUNCATED
-                    | OPEN_PATH_FAULT
-                    | OPEN_BASE_TRUNCATED
-                    | OPEN_BASE_UNKNOWN;
+                let incomplete_flags =
+                    OPEN_PATH_TRUNCATED | OPEN_PATH_FAULT | OPEN_BASE_TRUNCATED | OPEN_BASE_UNKNOWN;
                 let absolute = if path.first() == Some(&b'/') {
                     normalize(&path)
                 } else if flags & OPEN_BASE_UNKNOWN != 0 || path.is_empty() {
@@ -173,7 +192,7 @@ impl Assembler {
                     joined.extend_from_slice(&path);
                     normalize(&joined)
                 };
-                let requested = (absolute != path).then(|| ByteString(path));
+                let requested = (absolute != path).then_some(ByteString(path));
                 let (fd, errno) = if ret >= 0 {
                     (Some(ret as i32), None)
                 } else {
@@ -209,7 +228,9 @@ impl Assembler {
         let stale: Vec<u32> = self
             .pending
             .iter()
-            .filter(|(_, p)| now_boot_ns.saturating_sub(p.captured.ts_boot_ns) >= PENDING_EXEC_TTL_NS)
+            .filter(|(_, p)| {
+                now_boot_ns.saturating_sub(p.captured.ts_boot_ns) >= PENDING_EXEC_TTL_NS
+            })
             .map(|(tid, _)| *tid)
             .collect();
         for tid in stale {
@@ -301,7 +322,14 @@ mod tests {
             base_len: base.len() as u16,
             _pad: [0; 6],
         };
-        decode(&record(RecordKind::Open, flags, TaskIds::default(), &payload, &[path, base])).unwrap()
+        decode(&record(
+            RecordKind::Open,
+            flags,
+            TaskIds::default(),
+            &payload,
+            &[path, base],
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -338,7 +366,14 @@ mod tests {
             offset,
             len: data.len() as u32,
         };
-        decode(&record(RecordKind::ExecArgv, flags, TaskIds::default(), &payload, &[data])).unwrap()
+        decode(&record(
+            RecordKind::ExecArgv,
+            flags,
+            TaskIds::default(),
+            &payload,
+            &[data],
+        ))
+        .unwrap()
     }
 
     fn exec(argv_wanted: u32, flags: u16) -> Record {
@@ -349,7 +384,14 @@ mod tests {
             cwd_len: 0,
             old_pid: 0,
         };
-        decode(&record(RecordKind::Exec, flags, TaskIds::default(), &payload, &[b"/bin/cat", b""])).unwrap()
+        decode(&record(
+            RecordKind::Exec,
+            flags,
+            TaskIds::default(),
+            &payload,
+            &[b"/bin/cat", b""],
+        ))
+        .unwrap()
     }
 
     fn exec_body(captured: Captured) -> event::Exec {
@@ -368,7 +410,10 @@ mod tests {
         assert!(out.is_empty());
         assembler.push(argv_piece(11, b"stname\0", 0), &mut out);
         let exec = exec_body(out.remove(0));
-        assert_eq!(exec.argv, vec![ByteString::from("cat"), ByteString::from("/etc/hostname")]);
+        assert_eq!(
+            exec.argv,
+            vec![ByteString::from("cat"), ByteString::from("/etc/hostname")]
+        );
         assert!(!exec.argv_truncated);
         assert_eq!(exec.cwd.as_bytes(), b"/");
     }
@@ -377,7 +422,8 @@ mod tests {
     fn a_lost_or_failed_piece_marks_argv_truncated() {
         let mut assembler = Assembler::default();
         let mut out = Vec::new();
-        assembler.push(exec(22, 0), &mut out);
+        // A piece lost between two that arrived: the offsets do not meet.
+        assembler.push(exec(13, 0), &mut out);
         assembler.push(argv_piece(0, b"cat\0/etc/ho", 0), &mut out);
         assembler.push(argv_piece(20, b"x\0", 0), &mut out);
         assert!(exec_body(out.remove(0)).argv_truncated);
@@ -392,10 +438,19 @@ mod tests {
         assembler.push(open_record(b"/x", b"", 3, 0), &mut out);
         assert_eq!(out.len(), 2);
         assert!(exec_body(out.remove(0)).argv_truncated);
+        out.clear();
 
         assembler.push(exec(22, 0), &mut out);
         assembler.flush_stale(u64::MAX, &mut out);
         assert!(exec_body(out.remove(0)).argv_truncated);
+    }
+
+    #[test]
+    fn output_processing() {
+        assert_eq!(as_displayed(b"a\nb\r".to_vec(), OPOST | ONLCR), b"a\r\nb\r");
+        assert_eq!(as_displayed(b"a\nb\r".to_vec(), ONLCR), b"a\nb\r");
+        assert_eq!(as_displayed(b"a\rb".to_vec(), OPOST | OCRNL), b"a\nb");
+        assert_eq!(as_displayed(b"a\nb".to_vec(), 0), b"a\nb");
     }
 
     #[test]
@@ -404,11 +459,21 @@ mod tests {
         assert_eq!(components_to_path(b"c\0b\0a\0"), b"/a/b/c");
         assert_eq!(normalize(b"//a/./b/../c/"), b"/a/c");
         assert_eq!(normalize(b"/.."), b"/");
-        assert_eq!(split_argv(b"ls\0-l\0"), vec![ByteString::from("ls"), ByteString::from("-l")]);
+        assert_eq!(
+            split_argv(b"ls\0-l\0"),
+            vec![ByteString::from("ls"), ByteString::from("-l")]
+        );
         assert_eq!(
             split_argv(b"ls\0-l\0\0"),
-            vec![ByteString::from("ls"), ByteString::from("-l"), ByteString::from("")]
+            vec![
+                ByteString::from("ls"),
+                ByteString::from("-l"),
+                ByteString::from("")
+            ]
         );
-        assert_eq!(split_argv(b"ls\0--col"), vec![ByteString::from("ls"), ByteString::from("--col")]);
+        assert_eq!(
+            split_argv(b"ls\0--col"),
+            vec![ByteString::from("ls"), ByteString::from("--col")]
+        );
     }
 }

@@ -1,7 +1,5 @@
 //! Ring buffer bytes to typed [`Record`]s, checking every length against the ABI.
-use custos_agent_abi::{
-    self as abi, RecordHeader, RecordKind, TTY_INPUT, TaskIds,
-};
+use custos_agent_abi::{self as abi, RecordHeader, RecordKind, TTY_INPUT, TaskIds};
 
 /// One record from the kernel.
 #[derive(Clone, Debug)]
@@ -18,6 +16,7 @@ pub enum RecordBody {
         tty: u32,
         input: bool,
         lflag: u32,
+        oflag: u32,
         uncaptured: u64,
         data: Vec<u8>,
     },
@@ -114,13 +113,15 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 tty: p.tty,
                 input: header.flags & TTY_INPUT != 0,
                 lflag: p.lflag,
+                oflag: p.oflag,
                 uncaptured: p.uncaptured,
                 data: parts.remove(0),
             }
         }
         RecordKind::TtySuppressed => {
-            let p: abi::TtySuppressed = read(payload(std::mem::size_of::<abi::TtySuppressed>())?, 0)
-                .ok_or(DecodeError::Short(0))?;
+            let p: abi::TtySuppressed =
+                read(payload(std::mem::size_of::<abi::TtySuppressed>())?, 0)
+                    .ok_or(DecodeError::Short(0))?;
             RecordBody::TtySuppressed {
                 tty: p.tty,
                 bytes: p.bytes,
@@ -167,15 +168,15 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             }
         }
         RecordKind::Fork => {
-            let p: abi::Fork = read(payload(std::mem::size_of::<abi::Fork>())?, 0)
-                .ok_or(DecodeError::Short(0))?;
+            let p: abi::Fork =
+                read(payload(std::mem::size_of::<abi::Fork>())?, 0).ok_or(DecodeError::Short(0))?;
             RecordBody::Fork {
                 child_pid: p.child_pid,
             }
         }
         RecordKind::Exit => {
-            let p: abi::Exit = read(payload(std::mem::size_of::<abi::Exit>())?, 0)
-                .ok_or(DecodeError::Short(0))?;
+            let p: abi::Exit =
+                read(payload(std::mem::size_of::<abi::Exit>())?, 0).ok_or(DecodeError::Short(0))?;
             RecordBody::Exit { status: p.status }
         }
     };
@@ -198,7 +199,13 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn record<P>(kind: RecordKind, flags: u16, task: TaskIds, payload: &P, var: &[&[u8]]) -> Vec<u8> {
+    pub fn record<P>(
+        kind: RecordKind,
+        flags: u16,
+        task: TaskIds,
+        payload: &P,
+        var: &[&[u8]],
+    ) -> Vec<u8> {
         let header = RecordHeader {
             kind: kind as u16,
             flags,
@@ -226,10 +233,18 @@ pub(crate) mod tests {
             base_len: 4,
             _pad: [0; 6],
         };
-        let bytes = record(RecordKind::Open, 0, TaskIds::default(), &payload, &[b"a/b/c", b"tmp\0"]);
+        let bytes = record(
+            RecordKind::Open,
+            0,
+            TaskIds::default(),
+            &payload,
+            &[b"a/b/c", b"tmp\0"],
+        );
         let record = decode(&bytes).unwrap();
         match record.body {
-            RecordBody::Open { ret, path, base, .. } => {
+            RecordBody::Open {
+                ret, path, base, ..
+            } => {
                 assert_eq!(ret, -2);
                 assert_eq!(path, b"a/b/c");
                 assert_eq!(base, b"tmp\0");
@@ -240,8 +255,17 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_lengths_beyond_the_record() {
-        let payload = abi::ExecArgv { offset: 0, len: 100 };
-        let bytes = record(RecordKind::ExecArgv, 0, TaskIds::default(), &payload, &[b"short"]);
+        let payload = abi::ExecArgv {
+            offset: 0,
+            len: 100,
+        };
+        let bytes = record(
+            RecordKind::ExecArgv,
+            0,
+            TaskIds::default(),
+            &payload,
+            &[b"short"],
+        );
         assert_eq!(
             decode(&bytes).unwrap_err(),
             DecodeError::BadLength { kind: "exec_argv" }

@@ -70,7 +70,8 @@ impl DropMonitor {
             *previous = current;
         }
         // Sessions the kernel map evicted will not be reported again.
-        self.reported.retain(|sessionid, _| seen.contains(sessionid));
+        self.reported
+            .retain(|sessionid, _| seen.contains(sessionid));
         losses
     }
 
@@ -79,10 +80,12 @@ impl DropMonitor {
         let mut counters = KernelCounters::default();
         for kind in RecordKind::ALL {
             if let Ok(values) = self.drops.get(&(kind as u32), 0) {
-                let total = values.iter().fold(DropCount::default(), |acc, v| DropCount {
-                    records: acc.records + v.records,
-                    bytes: acc.bytes + v.bytes,
-                });
+                let total = values
+                    .iter()
+                    .fold(DropCount::default(), |acc, v| DropCount {
+                        records: acc.records + v.records,
+                        bytes: acc.bytes + v.bytes,
+                    });
                 counters.dropped.push((kind, total));
             }
         }
@@ -96,7 +99,11 @@ impl DropMonitor {
 }
 
 /// Compares one session's per-CPU counters with what was reported before.
-fn new_losses(sessionid: u32, previous: &[SessionDrops], current: &[SessionDrops]) -> Option<SessionLoss> {
+fn new_losses(
+    sessionid: u32,
+    previous: &[SessionDrops],
+    current: &[SessionDrops],
+) -> Option<SessionLoss> {
     let mut loss = SessionLoss {
         sessionid,
         records: 0,
@@ -140,10 +147,16 @@ mod tests {
     fn reports_only_what_is_new() {
         let first = [drops(2, 10, 20), drops(0, 0, 0)];
         let loss = new_losses(7, &[], &first).unwrap();
-        assert_eq!((loss.records, loss.bytes, loss.first_ts, loss.last_ts), (2, 200, 10, 20));
+        assert_eq!(
+            (loss.records, loss.bytes, loss.first_ts, loss.last_ts),
+            (2, 200, 10, 20)
+        );
         assert_eq!(new_losses(7, &first, &first), None);
         let second = [drops(3, 10, 30), drops(4, 25, 40)];
         let loss = new_losses(7, &first, &second).unwrap();
-        assert_eq!((loss.records, loss.bytes, loss.first_ts, loss.last_ts), (5, 500, 20, 40));
+        assert_eq!(
+            (loss.records, loss.bytes, loss.first_ts, loss.last_ts),
+            (5, 500, 20, 40)
+        );
     }
 }

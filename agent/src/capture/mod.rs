@@ -16,8 +16,8 @@ use tokio::{
 };
 use tracing::warn;
 
-pub use self::{assemble::Captured, drops::SessionLoss};
 use self::{assemble::Assembler, drops::DropMonitor};
+pub use self::{assemble::Captured, drops::SessionLoss};
 
 /// What capture hands to the session tracker.
 #[derive(Debug)]

@@ -12,7 +12,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("cannot read kernel BTF from {path}: {message} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
+    #[error(
+        "cannot read kernel BTF from {path}: {message} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"
+    )]
     Read { path: String, message: String },
     #[error("kernel BTF has no struct {0}")]
     NoStruct(String),
@@ -41,6 +43,7 @@ impl KernelBtf {
         let o = |strukt: &str, field: &str| self.offset(strukt, field);
         let tty_termios = o("tty_struct", "termios")?;
         let ktermios_lflag = o("ktermios", "c_lflag")?;
+        let ktermios_oflag = o("ktermios", "c_oflag")?;
         let pt_regs_size = self.size("pt_regs")?;
         Ok(KernelOffsets {
             magic: OFFSETS_MAGIC,
@@ -84,6 +87,7 @@ impl KernelBtf {
             tty_driver: o("tty_struct", "driver")?,
             tty_link: o("tty_struct", "link")?,
             tty_termios_lflag: tty_termios + ktermios_lflag,
+            tty_termios_oflag: tty_termios + ktermios_oflag,
             tty_driver_major: o("tty_driver", "major")?,
             tty_driver_minor_start: o("tty_driver", "minor_start")?,
             tty_file_private_tty: o("tty_file_private", "tty")?,

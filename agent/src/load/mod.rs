@@ -13,15 +13,14 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{BtfTracePoint, TracePoint},
 };
-use custos_agent_abi::{
-    SETTING_CAPTURE_TTY_TASKS, SETTING_SUPPRESS_ECHO_OFF_INPUT, Settings,
-};
+use custos_agent_abi::{SETTING_CAPTURE_TTY_TASKS, SETTING_SUPPRESS_ECHO_OFF_INPUT, Settings};
 use tracing::{debug, info, warn};
 
 use crate::config::{CaptureConfig, Scope};
 
 /// The compiled programs, embedded at build time by build.rs.
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/custos-agent-ebpf"));
+static PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/custos-agent-ebpf"));
 
 /// Syscalls hooked at their exit tracepoint (`syscalls/sys_exit_<name>`).
 const SYSCALL_EXITS: [&str; 6] = ["write", "writev", "open", "openat", "openat2", "creat"];
@@ -107,9 +106,16 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
 
 /// The verifier's work per program (its limit is 1,000,000 instructions): a number creeping up
 /// is the first sign that a change to the programs will not load on some kernel.
-fn log_verifier_cost(name: &str, info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>) {
+fn log_verifier_cost(
+    name: &str,
+    info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+) {
     if let Some(verified) = info.ok().and_then(|info| info.verified_instruction_count()) {
-        debug!(program = name, verified_instructions = verified, "program loaded");
+        debug!(
+            program = name,
+            verified_instructions = verified,
+            "program loaded"
+        );
     }
 }
 

@@ -75,14 +75,7 @@ impl Tracker {
                 continue;
             };
             let tty = procfs::tty_of(leader.tgid).filter(|tty| *tty != 0);
-            let start = self.start_event(
-                sessionid,
-                now,
-                leader.tgid,
-                leader.loginuid,
-                tty,
-                true,
-            );
+            let start = self.start_event(sessionid, now, leader.tgid, leader.loginuid, tty, true);
             let state = self.sessions.get_mut(&sessionid);
             if let Some(state) = state {
                 state.processes.extend(processes.iter().map(|p| p.tgid));
@@ -225,7 +218,9 @@ impl Tracker {
             if now.duration_since(state.last_activity) < IDLE_BEFORE_SWEEP {
                 continue;
             }
-            state.processes.retain(|tgid| alive_in_session(*tgid, *sessionid));
+            state
+                .processes
+                .retain(|tgid| alive_in_session(*tgid, *sessionid));
             if state.processes.is_empty() {
                 finished.push(*sessionid);
             }
@@ -302,7 +297,11 @@ impl Tracker {
     }
 
     fn process(&mut self, task: &TaskIds) -> Process {
-        let comm_len = task.comm.iter().position(|b| *b == 0).unwrap_or(task.comm.len());
+        let comm_len = task
+            .comm
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(task.comm.len());
         Process {
             pid: Pid(task.pid),
             tgid: Pid(task.tgid),

@@ -20,7 +20,11 @@ pub fn scan_sessions(exclude: u32) -> HashMap<u32, Vec<ProcProcess>> {
         return sessions;
     };
     for entry in entries.flatten() {
-        let Some(tgid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(tgid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if tgid == exclude {
@@ -55,7 +59,12 @@ pub fn command_line(tgid: u32) -> Option<Vec<u8>> {
     if trimmed.is_empty() {
         return None;
     }
-    Some(trimmed.iter().map(|b| if *b == 0 { b' ' } else { *b }).collect())
+    Some(
+        trimmed
+            .iter()
+            .map(|b| if *b == 0 { b' ' } else { *b })
+            .collect(),
+    )
 }
 
 /// Controlling terminal of a live process in the kernel's dev_t encoding (major << 20 | minor),
