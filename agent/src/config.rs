@@ -92,7 +92,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: path.to_owned(),
-            message: one_line(text, &err),
+            message: custos_daemon::toml_error_line(text, &err),
         })?;
         config
             .validate()
@@ -126,31 +126,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-}
-
-/// toml's messages span several lines (a source excerpt); ops get one: the key (with its
-/// table), the reason and the line.
-pub fn one_line(text: &str, err: &toml::de::Error) -> String {
-    let message = err.message().trim().replace('\n', " ");
-    let Some(span) = err.span() else {
-        return message;
-    };
-    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let lines: Vec<&str> = text.lines().collect();
-    let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
-    let table = lines[..line_no.saturating_sub(1).min(lines.len())]
-        .iter()
-        .rev()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with('[') && l.ends_with(']'))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
-    match (line.split_once('='), table) {
-        (Some((key, _)), Some(table)) => {
-            format!("{table}.{}: {message} (line {line_no})", key.trim())
-        }
-        (Some((key, _)), None) => format!("{}: {message} (line {line_no})", key.trim()),
-        _ => format!("{message} (line {line_no}: `{line}`)"),
     }
 }
 

@@ -40,7 +40,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    custos_daemon::init_logging();
     let config = match load_config(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -93,23 +93,6 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     }
 }
 
-/// Logs go to stderr, one line per event with `key=value` fields; without timestamps under
-/// systemd (journald stamps them) and without colours unless stderr is a terminal.
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn run(config: Config, mut sink: Box<dyn Sink>) -> anyhow::Result<()> {
     let agent_tgid = std::process::id();
     load::check_kernel()?;
@@ -143,7 +126,8 @@ async fn run(config: Config, mut sink: Box<dyn Sink>) -> anyhow::Result<()> {
         "recording login sessions"
     );
 
-    shutdown_signal().await?;
+    let mut signals = custos_daemon::Signals::new()?;
+    while signals.next().await != custos_daemon::Signal::Shutdown {}
     info!("stopping: detaching programs and draining the ring buffer");
     // Detach first, so that nothing new enters the ring buffer while it drains.
     drop(probes);
@@ -203,13 +187,3 @@ fn write_all(sink: &mut dyn Sink, out: &mut Vec<custos_proto::Event>) -> anyhow:
     sink.flush()
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
-    Ok(())
-}

@@ -1,1 +1,185 @@
-fn main() {}
+//! `custos-collector`: the central server.
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use custos_collector::{
+    config::{self, Config},
+    ingest::{self, IngestMetrics, Limits},
+    pki::{self, PkiCommand},
+    store::{self, Store, StoreConfig},
+    writer::StoreHandle,
+};
+use custos_daemon::{Signal, Signals};
+use tracing::{error, info, warn};
+
+/// Receives session recordings from Custos agents, stores them, serves auditors.
+#[derive(Parser, Debug)]
+#[command(name = "custos-collector", version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without it, /etc/custos/collector.toml if present, else
+    /// defaults.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Check the configuration (and the files it names) and exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the collector (the default).
+    Run,
+    /// Manage the deployment's certificates.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Manage the store's keys.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Add a new encryption key (creating the key file); new chunks use it, old ones keep theirs.
+    Keygen {
+        /// The key file (default: store.key_file of the configuration).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    custos_daemon::init_logging();
+    let result = match cli.command {
+        Some(Command::Pki { command }) => pki::run(command),
+        Some(Command::Store { command }) => store_command(cli.config.as_deref(), command),
+        Some(Command::Run) | None => match load_config(cli.config.as_deref()) {
+            Ok(config) if cli.check_config => check(&config),
+            Ok(config) => run(config),
+            Err(err) => {
+                eprintln!("custos-collector: {err:#}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err:#}");
+            eprintln!("custos-collector: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => {
+            let default = std::path::Path::new(config::DEFAULT_PATH);
+            if default.exists() {
+                Ok(Config::load(default)?)
+            } else {
+                Ok(Config::default())
+            }
+        }
+    }
+}
+
+fn store_command(config: Option<&std::path::Path>, command: StoreCommand) -> anyhow::Result<()> {
+    match command {
+        StoreCommand::Keygen { key_file } => {
+            let path = match key_file {
+                Some(path) => path,
+                None => load_config(config)?.store.key_file,
+            };
+            let id = store::keys::KeyRing::generate(&path)?;
+            println!("added key {id} to {} (new chunks use it)", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn store_config(config: &Config) -> StoreConfig {
+    StoreConfig {
+        dir: config.store.dir.clone(),
+        key_file: config.store.key_file.clone(),
+        seal_key: config.store.seal_key.clone(),
+    }
+}
+
+/// Validates the configuration and every file it names.
+fn check(config: &Config) -> anyhow::Result<()> {
+    ingest::server_config(config)?;
+    store::keys::KeyRing::load(&config.store.key_file)?;
+    store::keys::SealKey::load(&config.store.seal_key)?;
+    println!("configuration ok");
+    Ok(())
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let (server_config, identity) = ingest::server_config(&config)?;
+    let store_config = store_config(&config);
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_config)).await??;
+    info!(dir = %config.store.dir.display(), "store open");
+    let (store, writer) = StoreHandle::spawn(store);
+    let endpoint = quinn::Endpoint::server(server_config, config.ingest.listen)
+        .with_context(|| format!("listening on UDP {}", config.ingest.listen))?;
+    let limits = Limits {
+        max_frame: config.ingest.max_frame_size.as_u64() as usize,
+        max_batch_raw: config.ingest.max_batch_size.as_u64() as usize,
+    };
+    let metrics = Arc::new(IngestMetrics::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ingest_task = tokio::spawn(ingest::serve(
+        endpoint.clone(),
+        store.clone(),
+        limits,
+        metrics.clone(),
+        stop_rx,
+    ));
+    info!(
+        address = %endpoint.local_addr()?,
+        name = %identity.name,
+        "collector listening"
+    );
+
+    let mut signals = Signals::new()?;
+    loop {
+        match signals.next().await {
+            Signal::Reload => match ingest::server_config(&config) {
+                Ok((server_config, identity)) => {
+                    endpoint.set_server_config(Some(server_config));
+                    info!(name = %identity.name, "reloaded the CA and the collector's certificate");
+                }
+                Err(err) => warn!(error = %format!("{err:#}"), "reload failed; keeping the previous certificates"),
+            },
+            Signal::Shutdown => break,
+        }
+    }
+    info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = ingest_task.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
+    drop(store);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
+    info!("stopped");
+    Ok(())
+}

@@ -10,6 +10,7 @@ pub mod bytes;
 pub mod event;
 pub mod ids;
 pub mod time;
+pub mod wire;
 
 pub use bytes::ByteString;
 pub use event::{Event, EventBody};

@@ -1,0 +1,163 @@
+//! The collector's TOML configuration (reference: packaging/collector.toml). Checked at start;
+//! a configuration the collector cannot honour is refused with one line naming the key.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/custos/collector.toml";
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ingest: IngestConfig,
+    pub tls: TlsConfig,
+    pub store: StoreSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// UDP address agents connect to (QUIC).
+    pub listen: SocketAddr,
+    /// Largest frame accepted.
+    pub max_frame_size: ByteSize,
+    /// Largest batch once decompressed.
+    pub max_batch_size: ByteSize,
+    /// Streams an agent may have open at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// A connection silent this long is closed (agents send keep-alives).
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:7443".parse().expect("valid default address"),
+            max_frame_size: ByteSize::mib(16),
+            max_batch_size: ByteSize::mib(64),
+            max_streams_per_connection: 64,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca: "/etc/custos/pki/ca.pem".into(),
+            certificate: "/etc/custos/pki/collector.pem".into(),
+            key: "/etc/custos/pki/collector.key".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// The store directory (recordings and index).
+    pub dir: PathBuf,
+    /// Encryption keys (`custos-collector store keygen`).
+    pub key_file: PathBuf,
+    /// The Ed25519 key that seals ended recordings (`custos-collector pki init` writes it).
+    pub seal_key: PathBuf,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            dir: "/var/lib/custos-collector".into(),
+            key_file: "/etc/custos/store.key".into(),
+            seal_key: "/etc/custos/pki/seal.key".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {key}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: custos_daemon::toml_error_line(text, &err),
+        })?;
+        config.validate().map_err(|(key, reason)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let frame = self.ingest.max_frame_size.as_u64();
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&frame) {
+            return Err(("ingest.max_frame_size", format!("must be 64 KiB to 1 GiB, not {frame} bytes")));
+        }
+        if self.ingest.max_batch_size.as_u64() < frame {
+            return Err(("ingest.max_batch_size", "must be at least ingest.max_frame_size".into()));
+        }
+        if !(1..=10_000).contains(&self.ingest.max_streams_per_connection) {
+            return Err(("ingest.max_streams_per_connection", "must be 1 to 10000".into()));
+        }
+        if self.ingest.idle_timeout < Duration::from_secs(5) {
+            return Err(("ingest.idle_timeout", "must be at least 5s".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let config = Config::parse(Path::new("c.toml"), "").unwrap();
+        assert_eq!(config.ingest.listen.port(), 7443);
+        let err = Config::parse(Path::new("c.toml"), "[ingest]\nidle_timeout = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "config c.toml: ingest.idle_timeout: must be at least 5s");
+        let err = Config::parse(Path::new("c.toml"), "[ingest]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ingest.listen") && !err.contains('\n'), "{err}");
+    }
+}

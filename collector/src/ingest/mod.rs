@@ -1,0 +1,155 @@
+//! Ingest: the QUIC server agents ship to (protocol in docs/protocol.md).
+//!
+//! Only clients whose certificate chains to the deployment CA and carries the agent role get
+//! through the handshake; anything else is refused there and logged with the reason and the
+//! peer's address. Each stream carries one request frame; a batch is acknowledged only once the
+//! store has made it durable. A malformed or oversized frame resets its stream with an error
+//! code, is logged and counted, and disturbs nothing else.
+mod stream;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use custos_pki::{Identity, Role, tls::TlsFiles};
+use custos_proto::wire;
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{config::Config, writer::StoreHandle};
+
+/// Counters of what ingest did (exported as metrics).
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub connections_accepted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub connected_agents: AtomicU64,
+    pub batches_stored: AtomicU64,
+    pub batches_duplicate: AtomicU64,
+    pub batches_failed: AtomicU64,
+    pub frames_malformed: AtomicU64,
+    pub frames_too_large: AtomicU64,
+    pub identity_mismatches: AtomicU64,
+}
+
+impl IngestMetrics {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Limits applied to every stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_frame: usize,
+    pub max_batch_raw: usize,
+}
+
+/// Builds the QUIC server configuration from the TLS files and limits in `config`.
+pub fn server_config(config: &Config) -> anyhow::Result<(quinn::ServerConfig, Identity)> {
+    let files = TlsFiles {
+        ca: &config.tls.ca,
+        certificate: &config.tls.certificate,
+        key: &config.tls.key,
+    };
+    let (tls, identity) = custos_pki::tls::server_config(&files, &[Role::Agent], &[wire::ALPN])?;
+    let crypto = QuicServerConfig::try_from(tls).context("TLS configuration unusable for QUIC")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(config.ingest.max_streams_per_connection.into())
+        .max_concurrent_uni_streams(0u8.into())
+        .max_idle_timeout(Some(
+            config
+                .ingest
+                .idle_timeout
+                .try_into()
+                .context("ingest.idle_timeout too large")?,
+        ));
+    server.transport_config(Arc::new(transport));
+    Ok((server, identity))
+}
+
+/// Accepts connections until `stop` turns true.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    store: StoreHandle,
+    limits: Limits,
+    metrics: Arc<IngestMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            _ = stop.changed() => break,
+        };
+        let store = store.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(connection) => {
+                    handle_connection(connection, remote, store, limits, metrics).await;
+                }
+                Err(err) => {
+                    IngestMetrics::add(&metrics.connections_refused);
+                    warn!(peer = %remote, reason = %err, "refused a connection");
+                }
+            }
+        });
+    }
+    endpoint.close(0u32.into(), b"collector stopping");
+}
+
+async fn handle_connection(
+    connection: quinn::Connection,
+    remote: SocketAddr,
+    store: StoreHandle,
+    limits: Limits,
+    metrics: Arc<IngestMetrics>,
+) {
+    let identity = match connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .map(|chain| custos_pki::tls::peer_identity(&chain))
+    {
+        Some(Ok(identity)) => identity,
+        other => {
+            let reason = match other {
+                Some(Err(err)) => err.to_string(),
+                _ => "no client certificate".to_owned(),
+            };
+            IngestMetrics::add(&metrics.connections_refused);
+            warn!(peer = %remote, reason, "refused a connection");
+            connection.close(1u32.into(), b"no usable identity");
+            return;
+        }
+    };
+    IngestMetrics::add(&metrics.connections_accepted);
+    metrics.connected_agents.fetch_add(1, Ordering::Relaxed);
+    info!(agent = %identity.name, peer = %remote, "agent connected");
+    let peer = Arc::new(stream::Peer {
+        identity,
+        address: remote,
+    });
+    let reason = loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                let (peer, store, metrics) = (peer.clone(), store.clone(), metrics.clone());
+                tokio::spawn(stream::handle(send, recv, peer, store, limits, metrics));
+            }
+            Err(err) => break err,
+        }
+    };
+    metrics.connected_agents.fetch_sub(1, Ordering::Relaxed);
+    info!(agent = %peer.identity.name, peer = %remote, reason = %reason, "agent disconnected");
+}

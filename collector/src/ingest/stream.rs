@@ -1,0 +1,171 @@
+//! One request stream: read one frame (within the limits), answer it, close.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use custos_pki::Identity;
+use custos_proto::wire::{self, Ack, ErrorCode, ErrorFrame, Frame, Welcome};
+use quinn::{RecvStream, SendStream};
+use tracing::{debug, warn};
+
+use super::{IngestMetrics, Limits};
+use crate::{
+    store::{Appended, StoreError},
+    writer::{Contact, StoreHandle},
+};
+
+/// Who is on the other end of a connection.
+pub struct Peer {
+    pub identity: Identity,
+    pub address: SocketAddr,
+}
+
+/// How long a client may take to send its request frame.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+enum ReadError {
+    Wire(wire::WireError),
+    Stream(String),
+}
+
+async fn read_frame(recv: &mut RecvStream, limits: Limits) -> Result<Frame, ReadError> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|err| ReadError::Stream(err.to_string()))?;
+    let len = wire::frame_len(prefix, limits.max_frame).map_err(ReadError::Wire)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|err| ReadError::Stream(err.to_string()))?;
+    wire::decode_frame(&body).map_err(ReadError::Wire)
+}
+
+pub async fn handle(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: Arc<Peer>,
+    store: StoreHandle,
+    limits: Limits,
+    metrics: Arc<IngestMetrics>,
+) {
+    let agent = peer.identity.name.as_str();
+    let frame = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, limits)).await {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(ReadError::Wire(err))) => {
+            let code = err.code();
+            IngestMetrics::add(if code == ErrorCode::TooLarge {
+                &metrics.frames_too_large
+            } else {
+                &metrics.frames_malformed
+            });
+            warn!(agent, peer = %peer.address, error = %err, "bad frame: stream reset");
+            let _ = recv.stop(code.stream_code().into());
+            let _ = send.reset(code.stream_code().into());
+            return;
+        }
+        Ok(Err(ReadError::Stream(err))) => {
+            debug!(agent, error = err, "stream ended before a full frame");
+            return;
+        }
+        Err(_) => {
+            warn!(agent, peer = %peer.address, "no request within {REQUEST_TIMEOUT:?}: stream reset");
+            let _ = send.reset(ErrorCode::Malformed.stream_code().into());
+            return;
+        }
+    };
+    let response = match frame {
+        Frame::Hello(hello) => {
+            if hello.host != peer.identity.name {
+                IngestMetrics::add(&metrics.identity_mismatches);
+                warn!(agent, claimed = hello.host, "hello names another host than the certificate");
+            }
+            store.contact(Contact {
+                host: peer.identity.name.clone(),
+                version: Some(hello.agent_version),
+                boot_id: Some(hello.boot_id.0),
+                spool: Some(hello.spool.0),
+                address: peer.address.to_string(),
+            });
+            if hello.protocol != wire::PROTOCOL_VERSION {
+                error_frame(ErrorCode::Unsupported, format!("protocol {} is not supported", hello.protocol))
+            } else {
+                Frame::Welcome(Welcome {
+                    protocol: wire::PROTOCOL_VERSION,
+                    collector_version: env!("CARGO_PKG_VERSION").to_owned(),
+                })
+            }
+        }
+        Frame::Batch(batch) => batch_response(batch, &peer, &store, &metrics).await,
+        other => {
+            IngestMetrics::add(&metrics.frames_malformed);
+            warn!(agent, kind = other.kind(), "unexpected frame");
+            error_frame(ErrorCode::Malformed, format!("a {} frame is not a request", other.kind()))
+        }
+    };
+    if let Err(err) = send.write_all(&wire::encode_frame(&response)).await {
+        debug!(agent, error = %err, "could not answer (the agent will resend)");
+        return;
+    }
+    let _ = send.finish();
+    // Wait until the answer is delivered or the peer goes away.
+    let _ = send.stopped().await;
+}
+
+fn error_frame(code: ErrorCode, message: String) -> Frame {
+    Frame::Error(ErrorFrame { code, message })
+}
+
+async fn batch_response(
+    batch: wire::Batch,
+    peer: &Peer,
+    store: &StoreHandle,
+    metrics: &IngestMetrics,
+) -> Frame {
+    let agent = peer.identity.name.as_str();
+    let header = &batch.header;
+    if header.host != peer.identity.name {
+        IngestMetrics::add(&metrics.identity_mismatches);
+        warn!(agent, claimed = header.host, "batch names another host than the certificate");
+        return error_frame(
+            ErrorCode::IdentityMismatch,
+            format!("batch of host {} sent with the certificate of {agent}", header.host),
+        );
+    }
+    let (spool, seq) = (header.spool.clone(), header.seq);
+    store.contact(Contact {
+        host: peer.identity.name.clone(),
+        version: None,
+        boot_id: Some(header.boot_id.0.clone()),
+        spool: Some(spool.0.clone()),
+        address: peer.address.to_string(),
+    });
+    match store.append(batch).await {
+        Ok(Appended::Stored { recording, chunk }) => {
+            IngestMetrics::add(&metrics.batches_stored);
+            debug!(agent, %spool, %seq, recording, chunk, "batch stored");
+            Frame::Ack(Ack {
+                spool,
+                seq,
+                duplicate: false,
+            })
+        }
+        Ok(Appended::Duplicate { recording }) => {
+            IngestMetrics::add(&metrics.batches_duplicate);
+            debug!(agent, %spool, %seq, recording, "batch already stored");
+            Frame::Ack(Ack {
+                spool,
+                seq,
+                duplicate: true,
+            })
+        }
+        Err(StoreError::Refused(why)) => {
+            IngestMetrics::add(&metrics.frames_malformed);
+            warn!(agent, %spool, %seq, why, "batch refused");
+            error_frame(ErrorCode::Malformed, why)
+        }
+        Err(err) => {
+            IngestMetrics::add(&metrics.batches_failed);
+            warn!(agent, %spool, %seq, error = %err, "batch not stored");
+            error_frame(ErrorCode::Unavailable, "the collector could not store the batch".into())
+        }
+    }
+}

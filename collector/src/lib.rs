@@ -1,0 +1,10 @@
+//! `custos-collector`: receives recordings from agents, stores them, serves auditors.
+//!
+//! Along a recording's path: [`ingest`] (QUIC server, agent identity from the certificate) hands
+//! batches to the [`writer`] thread, which owns the [`store`] (per-session chunk files,
+//! encrypted and hash-chained, and their index). [`pki`] holds the `pki` subcommands.
+pub mod config;
+pub mod ingest;
+pub mod pki;
+pub mod store;
+pub mod writer;

@@ -1,0 +1,127 @@
+//! `custos-collector pki`: the deployment's certificates and the collector's seal key.
+use std::path::{Path, PathBuf};
+
+use clap::{Subcommand, ValueEnum};
+use custos_pki::{
+    Role,
+    issue::{self, PkiDir, Validity},
+};
+
+use crate::store::keys::SealKey;
+
+pub const DEFAULT_DIR: &str = "/etc/custos/pki";
+
+#[derive(Subcommand, Debug)]
+pub enum PkiCommand {
+    /// Create the deployment CA, the collector's certificate and its seal key.
+    Init {
+        /// Directory for the CA, the collector's files and issued certificates.
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Names (DNS names or IP addresses) agents and auditors use to reach the collector;
+        /// the first is its certificate's common name. Default: this host's name and localhost.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Validity of the collector's certificate, in days.
+        #[arg(long, default_value_t = issue::DEFAULT_DAYS)]
+        days: i64,
+    },
+    /// Issue a certificate signed by the deployment CA.
+    Issue {
+        #[command(subcommand)]
+        what: IssueCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IssueCommand {
+    /// For a recorded host (its certificate's name must be the host's name).
+    Agent {
+        hostname: String,
+        #[command(flatten)]
+        common: IssueOptions,
+    },
+    /// For a person or service that reads recordings.
+    Auditor {
+        name: String,
+        #[arg(long, value_enum, default_value_t = AuditorRole::Auditor)]
+        role: AuditorRole,
+        #[command(flatten)]
+        common: IssueOptions,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IssueOptions {
+    #[arg(long, default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Where to write the certificate and key (default: DIR/issued).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = issue::DEFAULT_DAYS)]
+    days: i64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AuditorRole {
+    /// Reads recordings.
+    Auditor,
+    /// Also reads the access log and manages holds and retention.
+    Admin,
+}
+
+pub fn seal_key_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("seal.key"), dir.join("seal.pub"))
+}
+
+pub fn run(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init { dir, mut names, days } => {
+            if names.is_empty() {
+                let host = nix_hostname();
+                names = vec![host, "localhost".into(), "127.0.0.1".into()];
+            }
+            let pki = PkiDir::new(&dir);
+            let written = issue::init(&pki, &names, days)?;
+            let (seal, seal_pub) = seal_key_paths(&dir);
+            SealKey::generate(&seal, &seal_pub)?;
+            for path in written.iter().chain([&seal, &seal_pub]) {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "keep {} offline if you can: it signs every certificate of this deployment",
+                pki.ca_key().display()
+            );
+        }
+        PkiCommand::Issue { what } => {
+            let (role, name, common) = match what {
+                IssueCommand::Agent { hostname, common } => (Role::Agent, hostname, common),
+                IssueCommand::Auditor { name, role, common } => (
+                    match role {
+                        AuditorRole::Auditor => Role::Auditor,
+                        AuditorRole::Admin => Role::Admin,
+                    },
+                    name,
+                    common,
+                ),
+            };
+            let pki = PkiDir::new(&common.dir);
+            let (cert, key) = issue::issue(&pki, role, &name, Validity::days(common.days), common.out.as_deref())?;
+            println!("wrote {}", cert.display());
+            println!("wrote {}", key.display());
+        }
+    }
+    Ok(())
+}
+
+fn nix_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0;
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".into()
+    }
+}

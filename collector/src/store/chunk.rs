@@ -1,0 +1,253 @@
+//! The chunk: the unit a recording file is made of (format in docs/store.md).
+//!
+//! A chunk holds the events of one batch, zstd-compressed and encrypted with
+//! XChaCha20-Poly1305 under a key named in its header; the header is the encryption's associated
+//! data, so neither can be changed without the tag failing. Each header carries the SHA-256 hash
+//! of the previous chunk, which chains a recording's chunks together: a flipped bit, a removed or
+//! reordered chunk, all break the chain.
+//!
+//! Pure functions over bytes; the store does the file I/O.
+use chacha20poly1305::{XChaCha20Poly1305, XNonce, aead::Aead, aead::KeyInit, aead::Payload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use custos_proto::{
+    AuditSessionId, BootId, Seq, Timestamp,
+    wire::{BatchSeq, SpoolId},
+};
+
+pub const MAGIC: [u8; 4] = *b"CCK1";
+pub const VERSION: u32 = 1;
+/// magic + header length + body length.
+pub const PREFIX_LEN: usize = 12;
+/// Largest header or body accepted when reading (a length beyond is damage, not data).
+pub const MAX_PART: usize = 256 * 1024 * 1024;
+
+/// A SHA-256 hash of a chunk.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkHash(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+impl ChunkHash {
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for ChunkHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", &self.hex()[..16])
+    }
+}
+
+/// Names a recording: one login session of one boot of one host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RecordingKey {
+    pub host: String,
+    pub boot_id: BootId,
+    pub session: AuditSessionId,
+}
+
+impl RecordingKey {
+    /// The id auditors use: `host-bootprefix-session`, stable across index rebuilds.
+    pub fn id(&self) -> String {
+        let boot: String = self.boot_id.0.chars().filter(|c| *c != '-').take(8).collect();
+        format!("{}-{}-{}", self.host, boot, self.session.0)
+    }
+}
+
+/// Which batch a chunk came from (so that a batch sent twice is stored once).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRef {
+    pub spool: SpoolId,
+    pub seq: BatchSeq,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChunkHeader {
+    pub version: u32,
+    pub recording: RecordingKey,
+    /// Position in the recording, from 0.
+    pub index: u64,
+    /// Hash of chunk `index - 1`; all zeros for the first.
+    pub prev_hash: ChunkHash,
+    pub key_id: String,
+    #[serde(with = "serde_bytes")]
+    pub nonce: [u8; 24],
+    pub batch: BatchRef,
+    pub events: u32,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    pub first_time: Timestamp,
+    pub last_time: Timestamp,
+    /// Size of the events once decompressed.
+    pub raw_len: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChunkError {
+    #[error("no chunk magic at this offset")]
+    BadMagic,
+    #[error("chunk part of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("unreadable chunk header: {0}")]
+    BadHeader(String),
+    #[error("chunk fails authentication (altered, or encrypted under another key)")]
+    Unauthentic,
+    #[error("chunk encrypted under unknown key {0}")]
+    UnknownKey(String),
+}
+
+/// A chunk as read: its header (parsed and as bytes) and its encrypted body.
+#[derive(Clone, Debug)]
+pub struct RawChunk {
+    pub header: ChunkHeader,
+    pub header_bytes: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+impl RawChunk {
+    pub fn hash(&self) -> ChunkHash {
+        hash(&self.header_bytes, &self.body)
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        PREFIX_LEN + self.header_bytes.len() + self.body.len()
+    }
+}
+
+pub fn hash(header_bytes: &[u8], body: &[u8]) -> ChunkHash {
+    let mut hasher = Sha256::new();
+    hasher.update(b"custos chunk v1\0");
+    hasher.update(header_bytes);
+    hasher.update(body);
+    let digest = hasher.finalize();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&digest);
+    ChunkHash(out)
+}
+
+/// Encrypts `plaintext` (zstd-compressed events) under `key` and returns the encoded chunk and
+/// its hash. `header.nonce` must be fresh.
+pub fn encode(header: &ChunkHeader, plaintext: &[u8], key: &[u8; 32]) -> (Vec<u8>, ChunkHash) {
+    let header_bytes = rmp_serde::to_vec_named(header).unwrap_or_default();
+    let cipher = XChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
+    let nonce = XNonce::from(header.nonce);
+    let body = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad: &header_bytes,
+            },
+        )
+        .expect("encryption of a bounded message");
+    let mut out = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&header_bytes);
+    out.extend_from_slice(&body);
+    let chunk_hash = hash(&header_bytes, &body);
+    (out, chunk_hash)
+}
+
+/// Parses the chunk at the start of `buf`. `Ok(None)`: `buf` ends before the chunk does (a
+/// torn write at the end of a file).
+pub fn parse(buf: &[u8]) -> Result<Option<RawChunk>, ChunkError> {
+    if buf.len() < PREFIX_LEN {
+        return Ok(None);
+    }
+    if buf[..4] != MAGIC {
+        return Err(ChunkError::BadMagic);
+    }
+    let hlen = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    let blen = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    for len in [hlen, blen] {
+        if len > MAX_PART {
+            return Err(ChunkError::TooLarge(len));
+        }
+    }
+    if buf.len() < PREFIX_LEN + hlen + blen {
+        return Ok(None);
+    }
+    let header_bytes = buf[PREFIX_LEN..PREFIX_LEN + hlen].to_vec();
+    let header: ChunkHeader = rmp_serde::from_slice(&header_bytes)
+        .map_err(|err| ChunkError::BadHeader(err.to_string()))?;
+    let body = buf[PREFIX_LEN + hlen..PREFIX_LEN + hlen + blen].to_vec();
+    Ok(Some(RawChunk {
+        header,
+        header_bytes,
+        body,
+    }))
+}
+
+/// Decrypts a chunk's body with `key`.
+pub fn decrypt(chunk: &RawChunk, key: &[u8; 32]) -> Result<Vec<u8>, ChunkError> {
+    let cipher = XChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
+    let nonce = XNonce::from(chunk.header.nonce);
+    cipher
+        .decrypt(
+            &nonce,
+            Payload {
+                msg: &chunk.body,
+                aad: &chunk.header_bytes,
+            },
+        )
+        .map_err(|_| ChunkError::Unauthentic)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn header(index: u64, prev: ChunkHash) -> ChunkHeader {
+        ChunkHeader {
+            version: VERSION,
+            recording: RecordingKey {
+                host: "db1".into(),
+                boot_id: BootId("3ceb1d62-7dc8-410f-835d-54aa0e66d523".into()),
+                session: AuditSessionId(7),
+            },
+            index,
+            prev_hash: prev,
+            key_id: "k1".into(),
+            nonce: [index as u8; 24],
+            batch: BatchRef {
+                spool: SpoolId("s".into()),
+                seq: BatchSeq(index + 1),
+            },
+            events: 1,
+            first_seq: Seq(1),
+            last_seq: Seq(1),
+            first_time: Timestamp(0),
+            last_time: Timestamp(0),
+            raw_len: 5,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_tamper_detection() {
+        let key = [7u8; 32];
+        let (bytes, hash) = encode(&header(0, ChunkHash::default()), b"hello", &key);
+        let chunk = parse(&bytes).unwrap().unwrap();
+        assert_eq!(chunk.hash(), hash);
+        assert_eq!(chunk.encoded_len(), bytes.len());
+        assert_eq!(decrypt(&chunk, &key).unwrap(), b"hello");
+        assert_eq!(decrypt(&chunk, &[8u8; 32]), Err(ChunkError::Unauthentic));
+        // A flipped bit in the body or the header fails authentication.
+        for at in [bytes.len() - 3, PREFIX_LEN + 20] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 1;
+            match parse(&flipped) {
+                Ok(Some(chunk)) => assert!(decrypt(&chunk, &key).is_err() || chunk.hash() != hash),
+                Ok(None) | Err(_) => {}
+            }
+        }
+        assert!(parse(&bytes[..bytes.len() - 1]).unwrap().is_none(), "torn chunk");
+        assert_eq!(parse(b"XXXX00000000").unwrap_err(), ChunkError::BadMagic);
+        assert_eq!(
+            header(0, ChunkHash::default()).recording.id(),
+            "db1-3ceb1d62-7"
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! The index (SQLite): recordings with their metadata and counts, the commands and file opens
+//! in them, the batches stored (for exactly-once), and the agents seen.
+//!
+//! Everything here can be rebuilt from the recording files (`custos-collector index rebuild`),
+//! and after a crash the store replays the chunks the index had not committed yet. Each stored
+//! chunk is committed in one transaction together with its batch row and what its events add.
+use std::path::Path;
+
+use custos_proto::{
+    Event, EventBody, Timestamp,
+    wire::{BatchSeq, SpoolId},
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::chunk::{BatchRef, ChunkHash, RecordingKey};
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS recordings (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    boot_id TEXT NOT NULL,
+    session INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    login_user TEXT,
+    login_uid INTEGER,
+    tty TEXT,
+    remote TEXT,
+    start_ns INTEGER,
+    end_ns INTEGER,
+    last_ns INTEGER,
+    events INTEGER NOT NULL DEFAULT 0,
+    commands INTEGER NOT NULL DEFAULT 0,
+    files INTEGER NOT NULL DEFAULT 0,
+    bytes_out INTEGER NOT NULL DEFAULT 0,
+    bytes_in INTEGER NOT NULL DEFAULT 0,
+    gaps INTEGER NOT NULL DEFAULT 0,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    stored_len INTEGER NOT NULL DEFAULT 0,
+    last_hash BLOB NOT NULL DEFAULT x'0000000000000000000000000000000000000000000000000000000000000000',
+    sealed INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (host, boot_id, session)
+);
+CREATE INDEX IF NOT EXISTS recordings_user ON recordings (login_user, start_ns);
+CREATE INDEX IF NOT EXISTS recordings_host ON recordings (host, start_ns);
+CREATE INDEX IF NOT EXISTS recordings_start ON recordings (start_ns);
+CREATE TABLE IF NOT EXISTS commands (
+    recording TEXT NOT NULL,
+    time_ns INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    ppid INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    euid INTEGER NOT NULL,
+    user TEXT,
+    filename TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    exit_code INTEGER,
+    signal INTEGER
+);
+CREATE INDEX IF NOT EXISTS commands_recording ON commands (recording, time_ns);
+CREATE INDEX IF NOT EXISTS commands_filename ON commands (filename);
+CREATE TABLE IF NOT EXISTS files (
+    recording TEXT NOT NULL,
+    time_ns INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    access TEXT NOT NULL,
+    flags INTEGER NOT NULL,
+    result INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_recording ON files (recording, time_ns);
+CREATE INDEX IF NOT EXISTS files_path ON files (path);
+CREATE TABLE IF NOT EXISTS batches (
+    spool TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    recording TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    PRIMARY KEY (spool, seq)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    host TEXT PRIMARY KEY,
+    version TEXT,
+    boot_id TEXT,
+    spool TEXT,
+    address TEXT,
+    first_contact_ns INTEGER NOT NULL,
+    last_contact_ns INTEGER NOT NULL
+);
+";
+
+#[derive(Debug, thiserror::Error)]
+#[error("index: {0}")]
+pub struct IndexError(#[from] rusqlite::Error);
+
+/// A recording as the index knows it.
+#[derive(Clone, Debug)]
+pub struct RecordingRow {
+    pub id: String,
+    pub key: RecordingKey,
+    /// Path of the recording file, relative to the store directory.
+    pub path: String,
+    pub chunks: u64,
+    /// Length of the file up to the last committed chunk.
+    pub stored_len: u64,
+    pub last_hash: ChunkHash,
+    pub sealed: bool,
+}
+
+/// What one chunk's events add to the index.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub events: u64,
+    pub login_user: Option<String>,
+    pub login_uid: Option<u32>,
+    pub tty: Option<String>,
+    pub remote: Option<String>,
+    pub start: Option<Timestamp>,
+    pub end: Option<Timestamp>,
+    pub last: Option<Timestamp>,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub gaps: u64,
+    pub commands: Vec<CommandRow>,
+    pub files: Vec<FileRow>,
+    /// (pid, exit code, signal) of processes that ended.
+    pub exits: Vec<(u32, Option<i32>, Option<i32>)>,
+}
+
+#[derive(Debug)]
+pub struct CommandRow {
+    pub time: Timestamp,
+    pub seq: u64,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    pub user: Option<String>,
+    pub filename: String,
+    pub argv: Vec<String>,
+    pub cwd: String,
+}
+
+#[derive(Debug)]
+pub struct FileRow {
+    pub time: Timestamp,
+    pub seq: u64,
+    pub pid: u32,
+    pub path: String,
+    pub access: String,
+    pub flags: u32,
+    /// The fd, or minus the errno.
+    pub result: i64,
+}
+
+impl Summary {
+    pub fn of(events: &[Event]) -> Self {
+        let mut summary = Summary {
+            events: events.len() as u64,
+            ..Summary::default()
+        };
+        for event in events {
+            summary.last = Some(summary.last.map_or(event.time, |t| t.max(event.time)));
+            let process = event.process.as_ref();
+            match &event.event {
+                EventBody::SessionStart(start) => {
+                    summary.login_user = start.login_user.clone();
+                    summary.login_uid = start.login_uid.map(|u| u.0);
+                    summary.tty = start.tty_name.clone();
+                    summary.remote = start.remote.clone();
+                    summary.start = Some(event.time);
+                }
+                EventBody::SessionEnd(_) => summary.end = Some(event.time),
+                EventBody::Output(output) => summary.bytes_out += output.data.len() as u64,
+                EventBody::Input(input) => summary.bytes_in += input.data.len() as u64,
+                EventBody::Gap(_) => summary.gaps += 1,
+                EventBody::Exec(exec) => summary.commands.push(CommandRow {
+                    time: event.time,
+                    seq: event.seq.0,
+                    pid: process.map_or(0, |p| p.tgid.0),
+                    ppid: process.map_or(0, |p| p.ppid.0),
+                    uid: process.map_or(0, |p| p.uid.0),
+                    euid: process.map_or(0, |p| p.euid.0),
+                    user: process.and_then(|p| p.user.clone()),
+                    filename: exec.filename.to_string(),
+                    argv: exec.argv.iter().map(|a| a.to_string()).collect(),
+                    cwd: exec.cwd.to_string(),
+                }),
+                EventBody::Open(open) => summary.files.push(FileRow {
+                    time: event.time,
+                    seq: event.seq.0,
+                    pid: process.map_or(0, |p| p.tgid.0),
+                    path: open.path.to_string(),
+                    access: format!("{:?}", open.access).to_lowercase(),
+                    flags: open.flags,
+                    result: match (open.fd, open.errno) {
+                        (Some(fd), _) => i64::from(fd),
+                        (None, Some(errno)) => -i64::from(errno),
+                        (None, None) => -1,
+                    },
+                }),
+                EventBody::Exit(exit) => {
+                    if let Some(process) = process {
+                        summary.exits.push((process.tgid.0, exit.code, exit.signal));
+                    }
+                }
+                EventBody::InputSuppressed(_) | EventBody::Fork(_) => {}
+            }
+        }
+        summary
+    }
+}
+
+pub struct Index {
+    conn: Connection,
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Self, IndexError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+            params![SCHEMA_VERSION.to_string()],
+        )?;
+        Ok(Self { conn })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The recording a batch was stored in, if it was.
+    pub fn batch_recording(&self, spool: &SpoolId, seq: BatchSeq) -> Result<Option<String>, IndexError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT recording FROM batches WHERE spool = ?1 AND seq = ?2",
+                params![spool.0, seq.0 as i64],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RecordingRow> {
+        let hash: Vec<u8> = row.get(8)?;
+        let mut last_hash = [0u8; 32];
+        if hash.len() == 32 {
+            last_hash.copy_from_slice(&hash);
+        }
+        Ok(RecordingRow {
+            id: row.get(0)?,
+            key: RecordingKey {
+                host: row.get(1)?,
+                boot_id: custos_proto::BootId(row.get(2)?),
+                session: custos_proto::AuditSessionId(row.get::<_, i64>(3)? as u32),
+            },
+            path: row.get(4)?,
+            chunks: row.get::<_, i64>(5)? as u64,
+            stored_len: row.get::<_, i64>(6)? as u64,
+            sealed: row.get::<_, i64>(7)? != 0,
+            last_hash: ChunkHash(last_hash),
+        })
+    }
+
+    const ROW_COLUMNS: &'static str =
+        "id, host, boot_id, session, path, chunks, stored_len, sealed, last_hash";
+
+    pub fn recording(&self, id: &str) -> Result<Option<RecordingRow>, IndexError> {
+        let sql = format!("SELECT {} FROM recordings WHERE id = ?1", Self::ROW_COLUMNS);
+        Ok(self.conn.query_row(&sql, params![id], Self::row).optional()?)
+    }
+
+    /// Creates the row of a new recording (committed before its file is written, so that a
+    /// crash leaves nothing the recovery does not look at).
+    pub fn insert_recording(&self, key: &RecordingKey, path: &str) -> Result<RecordingRow, IndexError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO recordings (id, host, boot_id, session, path) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![key.id(), key.host, key.boot_id.0, key.session.0, path],
+        )?;
+        self.recording(&key.id())?
+            .ok_or(IndexError(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Recordings not sealed yet: the ones a crash may have left with chunks the index lacks.
+    pub fn unsealed(&self) -> Result<Vec<RecordingRow>, IndexError> {
+        let sql = format!("SELECT {} FROM recordings WHERE sealed = 0", Self::ROW_COLUMNS);
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], Self::row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records a stored chunk: its batch, the recording's new length, count and hash, and what
+    /// its events add. One transaction.
+    pub fn commit_chunk(
+        &mut self,
+        recording: &str,
+        batch: &BatchRef,
+        chunk_index: u64,
+        stored_len: u64,
+        hash: &ChunkHash,
+        summary: &Summary,
+    ) -> Result<(), IndexError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO batches (spool, seq, recording, chunk) VALUES (?1, ?2, ?3, ?4)",
+            params![batch.spool.0, batch.seq.0 as i64, recording, chunk_index as i64],
+        )?;
+        tx.execute(
+            "UPDATE recordings SET
+                chunks = ?2, stored_len = ?3, last_hash = ?4,
+                events = events + ?5, bytes_out = bytes_out + ?6, bytes_in = bytes_in + ?7,
+                gaps = gaps + ?8, commands = commands + ?9, files = files + ?10,
+                login_user = COALESCE(?11, login_user), login_uid = COALESCE(?12, login_uid),
+                tty = COALESCE(?13, tty), remote = COALESCE(?14, remote),
+                start_ns = COALESCE(start_ns, ?15), end_ns = COALESCE(?16, end_ns),
+                last_ns = MAX(COALESCE(last_ns, 0), COALESCE(?17, 0))
+             WHERE id = ?1",
+            params![
+                recording,
+                (chunk_index + 1) as i64,
+                stored_len as i64,
+                hash.0.to_vec(),
+                summary.events as i64,
+                summary.bytes_out as i64,
+                summary.bytes_in as i64,
+                summary.gaps as i64,
+                summary.commands.len() as i64,
+                summary.files.len() as i64,
+                summary.login_user,
+                summary.login_uid,
+                summary.tty,
+                summary.remote,
+                summary.start.map(|t| t.0),
+                summary.end.map(|t| t.0),
+                summary.last.map(|t| t.0),
+            ],
+        )?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO commands (recording, time_ns, seq, pid, ppid, uid, euid, user, filename, argv, cwd)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for c in &summary.commands {
+                insert.execute(params![
+                    recording,
+                    c.time.0,
+                    c.seq as i64,
+                    c.pid,
+                    c.ppid,
+                    c.uid,
+                    c.euid,
+                    c.user,
+                    c.filename,
+                    serde_json::to_string(&c.argv).unwrap_or_default(),
+                    c.cwd,
+                ])?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO files (recording, time_ns, seq, pid, path, access, flags, result)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for f in &summary.files {
+                insert.execute(params![
+                    recording, f.time.0, f.seq as i64, f.pid, f.path, f.access, f.flags, f.result
+                ])?;
+            }
+            let mut exit = tx.prepare_cached(
+                "UPDATE commands SET exit_code = ?3, signal = ?4
+                 WHERE rowid = (SELECT rowid FROM commands WHERE recording = ?1 AND pid = ?2
+                                AND exit_code IS NULL AND signal IS NULL
+                                ORDER BY seq DESC LIMIT 1)",
+            )?;
+            for (pid, code, signal) in &summary.exits {
+                exit.execute(params![recording, pid, code, signal])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_sealed(&self, id: &str) -> Result<(), IndexError> {
+        self.conn
+            .execute("UPDATE recordings SET sealed = 1 WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Notes an agent's contact.
+    pub fn agent_contact(
+        &self,
+        host: &str,
+        version: Option<&str>,
+        boot_id: Option<&str>,
+        spool: Option<&str>,
+        address: &str,
+        now: Timestamp,
+    ) -> Result<(), IndexError> {
+        self.conn.execute(
+            "INSERT INTO agents (host, version, boot_id, spool, address, first_contact_ns, last_contact_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+             ON CONFLICT (host) DO UPDATE SET
+                version = COALESCE(?2, version), boot_id = COALESCE(?3, boot_id),
+                spool = COALESCE(?4, spool), address = ?5, last_contact_ns = ?6",
+            params![host, version, boot_id, spool, address, now.0],
+        )?;
+        Ok(())
+    }
+}

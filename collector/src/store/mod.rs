@@ -1,0 +1,588 @@
+//! The embedded store: one directory holding every recording (format in docs/store.md).
+//!
+//! - `recordings/<host>/<boot id>/<session>.rec`: a recording, append-only, one [`chunk`] per
+//!   batch, encrypted and hash-chained; `<session>.seal`: the collector's signature over the
+//!   final hash and chunk count, written when the session ends.
+//! - `index.sqlite`: the [`index`], rebuildable from the recordings.
+//!
+//! A batch is durable when its chunk is written and fsynced and the index has committed it:
+//! only then is it acknowledged. After a crash, [`Store::open`] replays chunks that reached the
+//! disk but not the index, and cuts off a torn last chunk (never acknowledged).
+//!
+//! The store knows no network; the ingest and API modules call it.
+pub mod chunk;
+pub mod index;
+pub mod keys;
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{Read, Seek, SeekFrom, Write},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use custos_proto::{
+    Event, EventBody, Timestamp,
+    wire::{self, Batch},
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use self::{
+    chunk::{BatchRef, ChunkHash, ChunkHeader, RawChunk, RecordingKey},
+    index::{Index, RecordingRow, Summary},
+    keys::{KeyRing, SealKey},
+};
+
+/// Largest decompressed chunk the store reads back.
+const MAX_CHUNK_RAW: usize = wire::DEFAULT_MAX_BATCH_RAW;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error(transparent)]
+    Index(#[from] index::IndexError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error("recording {recording}: {message}")]
+    Recording { recording: String, message: String },
+    #[error("refused batch: {0}")]
+    Refused(String),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+}
+
+fn io_err(path: &Path, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        path: path.to_owned(),
+        message: err.to_string(),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    pub key_file: PathBuf,
+    pub seal_key: PathBuf,
+}
+
+/// What storing a batch did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Appended {
+    Stored { recording: String, chunk: u64 },
+    /// Stored before (a resend); nothing written.
+    Duplicate { recording: String },
+}
+
+/// What a recording's seal file holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Seal {
+    pub version: u32,
+    pub recording: RecordingKey,
+    pub chunks: u64,
+    pub final_hash: String,
+    pub sealed_at: Timestamp,
+    pub public_key: String,
+    pub signature: String,
+}
+
+impl Seal {
+    /// The bytes the signature covers.
+    pub fn message(recording: &RecordingKey, chunks: u64, final_hash: &str) -> Vec<u8> {
+        format!(
+            "custos seal v1\n{}\n{}\n{}\n{chunks}\n{final_hash}\n",
+            recording.host, recording.boot_id, recording.session
+        )
+        .into_bytes()
+    }
+}
+
+pub struct Store {
+    dir: PathBuf,
+    index: Index,
+    keys: KeyRing,
+    seal_key: SealKey,
+}
+
+impl Store {
+    /// Opens (creating) the store, and repairs what a crash left behind.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(config.dir.join("recordings"))
+            .map_err(|e| io_err(&config.dir, e))?;
+        fs::set_permissions(&config.dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_err(&config.dir, e))?;
+        let index = Index::open(&config.dir.join("index.sqlite"))?;
+        let mut store = Store {
+            dir: config.dir.clone(),
+            index,
+            keys: KeyRing::load(&config.key_file)?,
+            seal_key: SealKey::load(&config.seal_key)?,
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn recording_path(key: &RecordingKey) -> Result<String, StoreError> {
+        let safe = |part: &str| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        };
+        if !safe(&key.host) || !safe(&key.boot_id.0) {
+            return Err(StoreError::Refused(format!(
+                "host {:?} or boot id {:?} is not usable in a path",
+                key.host, key.boot_id.0
+            )));
+        }
+        Ok(format!("recordings/{}/{}/{}.rec", key.host, key.boot_id.0, key.session.0))
+    }
+
+    /// Stores one batch (already checked against its header and the sender's identity) durably,
+    /// once.
+    pub fn append(&mut self, batch: &Batch) -> Result<Appended, StoreError> {
+        let header = &batch.header;
+        if let Some(recording) = self.index.batch_recording(&header.spool, header.seq)? {
+            return Ok(Appended::Duplicate { recording });
+        }
+        let events = wire::unpack_events(header, &batch.events, MAX_CHUNK_RAW)
+            .map_err(|err| StoreError::Refused(err.to_string()))?;
+        let key = RecordingKey {
+            host: header.host.clone(),
+            boot_id: header.boot_id.clone(),
+            session: header.session,
+        };
+        let row = match self.index.recording(&key.id())? {
+            Some(row) => row,
+            None => self.index.insert_recording(&key, &Self::recording_path(&key)?)?,
+        };
+        let (key_id, enc_key) = self.keys.current();
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).map_err(|e| io_err(&self.dir, format!("no randomness: {e}")))?;
+        let chunk_header = ChunkHeader {
+            version: chunk::VERSION,
+            recording: key,
+            index: row.chunks,
+            prev_hash: row.last_hash,
+            key_id: key_id.to_owned(),
+            nonce,
+            batch: BatchRef {
+                spool: header.spool.clone(),
+                seq: header.seq,
+            },
+            events: header.events,
+            first_seq: header.first_seq,
+            last_seq: header.last_seq,
+            first_time: header.first_time,
+            last_time: header.last_time,
+            raw_len: header.raw_len,
+        };
+        let (bytes, hash) = chunk::encode(&chunk_header, &batch.events, enc_key);
+        let stored_len = self.write_chunk(&row, &bytes)?;
+        let summary = Summary::of(&events);
+        self.index.commit_chunk(
+            &row.id,
+            &chunk_header.batch,
+            row.chunks,
+            stored_len,
+            &hash,
+            &summary,
+        )?;
+        if summary.end.is_some() || row.sealed {
+            self.seal(&row.id)?;
+        }
+        Ok(Appended::Stored {
+            recording: row.id,
+            chunk: row.chunks,
+        })
+    }
+
+    /// Appends chunk bytes at the committed end of the recording and makes them durable.
+    /// Returns the new committed length.
+    fn write_chunk(&self, row: &RecordingRow, bytes: &[u8]) -> Result<u64, StoreError> {
+        let path = self.dir.join(&row.path);
+        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
+        let created = !path.exists();
+        if created {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&parent)
+                .map_err(|e| io_err(&parent, e))?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        if created {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| io_err(&path, e))?;
+        }
+        let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+        if len != row.stored_len {
+            // Bytes past the committed end were never acknowledged (a write whose commit failed).
+            warn!(recording = %row.id, file_len = len, committed = row.stored_len, "cutting uncommitted bytes");
+            file.set_len(row.stored_len).map_err(|e| io_err(&path, e))?;
+        }
+        file.seek(SeekFrom::Start(row.stored_len))
+            .and_then(|_| file.write_all(bytes))
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_err(&path, e))?;
+        if created {
+            sync_dir(&parent)?;
+            if let Some(grandparent) = parent.parent() {
+                sync_dir(grandparent)?;
+            }
+        }
+        Ok(row.stored_len + bytes.len() as u64)
+    }
+
+    /// Signs the recording's final hash and chunk count.
+    fn seal(&mut self, id: &str) -> Result<(), StoreError> {
+        let row = self.index.recording(id)?.ok_or_else(|| StoreError::Recording {
+            recording: id.to_owned(),
+            message: "not in the index".into(),
+        })?;
+        let final_hash = row.last_hash.hex();
+        let signature = self.seal_key.sign(&Seal::message(&row.key, row.chunks, &final_hash));
+        let seal = Seal {
+            version: 1,
+            recording: row.key.clone(),
+            chunks: row.chunks,
+            final_hash,
+            sealed_at: Timestamp::now(),
+            public_key: hex::encode(self.seal_key.public()),
+            signature: hex::encode(signature),
+        };
+        let path = self.dir.join(seal_path(&row.path));
+        let tmp = path.with_extension("seal.tmp");
+        let json = serde_json::to_vec_pretty(&seal).unwrap_or_default();
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| io_err(&path, e))?;
+        sync_dir(path.parent().unwrap_or(&self.dir))?;
+        self.index.set_sealed(id)?;
+        Ok(())
+    }
+
+    /// Replays chunks a crash left outside the index, cuts torn tails, seals what ended.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        for row in self.index.unsealed()? {
+            let path = self.dir.join(&row.path);
+            let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(file) => file,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    if row.stored_len > 0 {
+                        warn!(recording = %row.id, path = %path.display(), "recording file missing");
+                    }
+                    continue;
+                }
+                Err(err) => return Err(io_err(&path, err)),
+            };
+            let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+            if len < row.stored_len {
+                warn!(recording = %row.id, file_len = len, committed = row.stored_len,
+                    "recording file is shorter than the index says: damaged");
+                continue;
+            }
+            let mut tail = Vec::new();
+            file.seek(SeekFrom::Start(row.stored_len))
+                .and_then(|_| file.read_to_end(&mut tail))
+                .map_err(|e| io_err(&path, e))?;
+            let mut offset = 0usize;
+            let mut chunks = row.chunks;
+            let mut prev = row.last_hash;
+            let mut ended = false;
+            while offset < tail.len() {
+                let replayed = match chunk::parse(&tail[offset..]) {
+                    Ok(Some(raw)) => self.replay(&row, &raw, chunks, prev, row.stored_len + (offset + raw.encoded_len()) as u64),
+                    Ok(None) => Err("torn chunk".to_owned()),
+                    Err(err) => Err(err.to_string()),
+                };
+                match replayed {
+                    Ok((hash, len, had_end)) => {
+                        offset += len;
+                        chunks += 1;
+                        prev = hash;
+                        ended |= had_end;
+                    }
+                    Err(why) => {
+                        warn!(recording = %row.id, at = row.stored_len + offset as u64, why,
+                            "cutting an unacknowledged tail");
+                        file.set_len(row.stored_len + offset as u64)
+                            .and_then(|()| file.sync_all())
+                            .map_err(|e| io_err(&path, e))?;
+                        break;
+                    }
+                }
+            }
+            if chunks > row.chunks {
+                info!(recording = %row.id, chunks = chunks - row.chunks, "replayed chunks after a crash");
+            }
+            let had_end: bool = self.index.connection().query_row(
+                "SELECT end_ns IS NOT NULL FROM recordings WHERE id = ?1",
+                [&row.id],
+                |r| r.get(0),
+            ).map_err(index::IndexError::from)?;
+            if ended || had_end {
+                self.seal(&row.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one chunk found past the committed end and commits it. Returns its hash, its
+    /// encoded length and whether it ends the session.
+    fn replay(
+        &mut self,
+        row: &RecordingRow,
+        raw: &RawChunk,
+        expected_index: u64,
+        prev: ChunkHash,
+        stored_len: u64,
+    ) -> Result<(ChunkHash, usize, bool), String> {
+        if raw.header.index != expected_index || raw.header.prev_hash != prev {
+            return Err("chunk out of chain".into());
+        }
+        let events = self.decrypt_events(raw).map_err(|e| e.to_string())?;
+        let summary = Summary::of(&events);
+        let hash = raw.hash();
+        self.index
+            .commit_chunk(&row.id, &raw.header.batch, expected_index, stored_len, &hash, &summary)
+            .map_err(|e| e.to_string())?;
+        Ok((hash, raw.encoded_len(), summary.end.is_some()))
+    }
+
+    fn decrypt_events(&self, raw: &RawChunk) -> Result<Vec<Event>, StoreError> {
+        let recording = raw.header.recording.id();
+        let key = self.keys.get(&raw.header.key_id).ok_or_else(|| StoreError::Recording {
+            recording: recording.clone(),
+            message: format!("chunk {} needs key {}, not in the key file", raw.header.index, raw.header.key_id),
+        })?;
+        let plain = chunk::decrypt(raw, key).map_err(|err| StoreError::Recording {
+            recording: recording.clone(),
+            message: format!("chunk {}: {err}", raw.header.index),
+        })?;
+        wire::decode_events(&plain, raw.header.raw_len, MAX_CHUNK_RAW).map_err(|err| {
+            StoreError::Recording {
+                recording,
+                message: format!("chunk {}: {err}", raw.header.index),
+            }
+        })
+    }
+
+    /// Every event of a recording, in order, after checking its chain.
+    pub fn read_events(&self, id: &str) -> Result<Vec<Event>, StoreError> {
+        let row = self.index.recording(id)?.ok_or_else(|| StoreError::Recording {
+            recording: id.to_owned(),
+            message: "no such recording".into(),
+        })?;
+        let path = self.dir.join(&row.path);
+        let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let committed = &bytes[..(row.stored_len as usize).min(bytes.len())];
+        let mut events = Vec::new();
+        let mut offset = 0;
+        let mut prev = ChunkHash::default();
+        let mut index = 0u64;
+        while offset < committed.len() {
+            let raw = chunk::parse(&committed[offset..])
+                .map_err(|err| StoreError::Recording {
+                    recording: id.to_owned(),
+                    message: format!("chunk {index}: {err}"),
+                })?
+                .ok_or_else(|| StoreError::Recording {
+                    recording: id.to_owned(),
+                    message: format!("chunk {index} is cut short"),
+                })?;
+            if raw.header.index != index || raw.header.prev_hash != prev {
+                return Err(StoreError::Recording {
+                    recording: id.to_owned(),
+                    message: format!("chunk {index} is out of chain"),
+                });
+            }
+            events.extend(self.decrypt_events(&raw)?);
+            prev = raw.hash();
+            offset += raw.encoded_len();
+            index += 1;
+        }
+        Ok(events)
+    }
+
+    /// Whether a batch of events ends its session.
+    pub fn ends_session(events: &[Event]) -> bool {
+        events.iter().any(|e| matches!(e.event, EventBody::SessionEnd(_)))
+    }
+}
+
+/// `x/y/7.rec` to `x/y/7.seal`.
+pub fn seal_path(recording_path: &str) -> String {
+    match recording_path.strip_suffix(".rec") {
+        Some(base) => format!("{base}.seal"),
+        None => format!("{recording_path}.seal"),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+/// Creates a new store's keys: the encryption key file and the seal key pair.
+pub fn generate_keys(key_file: &Path, seal_key: &Path, seal_public: &Path) -> Result<(), StoreError> {
+    if !key_file.exists() {
+        KeyRing::generate(key_file)?;
+    }
+    if !seal_key.exists() {
+        SealKey::generate(seal_key, seal_public)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use custos_proto::{
+        AuditSessionId, BootId, ByteString, Pid, Seq, Tty,
+        event::{Output, SessionEnd},
+        wire::{BatchSeq, SpoolId, make_batch},
+    };
+
+    use super::*;
+
+    fn event(seq: u64, body: EventBody) -> Event {
+        Event {
+            time: Timestamp(1_700_000_000_000_000_000 + seq as i64),
+            host: "db1".into(),
+            boot_id: BootId("3ceb1d62-7dc8-410f-835d-54aa0e66d523".into()),
+            session: AuditSessionId(7),
+            seq: Seq(seq),
+            process: None,
+            event: body,
+        }
+    }
+
+    fn output(seq: u64, text: &str) -> Event {
+        event(
+            seq,
+            EventBody::Output(Output {
+                tty: Tty::from_parts(136, 1),
+                data: ByteString::from(text),
+                uncaptured: 0,
+            }),
+        )
+    }
+
+    fn fixture() -> (tempfile::TempDir, StoreConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            dir: dir.path().join("store"),
+            key_file: dir.path().join("store.key"),
+            seal_key: dir.path().join("seal.key"),
+        };
+        generate_keys(&config.key_file, &config.seal_key, &dir.path().join("seal.pub")).unwrap();
+        (dir, config)
+    }
+
+    fn batch(seq: u64, events: &[Event]) -> Batch {
+        make_batch(&SpoolId("spool-a".into()), BatchSeq(seq), events).unwrap()
+    }
+
+    #[test]
+    fn stores_once_reads_back_and_seals() {
+        let (_dir, config) = fixture();
+        let mut store = Store::open(&config).unwrap();
+        let first = batch(1, &[output(1, "hello"), output(2, " world")]);
+        let id = match store.append(&first).unwrap() {
+            Appended::Stored { recording, chunk } => {
+                assert_eq!(chunk, 0);
+                recording
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(store.append(&first).unwrap(), Appended::Duplicate { recording: id.clone() });
+        let end = event(3, EventBody::SessionEnd(SessionEnd { duration_secs: 2.0 }));
+        store.append(&batch(2, std::slice::from_ref(&end))).unwrap();
+        let events = store.read_events(&id).unwrap();
+        assert_eq!(events.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let row = store.index().recording(&id).unwrap().unwrap();
+        assert!(row.sealed);
+        let seal: Seal = serde_json::from_slice(
+            &fs::read(store.dir().join(seal_path(&row.path))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(seal.chunks, 2);
+        assert_eq!(seal.final_hash, row.last_hash.hex());
+        let public: [u8; 32] = hex::decode(&seal.public_key).unwrap().try_into().unwrap();
+        assert!(keys::verify_seal(
+            &public,
+            &Seal::message(&row.key, seal.chunks, &seal.final_hash),
+            &hex::decode(&seal.signature).unwrap()
+        ));
+        let _ = Pid(0);
+    }
+
+    #[test]
+    fn a_crash_between_write_and_commit_is_replayed_and_a_torn_tail_cut() {
+        let (_dir, config) = fixture();
+        let (id, path) = {
+            let mut store = Store::open(&config).unwrap();
+            let Appended::Stored { recording, .. } = store.append(&batch(1, &[output(1, "a")])).unwrap() else {
+                panic!()
+            };
+            let row = store.index().recording(&recording).unwrap().unwrap();
+            // Simulate a crash after the chunk of batch 2 reached the disk, before its commit:
+            // write it with the store's own encoder, then "lose" the index update.
+            let b2 = batch(2, &[output(2, "b")]);
+            let (key_id, key) = store.keys.current();
+            let header = ChunkHeader {
+                version: chunk::VERSION,
+                recording: row.key.clone(),
+                index: 1,
+                prev_hash: row.last_hash,
+                key_id: key_id.to_owned(),
+                nonce: [9; 24],
+                batch: BatchRef { spool: b2.header.spool.clone(), seq: b2.header.seq },
+                events: 1,
+                first_seq: Seq(2),
+                last_seq: Seq(2),
+                first_time: b2.header.first_time,
+                last_time: b2.header.last_time,
+                raw_len: b2.header.raw_len,
+            };
+            let (bytes, _) = chunk::encode(&header, &b2.events, key);
+            let path = store.dir().join(&row.path);
+            let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+            file.write_all(&bytes).unwrap();
+            // And a torn third chunk after it.
+            file.write_all(&bytes[..bytes.len() / 2]).unwrap();
+            (recording, path)
+        };
+        let before = fs::metadata(&path).unwrap().len();
+        let mut store = Store::open(&config).unwrap();
+        assert!(fs::metadata(&path).unwrap().len() < before, "torn tail cut");
+        let events = store.read_events(&id).unwrap();
+        assert_eq!(events.len(), 2, "the written but uncommitted chunk was replayed");
+        // The agent resends batch 2 (it never got the ack): stored once.
+        assert!(matches!(store.append(&batch(2, &[output(2, "b")])).unwrap(), Appended::Duplicate { .. }));
+        assert!(matches!(store.append(&batch(3, &[output(3, "c")])).unwrap(), Appended::Stored { chunk: 2, .. }));
+        assert_eq!(store.read_events(&id).unwrap().len(), 3);
+    }
+}

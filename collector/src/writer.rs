@@ -1,0 +1,113 @@
+//! The store's one writer: a thread that owns the [`Store`] and serves requests in order, so
+//! that appends, fsyncs and index commits never interleave. Agents' last contacts are kept in
+//! memory and written every few seconds.
+use std::{collections::HashMap, thread::JoinHandle, time::Duration};
+
+use custos_proto::{Timestamp, wire::Batch};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::store::{Appended, Store, StoreError};
+
+/// An agent's contact, recorded in the index's agents table.
+#[derive(Clone, Debug)]
+pub struct Contact {
+    pub host: String,
+    pub version: Option<String>,
+    pub boot_id: Option<String>,
+    pub spool: Option<String>,
+    pub address: String,
+}
+
+enum Request {
+    Append(Box<Batch>, oneshot::Sender<Result<Appended, StoreError>>),
+    Contact(Contact),
+    FlushContacts,
+}
+
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+/// How often agents' contacts are written.
+const CONTACT_FLUSH: Duration = Duration::from_secs(5);
+
+impl StoreHandle {
+    /// Starts the writer thread. It ends when every handle is dropped.
+    pub fn spawn(store: Store) -> (StoreHandle, JoinHandle<Store>) {
+        let (tx, mut rx) = mpsc::channel::<Request>(1024);
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                let mut store = store;
+                let mut contacts: HashMap<String, (Contact, Timestamp)> = HashMap::new();
+                while let Some(request) = rx.blocking_recv() {
+                    match request {
+                        Request::Append(batch, reply) => {
+                            let _ = reply.send(store.append(&batch));
+                        }
+                        Request::Contact(contact) => {
+                            let entry = contacts
+                                .entry(contact.host.clone())
+                                .or_insert_with(|| (contact.clone(), Timestamp::now()));
+                            let merged = Contact {
+                                version: contact.version.or(entry.0.version.take()),
+                                boot_id: contact.boot_id.or(entry.0.boot_id.take()),
+                                spool: contact.spool.or(entry.0.spool.take()),
+                                ..contact
+                            };
+                            *entry = (merged, Timestamp::now());
+                        }
+                        Request::FlushContacts => flush(&store, &mut contacts),
+                    }
+                }
+                flush(&store, &mut contacts);
+                store
+            })
+            .expect("starting the store writer thread");
+        // A weak sender: the writer ends when the last handle is dropped.
+        let flusher = tx.downgrade();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CONTACT_FLUSH);
+            loop {
+                tick.tick().await;
+                let Some(tx) = flusher.upgrade() else { break };
+                if tx.send(Request::FlushContacts).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (StoreHandle { tx }, thread)
+    }
+
+    /// Stores a batch durably; resolves once it is on disk and in the index.
+    pub async fn append(&self, batch: Batch) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Request::Append(Box::new(batch), reply)).await.is_err() {
+            return Err(StoreError::ShuttingDown);
+        }
+        answer.await.unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
+    /// Notes an agent's contact (written within a few seconds).
+    pub fn contact(&self, contact: Contact) {
+        let _ = self.tx.try_send(Request::Contact(contact));
+    }
+}
+
+fn flush(store: &Store, contacts: &mut HashMap<String, (Contact, Timestamp)>) {
+    for (contact, at) in contacts.values() {
+        if let Err(err) = store.index().agent_contact(
+            &contact.host,
+            contact.version.as_deref(),
+            contact.boot_id.as_deref(),
+            contact.spool.as_deref(),
+            &contact.address,
+            *at,
+        ) {
+            warn!(host = contact.host, error = %err, "could not record an agent's contact");
+        }
+    }
+    contacts.clear();
+}

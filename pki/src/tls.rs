@@ -1,0 +1,134 @@
+//! The TLS configurations of Custos's connections: TLS 1.3 only, both sides authenticated by
+//! the deployment CA. A server lists the roles it accepts; a client certificate of any other role
+//! is refused inside the handshake, with a reason the server can log.
+use std::{path::Path, sync::Arc};
+
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    crypto::CryptoProvider,
+    server::{
+        WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use crate::{Identity, PkiError, Role, files, identity_of};
+
+/// The one crypto provider (ring).
+pub fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Where a party's certificate, key and CA are.
+#[derive(Clone, Debug)]
+pub struct TlsFiles<'a> {
+    pub ca: &'a Path,
+    pub certificate: &'a Path,
+    pub key: &'a Path,
+}
+
+/// A server (the collector) accepting clients whose certificate chains to the CA and has one of
+/// `accept`'s roles. Returns the configuration and the server's own identity.
+pub fn server_config(
+    files: &TlsFiles<'_>,
+    accept: &'static [Role],
+    alpn: &[&[u8]],
+) -> Result<(rustls::ServerConfig, Identity), PkiError> {
+    let provider = Arc::new(provider());
+    let roots = Arc::new(files::read_ca(files.ca)?);
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|err| PkiError::file(files.ca, format!("cannot verify clients with it: {err}")))?;
+    let verifier = Arc::new(RoleVerifier { inner, accept });
+    let pair = files::load_pair(files.certificate, files.key, Role::Collector)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|err| PkiError::Tls(err.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pair.chain, pair.key)
+        .map_err(|err| PkiError::file(files.certificate, err.to_string()))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok((config, pair.identity))
+}
+
+/// A client (agent, auditor) of `role`, verifying the server's certificate chain to the CA and
+/// its name. There is no way to turn verification off.
+pub fn client_config(
+    files: &TlsFiles<'_>,
+    role: Role,
+    alpn: &[&[u8]],
+) -> Result<(rustls::ClientConfig, Identity), PkiError> {
+    let roots = files::read_ca(files.ca)?;
+    let pair = files::load_pair(files.certificate, files.key, role)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|err| PkiError::Tls(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(pair.chain, pair.key)
+        .map_err(|err| PkiError::file(files.certificate, err.to_string()))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok((config, pair.identity))
+}
+
+/// The identity of a verified peer, from its certificate chain.
+pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<Identity, PkiError> {
+    let end_entity = chain
+        .first()
+        .ok_or_else(|| PkiError::Certificate("the peer presented no certificate".into()))?;
+    identity_of(end_entity)
+}
+
+/// WebPKI chain verification, then the role.
+#[derive(Debug)]
+struct RoleVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    accept: &'static [Role],
+}
+
+impl ClientCertVerifier for RoleVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let identity = identity_of(end_entity).map_err(|err| rustls::Error::General(err.to_string()))?;
+        if !self.accept.contains(&identity.role) {
+            let accepted: Vec<&str> = self.accept.iter().map(|r| r.name()).collect();
+            return Err(rustls::Error::General(format!(
+                "certificate of {identity} refused: this service accepts {}",
+                accepted.join(" or ")
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,343 @@
+//! The agent-collector protocol, `custos/1` (specified for implementers in docs/protocol.md).
+//!
+//! Over QUIC with mutual TLS 1.3, every exchange is one bidirectional stream carrying one request
+//! frame and one response frame. A frame is a 4-byte big-endian length and a MessagePack map
+//! ([`Frame`]). A batch carries the events of one session, compressed with zstd; it is identified
+//! by the agent's spool id and a sequence number, so that a batch sent twice is stored once.
+//!
+//! Everything here is pure: encoding, decoding, limits. The I/O lives in the agent's `ship`
+//! and the collector's `ingest` modules.
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AuditSessionId, BootId, Event, Seq, Timestamp};
+
+/// ALPN protocol id; a new incompatible protocol gets a new id.
+pub const ALPN: &[u8] = b"custos/1";
+/// Version carried in hello and welcome frames.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Default largest frame either side accepts.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Default largest decompressed batch.
+pub const DEFAULT_MAX_BATCH_RAW: usize = 64 * 1024 * 1024;
+
+/// Identifies an agent's spool: created once with the spool, so that a new spool (a reinstall)
+/// starts a new sequence space.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SpoolId(pub String);
+
+impl fmt::Display for SpoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Position of a batch in its spool, from 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BatchSeq(pub u64);
+
+impl fmt::Display for BatchSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Frame {
+    Hello(Hello),
+    Welcome(Welcome),
+    Batch(Batch),
+    Ack(Ack),
+    Error(ErrorFrame),
+}
+
+impl Frame {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Welcome(_) => "welcome",
+            Frame::Batch(_) => "batch",
+            Frame::Ack(_) => "ack",
+            Frame::Error(_) => "error",
+        }
+    }
+}
+
+/// The agent introduces itself (first stream of a connection).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub agent_version: String,
+    pub host: String,
+    pub boot_id: BootId,
+    pub spool: SpoolId,
+}
+
+/// The collector's answer to a hello.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol: u32,
+    pub collector_version: String,
+}
+
+/// What a batch holds, readable without decompressing it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    pub spool: SpoolId,
+    pub seq: BatchSeq,
+    pub host: String,
+    pub boot_id: BootId,
+    pub session: AuditSessionId,
+    /// Event sequence numbers of the first and last event (of `session`).
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    pub events: u32,
+    pub first_time: Timestamp,
+    pub last_time: Timestamp,
+    /// Size of the decompressed events.
+    pub raw_len: u64,
+}
+
+/// Events of one session: `events` is zstd(MessagePack array of [`Event`] maps).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub header: BatchHeader,
+    #[serde(with = "serde_bytes")]
+    pub events: Vec<u8>,
+}
+
+/// The batch is durable at the collector (stored now, or `duplicate`: stored before).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub spool: SpoolId,
+    pub seq: BatchSeq,
+    pub duplicate: bool,
+}
+
+/// A request the collector refused; `code` says whether sending it again can help.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a valid frame or batch. Permanent.
+    Malformed,
+    /// Over a size limit. Permanent.
+    TooLarge,
+    /// The batch names another host than the certificate. Permanent.
+    IdentityMismatch,
+    /// Unsupported protocol version. Permanent.
+    Unsupported,
+    /// The collector could not store it now. Retry later.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// Retrying the same request can succeed.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorCode::Unavailable)
+    }
+
+    /// QUIC application error code used when a stream is reset for this reason.
+    pub fn stream_code(self) -> u32 {
+        match self {
+            ErrorCode::Malformed => 0x11,
+            ErrorCode::TooLarge => 0x12,
+            ErrorCode::IdentityMismatch => 0x13,
+            ErrorCode::Unsupported => 0x14,
+            ErrorCode::Unavailable => 0x15,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {len} bytes is over the limit of {limit}")]
+    FrameTooLarge { len: usize, limit: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("batch of {len} bytes decompressed is over the limit of {limit}")]
+    BatchTooLarge { len: u64, limit: usize },
+    #[error("malformed batch: {0}")]
+    BadBatch(String),
+}
+
+impl WireError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WireError::FrameTooLarge { .. } | WireError::BatchTooLarge { .. } => ErrorCode::TooLarge,
+            WireError::Malformed(_) | WireError::BadBatch(_) => ErrorCode::Malformed,
+        }
+    }
+}
+
+/// A frame with its length prefix.
+pub fn encode_frame(frame: &Frame) -> Vec<u8> {
+    let body = rmp_serde::to_vec_named(frame).unwrap_or_default();
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The length announced by a frame's 4-byte prefix, checked against `limit`.
+pub fn frame_len(prefix: [u8; 4], limit: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > limit {
+        return Err(WireError::FrameTooLarge { len, limit });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (without its prefix).
+pub fn decode_frame(body: &[u8]) -> Result<Frame, WireError> {
+    rmp_serde::from_slice(body).map_err(|err| WireError::Malformed(err.to_string()))
+}
+
+/// Packs the events of one session into a batch body: zstd(MessagePack). Returns the body and
+/// the uncompressed size.
+pub fn pack_events(events: &[Event]) -> (Vec<u8>, u64) {
+    let raw = rmp_serde::to_vec_named(events).unwrap_or_default();
+    let packed = zstd::bulk::compress(&raw, 3).unwrap_or_default();
+    (packed, raw.len() as u64)
+}
+
+/// Unpacks a batch body, refusing to decompress past `limit` bytes, and checks the events
+/// against the header.
+pub fn unpack_events(header: &BatchHeader, body: &[u8], limit: usize) -> Result<Vec<Event>, WireError> {
+    let events = decode_events(body, header.raw_len, limit)?;
+    check_batch(header, &events)?;
+    Ok(events)
+}
+
+/// zstd(MessagePack array of events) of `raw_len` bytes decompressed, to events.
+pub fn decode_events(body: &[u8], raw_len: u64, limit: usize) -> Result<Vec<Event>, WireError> {
+    if raw_len > limit as u64 {
+        return Err(WireError::BatchTooLarge {
+            len: raw_len,
+            limit,
+        });
+    }
+    let raw = zstd::bulk::decompress(body, raw_len as usize)
+        .map_err(|err| WireError::BadBatch(format!("zstd: {err}")))?;
+    if raw.len() as u64 != raw_len {
+        return Err(WireError::BadBatch(format!(
+            "decompressed to {} bytes, header says {raw_len}",
+            raw.len()
+        )));
+    }
+    rmp_serde::from_slice(&raw).map_err(|err| WireError::BadBatch(err.to_string()))
+}
+
+/// Checks that the events are what the header says: one session, the counts and sequence
+/// numbers announced, in order.
+pub fn check_batch(header: &BatchHeader, events: &[Event]) -> Result<(), WireError> {
+    let bad = |what: String| Err(WireError::BadBatch(what));
+    if events.len() != header.events as usize || events.is_empty() {
+        return bad(format!("{} events, header says {}", events.len(), header.events));
+    }
+    for pair in events.windows(2) {
+        if pair[1].seq <= pair[0].seq {
+            return bad(format!("event seq {} follows {}", pair[1].seq.0, pair[0].seq.0));
+        }
+    }
+    for event in events {
+        if event.session != header.session || event.boot_id != header.boot_id || event.host != header.host {
+            return bad(format!(
+                "an event of session {} on {}/{} in a batch of session {}",
+                event.session, event.host, event.boot_id, header.session
+            ));
+        }
+    }
+    if events[0].seq != header.first_seq || events[events.len() - 1].seq != header.last_seq {
+        return bad("first or last event seq differs from the header".into());
+    }
+    Ok(())
+}
+
+/// Builds the batch for `events` (all of one session, in order).
+pub fn make_batch(spool: &SpoolId, seq: BatchSeq, events: &[Event]) -> Option<Batch> {
+    let first = events.first()?;
+    let last = events.last()?;
+    let (body, raw_len) = pack_events(events);
+    Some(Batch {
+        header: BatchHeader {
+            spool: spool.clone(),
+            seq,
+            host: first.host.clone(),
+            boot_id: first.boot_id.clone(),
+            session: first.session,
+            first_seq: first.seq,
+            last_seq: last.seq,
+            events: events.len() as u32,
+            first_time: first.time,
+            last_time: last.time,
+            raw_len,
+        },
+        events: body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventBody, event::SessionEnd};
+
+    fn event(seq: u64) -> Event {
+        Event {
+            time: Timestamp(seq as i64),
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            session: AuditSessionId(4),
+            seq: Seq(seq),
+            process: None,
+            event: EventBody::SessionEnd(SessionEnd { duration_secs: 1.0 }),
+        }
+    }
+
+    #[test]
+    fn batches_round_trip_through_frames() {
+        let events = vec![event(1), event(2), event(3)];
+        let batch = make_batch(&SpoolId("s".into()), BatchSeq(9), &events).unwrap();
+        let bytes = encode_frame(&Frame::Batch(batch.clone()));
+        let len = frame_len(bytes[..4].try_into().unwrap(), DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(len, bytes.len() - 4);
+        let Frame::Batch(decoded) = decode_frame(&bytes[4..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(decoded, batch);
+        assert_eq!(unpack_events(&decoded.header, &decoded.events, 1 << 20).unwrap(), events);
+    }
+
+    #[test]
+    fn limits_and_lies_are_refused() {
+        assert_eq!(
+            frame_len((17u32 << 20).to_be_bytes(), DEFAULT_MAX_FRAME),
+            Err(WireError::FrameTooLarge { len: 17 << 20, limit: DEFAULT_MAX_FRAME })
+        );
+        assert!(matches!(decode_frame(b"\xc1garbage"), Err(WireError::Malformed(_))));
+        let events = vec![event(1), event(2)];
+        let batch = make_batch(&SpoolId("s".into()), BatchSeq(1), &events).unwrap();
+        let mut header = batch.header.clone();
+        header.raw_len = 1 << 30;
+        assert!(matches!(
+            unpack_events(&header, &batch.events, 1 << 20),
+            Err(WireError::BatchTooLarge { .. })
+        ));
+        let mut header = batch.header.clone();
+        header.events = 3;
+        assert!(matches!(unpack_events(&header, &batch.events, 1 << 20), Err(WireError::BadBatch(_))));
+        let mut header = batch.header.clone();
+        header.session = AuditSessionId(5);
+        assert!(matches!(unpack_events(&header, &batch.events, 1 << 20), Err(WireError::BadBatch(_))));
+        assert!(matches!(unpack_events(&batch.header, b"not zstd", 1 << 20), Err(WireError::BadBatch(_))));
+    }
+}
