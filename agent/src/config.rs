@@ -2,7 +2,10 @@
 //! refuse a configuration it cannot honour (with one line naming the key and the reason).
 //!
 //! The commented reference file is packaging/agent.toml; keep both in step.
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use bytesize::ByteSize;
 use serde::Deserialize;
@@ -14,6 +17,108 @@ pub const DEFAULT_PATH: &str = "/etc/custos/agent.toml";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub capture: CaptureConfig,
+    pub collector: CollectorConfig,
+    pub spool: SpoolConfig,
+    pub shipping: ShippingConfig,
+}
+
+/// Where recordings go, and the agent's certificate for it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// `host:port` of the collector (UDP, QUIC). Required unless the agent runs with --stdout.
+    pub address: String,
+    /// The name the collector's certificate must carry (default: the host part of `address`).
+    pub server_name: Option<String>,
+    /// The deployment CA certificate.
+    pub ca: PathBuf,
+    /// This host's agent certificate (`custos-collector pki issue agent HOSTNAME`); its name is
+    /// the host name recordings carry.
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            server_name: None,
+            ca: "/etc/custos/ca.pem".into(),
+            certificate: "/etc/custos/agent.pem".into(),
+            key: "/etc/custos/agent.key".into(),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// The host part of `address` (brackets of an IPv6 literal removed).
+    pub fn host(&self) -> &str {
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    pub fn server_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or_else(|| self.host())
+    }
+}
+
+/// The on-disk queue of batches not yet acknowledged.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// When full, the oldest unsent batches are dropped and reported as gap records.
+    pub max_size: ByteSize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: "/var/lib/custos/spool".into(),
+            max_size: ByteSize::gib(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShippingConfig {
+    /// A session's events are sent in batches of at most this much (uncompressed).
+    pub batch_max_bytes: ByteSize,
+    /// ...and wait at most this long before they are.
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub batch_interval: Duration,
+    /// Batches sent and not yet acknowledged.
+    pub in_flight: usize,
+    /// Reconnection backoff: from this...
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub reconnect_min: Duration,
+    /// ...doubling, with jitter, up to this.
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub reconnect_max: Duration,
+    /// Keep-alive interval on an idle connection.
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub keep_alive: Duration,
+    /// At shutdown, how long to keep sending what is spooled.
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ShippingConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_bytes: ByteSize::kib(256),
+            batch_interval: Duration::from_millis(250),
+            in_flight: 16,
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Which tasks the kernel side captures.
@@ -125,7 +230,60 @@ impl Config {
                 ));
             }
         }
+        let collector = &self.collector;
+        if !collector.address.is_empty() {
+            let port = collector
+                .address
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok());
+            if port.is_none() || collector.host().is_empty() {
+                return Err((
+                    "collector.address",
+                    format!("must be host:port, not {:?}", collector.address),
+                ));
+            }
+        }
+        if self.spool.max_size.as_u64() < 1024 * 1024 {
+            return Err(("spool.max_size", "must be at least 1 MiB".into()));
+        }
+        let shipping = &self.shipping;
+        if !(64 * 1024..=16 * 1024 * 1024).contains(&shipping.batch_max_bytes.as_u64()) {
+            return Err((
+                "shipping.batch_max_bytes",
+                "must be 64 KiB to 16 MiB".into(),
+            ));
+        }
+        if shipping.batch_interval.is_zero() || shipping.batch_interval > Duration::from_secs(60) {
+            return Err((
+                "shipping.batch_interval",
+                "must be more than 0 and at most 60s".into(),
+            ));
+        }
+        if !(1..=1024).contains(&shipping.in_flight) {
+            return Err(("shipping.in_flight", "must be 1 to 1024".into()));
+        }
+        if shipping.reconnect_min.is_zero() || shipping.reconnect_max < shipping.reconnect_min {
+            return Err((
+                "shipping.reconnect_max",
+                "must be at least shipping.reconnect_min, which must be more than 0".into(),
+            ));
+        }
+        if shipping.keep_alive.is_zero() {
+            return Err(("shipping.keep_alive", "must be more than 0".into()));
+        }
         Ok(())
+    }
+
+    /// The collector settings, when the agent ships (not with --stdout).
+    pub fn require_collector(&self, path: &Path) -> Result<&CollectorConfig, ConfigError> {
+        if self.collector.address.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "collector.address",
+                reason: "required to ship recordings (or run with --stdout)".into(),
+            });
+        }
+        Ok(&self.collector)
     }
 }
 

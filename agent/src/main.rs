@@ -1,29 +1,45 @@
 //! `custos-agent`: records interactive login sessions on this host.
 //!
 //! Along an event's path: [`load`] attaches the kernel programs, [`capture`] reads their ring
-//! buffer, [`session`] attributes and enriches events, [`output`] writes them out.
+//! buffer, [`session`] attributes and enriches events, [`pipeline`] writes them out: as JSON
+//! lines (`--stdout`) or in [`batch`]es to the [`spool`], from which [`ship`] sends them to the
+//! collector.
+mod batch;
 mod capture;
 mod config;
 mod load;
-mod output;
+mod pipeline;
 mod session;
+mod ship;
+mod spool;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use aya::maps::RingBuf;
 use clap::Parser;
-use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use custos_pki::{Role, tls::TlsFiles};
+use custos_proto::event::GapReason;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{error, info, warn};
 
 use crate::{
-    capture::{Capture, drops::DropMonitor},
+    batch::Batcher,
+    capture::drops::DropMonitor,
     config::Config,
-    output::{JsonLines, Sink},
+    pipeline::{Output, Spooler},
     session::{Tracker, host::HostIdentity},
+    ship::{ShipMetrics, Shipping},
+    spool::Spool,
 };
 
-/// Records interactive login sessions (terminal, commands, file opens) with eBPF.
+/// Records interactive login sessions (terminal, commands, file opens) with eBPF and ships them
+/// to the Custos collector.
 #[derive(Parser, Debug)]
 #[command(name = "custos-agent", version, about)]
 struct Cli {
@@ -33,7 +49,7 @@ struct Cli {
     /// Print events as JSON lines on standard output instead of shipping them.
     #[arg(long)]
     stdout: bool,
-    /// Check the configuration and exit.
+    /// Check the configuration (and the certificates it names) and exit.
     #[arg(long)]
     check_config: bool,
 }
@@ -41,21 +57,21 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     custos_daemon::init_logging();
-    let config = match load_config(cli.config.as_deref()) {
-        Ok(config) => config,
-        Err(err) => {
-            error!("{err:#}");
-            eprintln!("custos-agent: {err:#}");
-            return ExitCode::from(2);
+    let (config, config_path) = match load_config(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(err) => return refuse(err),
+    };
+    let shipping = if cli.stdout {
+        None
+    } else {
+        match prepare_shipping(&config, &config_path) {
+            Ok(shipping) => Some(shipping),
+            Err(err) => return refuse(err),
         }
     };
     if cli.check_config {
         println!("configuration ok");
         return ExitCode::SUCCESS;
-    }
-    if !cli.stdout {
-        eprintln!("custos-agent: shipping to a collector is not configured; use --stdout");
-        return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -68,8 +84,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sink = Box::new(JsonLines::new(std::io::stdout()));
-    match runtime.block_on(run(config, sink)) {
+    match runtime.block_on(run(config, shipping)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");
@@ -79,21 +94,64 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+/// A configuration the agent cannot honour: one line, exit code 2.
+fn refuse(err: anyhow::Error) -> ExitCode {
+    error!("{err:#}");
+    eprintln!("custos-agent: {err:#}");
+    ExitCode::from(2)
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, PathBuf)> {
+    let default = Path::new(config::DEFAULT_PATH);
     match path {
-        Some(path) => Ok(Config::load(path)?),
-        None => {
-            let default = std::path::Path::new(config::DEFAULT_PATH);
-            if default.exists() {
-                Ok(Config::load(default)?)
-            } else {
-                Ok(Config::default())
-            }
-        }
+        Some(path) => Ok((Config::load(path)?, path.to_owned())),
+        None if default.exists() => Ok((Config::load(default)?, default.to_owned())),
+        None => Ok((Config::default(), default.to_owned())),
     }
 }
 
-async fn run(config: Config, mut sink: Box<dyn Sink>) -> anyhow::Result<()> {
+/// Checks what shipping needs before anything is loaded: the collector's address and this
+/// host's certificate (readable, valid, an agent's, matching its key). The certificate's name is
+/// the host name recordings carry.
+fn prepare_shipping(
+    config: &Config,
+    path: &Path,
+) -> anyhow::Result<(Shipping, Spool, spool::Recovered)> {
+    let collector = config.require_collector(path)?;
+    let files = TlsFiles {
+        ca: &collector.ca,
+        certificate: &collector.certificate,
+        key: &collector.key,
+    };
+    let (_, identity) =
+        custos_pki::tls::client_config(&files, Role::Agent, &[custos_proto::wire::ALPN])?;
+    let host = HostIdentity::read()?;
+    if host.hostname != identity.name {
+        warn!(
+            hostname = host.hostname,
+            certificate = identity.name,
+            "the host name differs from the agent certificate's name; recordings carry the certificate's"
+        );
+    }
+    let (spool, recovered) = Spool::open(&config.spool.dir, config.spool.max_size.as_u64())
+        .context("opening the spool")?;
+    Ok((
+        Shipping {
+            collector: collector.clone(),
+            options: config.shipping.clone(),
+            host: identity.name,
+            boot_id: host.boot_id,
+            spool_dir: config.spool.dir.clone(),
+        },
+        spool,
+        recovered,
+    ))
+}
+
+async fn run(
+    config: Config,
+    shipping: Option<(Shipping, Spool, spool::Recovered)>,
+) -> anyhow::Result<()> {
     let agent_tgid = std::process::id();
     load::check_kernel()?;
     let mut probes = load::load(&config.capture, agent_tgid)?;
@@ -104,12 +162,55 @@ async fn run(config: Config, mut sink: Box<dyn Sink>) -> anyhow::Result<()> {
             .context("map EVENTS missing from the eBPF object")?,
     )?;
     let monitor = DropMonitor::new(&mut probes.ebpf)?;
-    let mut tracker = Tracker::new(HostIdentity::read()?);
+    let mut host = HostIdentity::read()?;
+    let mut events = Vec::new();
 
+    // Where events go: JSON lines, or batches on the spool for the sender.
+    let (output, sender, mut tracker) = match shipping {
+        None => (
+            Output::Json(std::io::BufWriter::new(std::io::stdout())),
+            None,
+            Tracker::new(host),
+        ),
+        Some((shipping, spool, recovered)) => {
+            host.hostname = shipping.host.clone();
+            let mut tracker = Tracker::new(host);
+            let state_path = config.spool.dir.join("sessions.json");
+            let next = spool.next_event_seqs(tracker.boot_id());
+            tracker.restore(pipeline::load_state(&state_path), &next);
+            if recovered.skipped_bytes > 0 || recovered.torn_bytes > 0 {
+                warn!(
+                    skipped_bytes = recovered.skipped_bytes,
+                    torn_bytes = recovered.torn_bytes,
+                    "damaged spool data skipped"
+                );
+            }
+            pipeline::report_dropped(
+                &mut tracker,
+                &recovered.damaged,
+                GapReason::SpoolCorrupt,
+                &mut events,
+            );
+            let spool = Arc::new(Mutex::new(spool));
+            let wake = Arc::new(Notify::new());
+            let spooler = Spooler {
+                batcher: Batcher::new(
+                    config.shipping.batch_max_bytes.as_u64() as usize,
+                    config.shipping.batch_interval,
+                ),
+                spool: spool.clone(),
+                wake: wake.clone(),
+                state_path,
+            };
+            (
+                Output::Spool(spooler),
+                Some((shipping, spool, wake)),
+                tracker,
+            )
+        }
+    };
     // Sessions already running; their events wait in the ring buffer meanwhile.
-    let mut out = Vec::new();
-    tracker.seed(agent_tgid, &mut out);
-    write_all(sink.as_mut(), &mut out)?;
+    tracker.seed(agent_tgid, &mut events);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(65536);
@@ -120,14 +221,27 @@ async fn run(config: Config, mut sink: Box<dyn Sink>) -> anyhow::Result<()> {
         stop_rx,
         Duration::from_millis(250),
     ));
-    let tracking = tokio::spawn(track(rx, tracker, sink));
-    info!(
-        host = %HostIdentity::read()?.hostname,
-        "recording login sessions"
-    );
+    let pipeline = tokio::spawn(pipeline::run(rx, tracker, output, events));
+    let (ship_stop, ship_stop_rx) = watch::channel(false);
+    let ship_metrics = Arc::new(ShipMetrics::default());
+    let reconnect = Arc::new(Notify::new());
+    let ship_task = sender.map(|(shipping, spool, wake)| {
+        tokio::spawn(ship::run(
+            shipping,
+            spool,
+            wake,
+            reconnect.clone(),
+            ship_stop_rx,
+            ship_metrics.clone(),
+        ))
+    });
+    info!(host = %HostIdentity::read()?.hostname, "recording login sessions");
 
     let mut signals = custos_daemon::Signals::new()?;
-    while signals.next().await != custos_daemon::Signal::Shutdown {}
+    while signals.next().await != custos_daemon::Signal::Shutdown {
+        info!("SIGHUP: reconnecting with the certificate files as they are now");
+        reconnect.notify_one();
+    }
     info!("stopping: detaching programs and draining the ring buffer");
     // Detach first, so that nothing new enters the ring buffer while it drains.
     drop(probes);
@@ -135,7 +249,11 @@ async fn run(config: Config, mut sink: Box<dyn Sink>) -> anyhow::Result<()> {
     let stats = reader.await??;
     let monitor = losses.await?;
     let counters = monitor.counters();
-    tracking.await??;
+    pipeline.await??;
+    let _ = ship_stop.send(true);
+    if let Some(ship_task) = ship_task {
+        ship_task.await??;
+    }
     info!(
         records = stats.records,
         undecodable = stats.undecodable,
@@ -144,46 +262,3 @@ async fn run(config: Config, mut sink: Box<dyn Sink>) -> anyhow::Result<()> {
     );
     Ok(())
 }
-
-/// Runs the session tracker until capture ends, writing every event to `sink`.
-async fn track(
-    mut rx: mpsc::Receiver<Capture>,
-    mut tracker: Tracker,
-    mut sink: Box<dyn Sink>,
-) -> anyhow::Result<()> {
-    let mut out = Vec::new();
-    let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            message = rx.recv() => {
-                let Some(message) = message else { break };
-                handle(&mut tracker, message, &mut out);
-                while let Ok(message) = rx.try_recv() {
-                    handle(&mut tracker, message, &mut out);
-                    if out.len() >= 1024 {
-                        write_all(sink.as_mut(), &mut out)?;
-                    }
-                }
-            }
-            _ = sweep.tick() => tracker.sweep(&mut out),
-        }
-        write_all(sink.as_mut(), &mut out)?;
-    }
-    write_all(sink.as_mut(), &mut out)?;
-    Ok(())
-}
-
-fn handle(tracker: &mut Tracker, message: Capture, out: &mut Vec<custos_proto::Event>) {
-    match message {
-        Capture::Event(captured) => tracker.on_capture(captured, out),
-        Capture::Loss(loss) => tracker.on_loss(loss, out),
-    }
-}
-
-fn write_all(sink: &mut dyn Sink, out: &mut Vec<custos_proto::Event>) -> anyhow::Result<()> {
-    for event in out.drain(..) {
-        sink.write(&event)?;
-    }
-    sink.flush()
-}
-

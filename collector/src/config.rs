@@ -117,24 +117,35 @@ impl Config {
             path: path.to_owned(),
             message: custos_daemon::toml_error_line(text, &err),
         })?;
-        config.validate().map_err(|(key, reason)| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            reason,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                reason,
+            })?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let frame = self.ingest.max_frame_size.as_u64();
         if !(64 * 1024..=1024 * 1024 * 1024).contains(&frame) {
-            return Err(("ingest.max_frame_size", format!("must be 64 KiB to 1 GiB, not {frame} bytes")));
+            return Err((
+                "ingest.max_frame_size",
+                format!("must be 64 KiB to 1 GiB, not {frame} bytes"),
+            ));
         }
         if self.ingest.max_batch_size.as_u64() < frame {
-            return Err(("ingest.max_batch_size", "must be at least ingest.max_frame_size".into()));
+            return Err((
+                "ingest.max_batch_size",
+                "must be at least ingest.max_frame_size".into(),
+            ));
         }
         if !(1..=10_000).contains(&self.ingest.max_streams_per_connection) {
-            return Err(("ingest.max_streams_per_connection", "must be 1 to 10000".into()));
+            return Err((
+                "ingest.max_streams_per_connection",
+                "must be 1 to 10000".into(),
+            ));
         }
         if self.ingest.idle_timeout < Duration::from_secs(5) {
             return Err(("ingest.idle_timeout", "must be at least 5s".into()));
@@ -154,10 +165,16 @@ mod tests {
         let err = Config::parse(Path::new("c.toml"), "[ingest]\nidle_timeout = \"1s\"\n")
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "config c.toml: ingest.idle_timeout: must be at least 5s");
+        assert_eq!(
+            err,
+            "config c.toml: ingest.idle_timeout: must be at least 5s"
+        );
         let err = Config::parse(Path::new("c.toml"), "[ingest]\nlisten = \"nowhere\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("ingest.listen") && !err.contains('\n'), "{err}");
+        assert!(
+            err.contains("ingest.listen") && !err.contains('\n'),
+            "{err}"
+        );
     }
 }

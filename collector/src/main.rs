@@ -160,16 +160,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
 
     let mut signals = Signals::new()?;
-    loop {
-        match signals.next().await {
-            Signal::Reload => match ingest::server_config(&config) {
-                Ok((server_config, identity)) => {
-                    endpoint.set_server_config(Some(server_config));
-                    info!(name = %identity.name, "reloaded the CA and the collector's certificate");
-                }
-                Err(err) => warn!(error = %format!("{err:#}"), "reload failed; keeping the previous certificates"),
-            },
-            Signal::Shutdown => break,
+    while let Signal::Reload = signals.next().await {
+        match ingest::server_config(&config) {
+            Ok((server_config, identity)) => {
+                endpoint.set_server_config(Some(server_config));
+                info!(name = %identity.name, "reloaded the CA and the collector's certificate");
+            }
+            Err(err) => warn!(
+                error = %format!("{err:#}"),
+                "reload failed; keeping the previous certificates"
+            ),
         }
     }
     info!("stopping");

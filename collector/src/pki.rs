@@ -31,6 +31,16 @@ pub enum PkiCommand {
         #[command(subcommand)]
         what: IssueCommand,
     },
+    /// Replace the collector's certificate and key (then send the collector SIGHUP).
+    RenewCollector {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Names for the new certificate (default: those of the current one).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        #[arg(long, default_value_t = issue::DEFAULT_DAYS)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -60,6 +70,10 @@ pub struct IssueOptions {
     out: Option<PathBuf>,
     #[arg(long, default_value_t = issue::DEFAULT_DAYS)]
     days: i64,
+    /// Replace an existing certificate of the same name (renewal); the old files are replaced
+    /// atomically.
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -76,7 +90,11 @@ pub fn seal_key_paths(dir: &Path) -> (PathBuf, PathBuf) {
 
 pub fn run(command: PkiCommand) -> anyhow::Result<()> {
     match command {
-        PkiCommand::Init { dir, mut names, days } => {
+        PkiCommand::Init {
+            dir,
+            mut names,
+            days,
+        } => {
             if names.is_empty() {
                 let host = nix_hostname();
                 names = vec![host, "localhost".into(), "127.0.0.1".into()];
@@ -106,9 +124,23 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
                 ),
             };
             let pki = PkiDir::new(&common.dir);
-            let (cert, key) = issue::issue(&pki, role, &name, Validity::days(common.days), common.out.as_deref())?;
+            let (cert, key) = issue::issue(
+                &pki,
+                role,
+                &name,
+                Validity::days(common.days),
+                common.out.as_deref(),
+                common.replace,
+            )?;
             println!("wrote {}", cert.display());
             println!("wrote {}", key.display());
+        }
+        PkiCommand::RenewCollector { dir, names, days } => {
+            let (cert, key) =
+                issue::renew_collector(&PkiDir::new(&dir), &names, Validity::days(days))?;
+            println!("wrote {}", cert.display());
+            println!("wrote {}", key.display());
+            println!("send the collector SIGHUP to use them (no connection is lost)");
         }
     }
     Ok(())

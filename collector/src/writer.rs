@@ -84,7 +84,12 @@ impl StoreHandle {
     /// Stores a batch durably; resolves once it is on disk and in the index.
     pub async fn append(&self, batch: Batch) -> Result<Appended, StoreError> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Request::Append(Box::new(batch), reply)).await.is_err() {
+        if self
+            .tx
+            .send(Request::Append(Box::new(batch), reply))
+            .await
+            .is_err()
+        {
             return Err(StoreError::ShuttingDown);
         }
         answer.await.unwrap_or(Err(StoreError::ShuttingDown))

@@ -112,7 +112,10 @@ mod tests {
         let text = "[section]\nwait = \"soon\"\n";
         let err = toml::from_str::<Sample>(text).unwrap_err();
         let line = toml_error_line(text, &err);
-        assert!(line.starts_with("section.wait: bad duration \"soon\""), "{line}");
+        assert!(
+            line.starts_with("section.wait: bad duration \"soon\""),
+            "{line}"
+        );
         assert!(line.ends_with("(line 2)"), "{line}");
         let ok: Sample = toml::from_str("[section]\nwait = \"1m 30s\"\n").unwrap();
         assert_eq!(ok.section.wait, Duration::from_secs(90));

@@ -15,7 +15,8 @@ use crate::{Identity, PkiError, Role, identity_of};
 
 /// Every certificate in a PEM file (a certificate and, optionally, its chain).
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    let bytes = fs::read(path).map_err(|err| PkiError::file(path, format!("cannot read: {err}")))?;
+    let bytes =
+        fs::read(path).map_err(|err| PkiError::file(path, format!("cannot read: {err}")))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| PkiError::file(path, format!("not a PEM certificate file: {err}")))?;
@@ -27,21 +28,29 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Pk
 
 /// A private key, refused when others than its owner may read it.
 pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
-    let meta = fs::metadata(path).map_err(|err| PkiError::file(path, format!("cannot read: {err}")))?;
+    let meta =
+        fs::metadata(path).map_err(|err| PkiError::file(path, format!("cannot read: {err}")))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(PkiError::file(
             path,
-            format!("private key is readable by group or others (mode {mode:04o}); run chmod 600 on it"),
+            format!(
+                "private key is readable by group or others (mode {mode:04o}); run chmod 600 on it"
+            ),
         ));
     }
-    let bytes = fs::read(path).map_err(|err| PkiError::file(path, format!("cannot read: {err}")))?;
+    let bytes =
+        fs::read(path).map_err(|err| PkiError::file(path, format!("cannot read: {err}")))?;
     PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|err| PkiError::file(path, format!("not a PEM private key: {err}")))
 }
 
 /// Checks that a certificate is valid now and has `role`; returns its identity.
-pub fn check_certificate(path: &Path, der: &[u8], role: Option<Role>) -> Result<Identity, PkiError> {
+pub fn check_certificate(
+    path: &Path,
+    der: &[u8],
+    role: Option<Role>,
+) -> Result<Identity, PkiError> {
     let identity = identity_of(der).map_err(|err| PkiError::file(path, err.to_string()))?;
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|err| PkiError::file(path, format!("not an X.509 certificate: {err}")))?;
@@ -50,13 +59,19 @@ pub fn check_certificate(path: &Path, der: &[u8], role: Option<Role>) -> Result<
     if now > validity.not_after {
         return Err(PkiError::file(
             path,
-            format!("certificate of {identity} expired on {}", validity.not_after),
+            format!(
+                "certificate of {identity} expired on {}",
+                validity.not_after
+            ),
         ));
     }
     if now < validity.not_before {
         return Err(PkiError::file(
             path,
-            format!("certificate of {identity} is not valid before {}", validity.not_before),
+            format!(
+                "certificate of {identity} is not valid before {}",
+                validity.not_before
+            ),
         ));
     }
     if let Some(role) = role
@@ -87,7 +102,10 @@ pub fn load_pair(cert_path: &Path, key_path: &Path, role: Role) -> Result<Certif
     let mismatch = || {
         PkiError::file(
             key_path,
-            format!("private key does not match the certificate in {}", cert_path.display()),
+            format!(
+                "private key does not match the certificate in {}",
+                cert_path.display()
+            ),
         )
     };
     let certified = CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
@@ -114,6 +132,15 @@ pub fn read_ca(path: &Path) -> Result<rustls::RootCertStore, PkiError> {
             .map_err(|err| PkiError::file(path, format!("not a usable CA certificate: {err}")))?;
     }
     Ok(roots)
+}
+
+/// Writes `contents` to `path` with `mode`, replacing it atomically if it exists (written to a
+/// temporary file, fsynced, renamed over).
+pub fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let tmp = path.with_extension("new");
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).map_err(|err| PkiError::file(path, format!("cannot replace: {err}")))
 }
 
 /// Writes a new file with `mode`; refuses to replace an existing one.

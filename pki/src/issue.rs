@@ -10,12 +10,15 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::{PkiError, Role, files::write_new};
+use crate::{
+    PkiError, Role,
+    files::{replace, write_new},
+};
 
 /// Files of a PKI directory.
 #[derive(Clone, Debug)]
@@ -57,14 +60,20 @@ pub const DEFAULT_DAYS: i64 = 365;
 /// addresses agents and auditors connect to). Returns the files written.
 pub fn init(pki: &PkiDir, collector_names: &[String], days: i64) -> Result<Vec<PathBuf>, PkiError> {
     if collector_names.is_empty() {
-        return Err(PkiError::Issue("the collector needs at least one name".into()));
+        return Err(PkiError::Issue(
+            "the collector needs at least one name".into(),
+        ));
     }
-    fs::create_dir_all(&pki.dir).map_err(|err| PkiError::file(&pki.dir, format!("cannot create: {err}")))?;
+    fs::create_dir_all(&pki.dir)
+        .map_err(|err| PkiError::file(&pki.dir, format!("cannot create: {err}")))?;
     fs::set_permissions(&pki.dir, fs::Permissions::from_mode(0o700))
         .map_err(|err| PkiError::file(&pki.dir, format!("cannot set mode: {err}")))?;
     for path in [pki.ca_cert(), pki.ca_key()] {
         if path.exists() {
-            return Err(PkiError::file(&path, "already exists: this directory already holds a CA"));
+            return Err(PkiError::file(
+                &path,
+                "already exists: this directory already holds a CA",
+            ));
         }
     }
     let key = KeyPair::generate().map_err(|err| PkiError::Issue(err.to_string()))?;
@@ -88,8 +97,70 @@ pub fn init(pki: &PkiDir, collector_names: &[String], days: i64) -> Result<Vec<P
         Validity::days(days),
         &pki.collector_cert(),
         &pki.collector_key(),
+        false,
     )?;
     Ok(vec![pki.ca_cert(), pki.ca_key(), cert_path, key_path])
+}
+
+/// A new certificate and key for the collector, replacing the old ones atomically (then
+/// `SIGHUP` the collector). The names default to the current certificate's.
+pub fn renew_collector(
+    pki: &PkiDir,
+    names: &[String],
+    validity: Validity,
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    let names = if names.is_empty() {
+        current_names(&pki.collector_cert())?
+    } else {
+        names.to_vec()
+    };
+    if names.is_empty() {
+        return Err(PkiError::Issue(
+            "the collector needs at least one name".into(),
+        ));
+    }
+    issue_to(
+        pki,
+        Role::Collector,
+        &names[0],
+        &names,
+        validity,
+        &pki.collector_cert(),
+        &pki.collector_key(),
+        true,
+    )
+}
+
+/// The common name and subject alternative names of a certificate file.
+fn current_names(path: &Path) -> Result<Vec<String>, PkiError> {
+    let chain = crate::files::read_certificates(path)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|err| PkiError::file(path, format!("not an X.509 certificate: {err}")))?;
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            let text = match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => dns.to_string(),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string(),
+                    16 => {
+                        let bytes: [u8; 16] = (*ip).try_into().unwrap_or([0; 16]);
+                        std::net::Ipv6Addr::from(bytes).to_string()
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            if !names.contains(&text) {
+                names.push(text);
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// When an issued certificate is valid.
@@ -111,19 +182,27 @@ impl Validity {
 }
 
 /// Issues a certificate of `role` for `name` into `out_dir` (default: the PKI's `issued/`).
+/// An existing pair for the name is refused, unless `replace` (renewal: the files are replaced
+/// atomically, so a daemon reading them sees the old pair or the new one).
 pub fn issue(
     pki: &PkiDir,
     role: Role,
     name: &str,
     validity: Validity,
     out_dir: Option<&Path>,
+    replace: bool,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
     if role == Role::Collector {
-        return Err(PkiError::Issue("the collector's certificate comes from `pki init`".into()));
+        return Err(PkiError::Issue(
+            "the collector's certificate comes from `pki init`".into(),
+        ));
     }
     check_name(name)?;
-    let out = out_dir.map(Path::to_path_buf).unwrap_or_else(|| pki.issued());
-    fs::create_dir_all(&out).map_err(|err| PkiError::file(&out, format!("cannot create: {err}")))?;
+    let out = out_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| pki.issued());
+    fs::create_dir_all(&out)
+        .map_err(|err| PkiError::file(&out, format!("cannot create: {err}")))?;
     let base = format!("{}-{name}", role.name());
     issue_to(
         pki,
@@ -133,6 +212,7 @@ pub fn issue(
         validity,
         &out.join(format!("{base}.pem")),
         &out.join(format!("{base}.key")),
+        replace,
     )
 }
 
@@ -161,6 +241,7 @@ fn name(common: &str, role: Option<Role>) -> DistinguishedName {
     dn
 }
 
+#[allow(clippy::too_many_arguments)]
 fn issue_to(
     pki: &PkiDir,
     role: Role,
@@ -169,6 +250,7 @@ fn issue_to(
     validity: Validity,
     cert_path: &Path,
     key_path: &Path,
+    replacing: bool,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
     let ca_pem = fs::read_to_string(pki.ca_cert())
         .map_err(|err| PkiError::file(&pki.ca_cert(), format!("cannot read: {err}")))?;
@@ -200,8 +282,15 @@ fn issue_to(
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|err| PkiError::Issue(err.to_string()))?;
-    write_new(key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_new(cert_path, cert.pem().as_bytes(), 0o644)?;
+    if replacing {
+        // Key first: a reader between the two renames sees a mismatch and retries later, never
+        // a certificate without its key.
+        replace(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        replace(cert_path, cert.pem().as_bytes(), 0o644)?;
+    } else {
+        write_new(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_new(cert_path, cert.pem().as_bytes(), 0o644)?;
+    }
     Ok((cert_path.to_path_buf(), key_path.to_path_buf()))
 }
 
@@ -223,20 +312,43 @@ mod tests {
             files::load_pair(&pki.collector_cert(), &pki.collector_key(), Role::Collector).unwrap();
         assert_eq!(collector.identity.name, "collector.test");
 
-        let (cert, key) = issue(&pki, Role::Auditor, "dana", Validity::days(1), None).unwrap();
+        let (cert, key) =
+            issue(&pki, Role::Auditor, "dana", Validity::days(1), None, false).unwrap();
         assert!(cert.ends_with("issued/auditor-dana.pem"));
         let pair = files::load_pair(&cert, &key, Role::Auditor).unwrap();
         assert_eq!(pair.identity.name, "dana");
         // The wrong role, a mismatched key, an existing file: each refused, naming the file.
-        let err = files::load_pair(&cert, &key, Role::Agent).err().unwrap().to_string();
-        assert!(err.contains("auditor-dana.pem") && err.contains("not for a agent"), "{err}");
+        let err = files::load_pair(&cert, &key, Role::Agent)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("auditor-dana.pem") && err.contains("not for a agent"),
+            "{err}"
+        );
         let err = files::load_pair(&cert, &pki.collector_key(), Role::Auditor)
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("collector.key") && err.contains("does not match"), "{err}");
-        assert!(issue(&pki, Role::Auditor, "dana", Validity::days(1), None).is_err());
-        assert!(init(&pki, &["x".into()], 1).is_err(), "a second CA over the first");
+        assert!(
+            err.contains("collector.key") && err.contains("does not match"),
+            "{err}"
+        );
+        assert!(issue(&pki, Role::Auditor, "dana", Validity::days(1), None, false).is_err());
+        issue(&pki, Role::Auditor, "dana", Validity::days(2), None, true).unwrap();
+        files::load_pair(&cert, &key, Role::Auditor).unwrap();
+        renew_collector(&pki, &[], Validity::days(2)).unwrap();
+        let renewed =
+            files::load_pair(&pki.collector_cert(), &pki.collector_key(), Role::Collector).unwrap();
+        assert_eq!(renewed.identity.name, "collector.test");
+        assert_eq!(
+            current_names(&pki.collector_cert()).unwrap(),
+            vec!["collector.test", "127.0.0.1"]
+        );
+        assert!(
+            init(&pki, &["x".into()], 1).is_err(),
+            "a second CA over the first"
+        );
     }
 
     #[test]
@@ -249,9 +361,15 @@ mod tests {
             not_before: past - Duration::days(1),
             not_after: past,
         };
-        let (cert, key) = issue(&pki, Role::Agent, "old-host", expired, None).unwrap();
-        let err = files::load_pair(&cert, &key, Role::Agent).err().unwrap().to_string();
-        assert!(err.contains("agent-old-host.pem") && err.contains("expired"), "{err}");
+        let (cert, key) = issue(&pki, Role::Agent, "old-host", expired, None, false).unwrap();
+        let err = files::load_pair(&cert, &key, Role::Agent)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("agent-old-host.pem") && err.contains("expired"),
+            "{err}"
+        );
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         let err = files::read_private_key(&key).err().unwrap().to_string();
         assert!(err.contains("chmod 600"), "{err}");
@@ -259,6 +377,9 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("missing.pem") && err.contains("cannot read"), "{err}");
+        assert!(
+            err.contains("missing.pem") && err.contains("cannot read"),
+            "{err}"
+        );
     }
 }

@@ -98,8 +98,10 @@ impl ClientCertVerifier for RoleVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let identity = identity_of(end_entity).map_err(|err| rustls::Error::General(err.to_string()))?;
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let identity =
+            identity_of(end_entity).map_err(|err| rustls::Error::General(err.to_string()))?;
         if !self.accept.contains(&identity.role) {
             let accepted: Vec<&str> = self.accept.iter().map(|r| r.name()).collect();
             return Err(rustls::Error::General(format!(

@@ -281,6 +281,9 @@ pub enum GapReason {
     SpoolFull,
     /// Spooled data was damaged on disk and skipped.
     SpoolCorrupt,
+    /// The agent was not running (stopped or restarted) while the session went on: what
+    /// happened between `from` and `to` was not recorded; `records` and `bytes` are unknown (0).
+    AgentNotRunning,
 }
 
 /// Events that were lost, counted: a recording never has a silent hole.

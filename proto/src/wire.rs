@@ -35,7 +35,9 @@ impl fmt::Display for SpoolId {
 }
 
 /// Position of a batch in its spool, from 1.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct BatchSeq(pub u64);
 
@@ -173,7 +175,9 @@ pub enum WireError {
 impl WireError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            WireError::FrameTooLarge { .. } | WireError::BatchTooLarge { .. } => ErrorCode::TooLarge,
+            WireError::FrameTooLarge { .. } | WireError::BatchTooLarge { .. } => {
+                ErrorCode::TooLarge
+            }
             WireError::Malformed(_) | WireError::BadBatch(_) => ErrorCode::Malformed,
         }
     }
@@ -212,7 +216,11 @@ pub fn pack_events(events: &[Event]) -> (Vec<u8>, u64) {
 
 /// Unpacks a batch body, refusing to decompress past `limit` bytes, and checks the events
 /// against the header.
-pub fn unpack_events(header: &BatchHeader, body: &[u8], limit: usize) -> Result<Vec<Event>, WireError> {
+pub fn unpack_events(
+    header: &BatchHeader,
+    body: &[u8],
+    limit: usize,
+) -> Result<Vec<Event>, WireError> {
     let events = decode_events(body, header.raw_len, limit)?;
     check_batch(header, &events)?;
     Ok(events)
@@ -242,15 +250,25 @@ pub fn decode_events(body: &[u8], raw_len: u64, limit: usize) -> Result<Vec<Even
 pub fn check_batch(header: &BatchHeader, events: &[Event]) -> Result<(), WireError> {
     let bad = |what: String| Err(WireError::BadBatch(what));
     if events.len() != header.events as usize || events.is_empty() {
-        return bad(format!("{} events, header says {}", events.len(), header.events));
+        return bad(format!(
+            "{} events, header says {}",
+            events.len(),
+            header.events
+        ));
     }
     for pair in events.windows(2) {
         if pair[1].seq <= pair[0].seq {
-            return bad(format!("event seq {} follows {}", pair[1].seq.0, pair[0].seq.0));
+            return bad(format!(
+                "event seq {} follows {}",
+                pair[1].seq.0, pair[0].seq.0
+            ));
         }
     }
     for event in events {
-        if event.session != header.session || event.boot_id != header.boot_id || event.host != header.host {
+        if event.session != header.session
+            || event.boot_id != header.boot_id
+            || event.host != header.host
+        {
             return bad(format!(
                 "an event of session {} on {}/{} in a batch of session {}",
                 event.session, event.host, event.boot_id, header.session
@@ -314,16 +332,25 @@ mod tests {
             panic!()
         };
         assert_eq!(decoded, batch);
-        assert_eq!(unpack_events(&decoded.header, &decoded.events, 1 << 20).unwrap(), events);
+        assert_eq!(
+            unpack_events(&decoded.header, &decoded.events, 1 << 20).unwrap(),
+            events
+        );
     }
 
     #[test]
     fn limits_and_lies_are_refused() {
         assert_eq!(
             frame_len((17u32 << 20).to_be_bytes(), DEFAULT_MAX_FRAME),
-            Err(WireError::FrameTooLarge { len: 17 << 20, limit: DEFAULT_MAX_FRAME })
+            Err(WireError::FrameTooLarge {
+                len: 17 << 20,
+                limit: DEFAULT_MAX_FRAME
+            })
         );
-        assert!(matches!(decode_frame(b"\xc1garbage"), Err(WireError::Malformed(_))));
+        assert!(matches!(
+            decode_frame(b"\xc1garbage"),
+            Err(WireError::Malformed(_))
+        ));
         let events = vec![event(1), event(2)];
         let batch = make_batch(&SpoolId("s".into()), BatchSeq(1), &events).unwrap();
         let mut header = batch.header.clone();
@@ -334,10 +361,19 @@ mod tests {
         ));
         let mut header = batch.header.clone();
         header.events = 3;
-        assert!(matches!(unpack_events(&header, &batch.events, 1 << 20), Err(WireError::BadBatch(_))));
+        assert!(matches!(
+            unpack_events(&header, &batch.events, 1 << 20),
+            Err(WireError::BadBatch(_))
+        ));
         let mut header = batch.header.clone();
         header.session = AuditSessionId(5);
-        assert!(matches!(unpack_events(&header, &batch.events, 1 << 20), Err(WireError::BadBatch(_))));
-        assert!(matches!(unpack_events(&batch.header, b"not zstd", 1 << 20), Err(WireError::BadBatch(_))));
+        assert!(matches!(
+            unpack_events(&header, &batch.events, 1 << 20),
+            Err(WireError::BadBatch(_))
+        ));
+        assert!(matches!(
+            unpack_events(&batch.header, b"not zstd", 1 << 20),
+            Err(WireError::BadBatch(_))
+        ));
     }
 }

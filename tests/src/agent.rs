@@ -2,23 +2,19 @@
 //! [`custos_proto::Event`] (so each test also checks the JSON is well formed).
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant},
 };
 
 use custos_proto::{AuditSessionId, Event, EventBody};
 
-use crate::bin;
+use crate::{bin, daemon::Daemon};
 
 #[derive(Default)]
 struct State {
     events: Vec<Event>,
-    stdout_bytes: usize,
-    stderr: String,
-    ready: bool,
     stdout_closed: bool,
-    stderr_closed: bool,
     bad_lines: Vec<String>,
 }
 
@@ -35,8 +31,10 @@ impl Shared {
     }
 }
 
+/// A running `custos-agent`: with `--stdout` its events are parsed as they come; shipping, it
+/// prints none.
 pub struct Agent {
-    child: Option<Child>,
+    pub daemon: Daemon,
     shared: Arc<Shared>,
     _dir: tempfile::TempDir,
 }
@@ -45,7 +43,6 @@ pub struct Agent {
 pub struct Stopped {
     pub events: Vec<Event>,
     pub stderr: String,
-    pub stdout_bytes: usize,
     pub success: bool,
 }
 
@@ -53,79 +50,75 @@ pub struct Stopped {
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Agent {
-    /// Starts an agent with `config` (TOML) and waits until it records.
+    /// Starts an agent printing events (`--stdout`) with `config` (TOML), once it records.
     pub fn start(config: &str) -> Agent {
+        Self::launch(config, true, None)
+    }
+
+    /// Starts an agent shipping to a collector, once it records.
+    pub fn start_shipping(config: &str) -> Agent {
+        Self::launch(config, false, None)
+    }
+
+    /// Starts a shipping agent inside network namespace `netns`.
+    pub fn start_shipping_in(netns: &str, config: &str) -> Agent {
+        Self::launch(config, false, Some(netns))
+    }
+
+    fn launch(config: &str, stdout: bool, netns: Option<&str>) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, config).expect("writing agent config");
-        let mut child = Command::new(bin("custos-agent"))
-            .arg("--stdout")
+        let mut command = match netns {
+            Some(ns) => crate::netns::Network::command(ns, bin("custos-agent")),
+            None => Command::new(bin("custos-agent")),
+        };
+        if stdout {
+            command.arg("--stdout");
+        }
+        command
             .arg("--config")
             .arg(&config_path)
-            .env("CUSTOS_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting custos-agent");
+            .env("CUSTOS_LOG", "info,custos_agent::ship=debug");
+        let (daemon, out) = Daemon::spawn("custos-agent", command, stdout);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
-        let stdout = child.stdout.take().expect("stdout");
-        let reader = shared.clone();
-        std::thread::spawn(move || {
-            let mut stdout = BufReader::new(stdout);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match stdout.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let parsed = serde_json::from_str::<Event>(line.trim_end());
-                        reader.update(|state| {
-                            state.stdout_bytes += n;
-                            match parsed {
-                                Ok(event) => state.events.push(event),
-                                Err(err) => state.bad_lines.push(format!("{err}: {line}")),
+        match out {
+            Some(out) => {
+                let reader = shared.clone();
+                std::thread::spawn(move || {
+                    let mut out = BufReader::new(out);
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match out.read_line(&mut line) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {
+                                let parsed = serde_json::from_str::<Event>(line.trim_end());
+                                reader.update(|state| match parsed {
+                                    Ok(event) => state.events.push(event),
+                                    Err(err) => state.bad_lines.push(format!("{err}: {line}")),
+                                });
                             }
-                        });
+                        }
                     }
-                }
-            }
-            reader.update(|state| state.stdout_closed = true);
-        });
-        let stderr = child.stderr.take().expect("stderr");
-        let reader = shared.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                reader.update(|state| {
-                    if line.contains("recording login sessions") {
-                        state.ready = true;
-                    }
-                    state.stderr.push_str(&line);
-                    state.stderr.push('\n');
+                    reader.update(|state| state.stdout_closed = true);
                 });
             }
-            reader.update(|state| state.stderr_closed = true);
-        });
-        let agent = Agent {
-            child: Some(child),
+            None => shared.update(|state| state.stdout_closed = true),
+        }
+        daemon.wait_log(&["recording login sessions"], START_TIMEOUT);
+        Agent {
+            daemon,
             shared,
             _dir: dir,
-        };
-        agent.wait_state("the agent to start recording", START_TIMEOUT, |state| {
-            if state.stderr_closed && !state.ready {
-                panic!("custos-agent exited before recording:\n{}", state.stderr);
-            }
-            state.ready.then_some(())
-        });
-        agent
+        }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.daemon.pid()
     }
 
     fn wait_state<T>(
@@ -150,7 +143,7 @@ impl Agent {
                 panic!(
                     "timed out after {timeout:?} waiting for {what}; {} events so far; agent log:\n{}",
                     state.events.len(),
-                    state.stderr
+                    self.daemon.log_text()
                 );
             }
             state = self
@@ -182,43 +175,21 @@ impl Agent {
             .clone()
     }
 
-    /// Stops the agent with SIGINT (as Ctrl-C or systemd would) and collects everything.
+    /// Stops the agent with SIGINT (as Ctrl-C would) and collects everything.
     pub fn stop(mut self) -> Stopped {
-        let mut child = self.child.take().expect("agent running");
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting for the agent") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("the agent did not stop within 30 s of SIGINT");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        self.daemon.signal(libc::SIGINT);
+        let status = self.daemon.wait_exit(Duration::from_secs(60));
         self.wait_state(
             "the agent's output to end",
             Duration::from_secs(10),
-            |state| (state.stdout_closed && state.stderr_closed).then_some(()),
+            |state| state.stdout_closed.then_some(()),
         );
         let state =
             std::mem::take(&mut *self.shared.state.lock().unwrap_or_else(|e| e.into_inner()));
         Stopped {
             events: state.events,
-            stderr: state.stderr,
-            stdout_bytes: state.stdout_bytes,
+            stderr: self.daemon.log_text(),
             success: status.success(),
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

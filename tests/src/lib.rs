@@ -1,6 +1,8 @@
 //! The end-to-end test harness: real binaries, real kernel, real terminals.
 //!
-//! - [`agent`]: a running `custos-agent --stdout` and the events it printed;
+//! - [`daemon`]: a daemon under test: its log waited on, signals, exit;
+//! - [`agent`]: a running `custos-agent` (and, with `--stdout`, the events it printed);
+//! - [`deployment`]: a collector with its PKI, keys and store in a temp directory;
 //! - [`terminal`]: a program driven through pipes like a person at a terminal (expect/send),
 //!   with every byte it showed kept;
 //! - [`users`]: test users (created once, idempotently);
@@ -10,11 +12,16 @@
 //! sleep.
 pub mod agent;
 pub mod bpf;
+pub mod daemon;
+pub mod deployment;
+pub mod netns;
+pub mod quic;
 pub mod sshd;
 pub mod terminal;
 pub mod users;
 
 use std::{
+    os::unix::fs::OpenOptionsExt,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -65,4 +72,44 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
 /// Finds `needle` in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Waits until the terminal `pty` (a /dev/pts path) has echo turned off, as a program asking
+/// for a password turns it off after printing its prompt.
+pub fn wait_echo_off(pty: &str) {
+    use std::os::fd::AsFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(pty)
+        .unwrap_or_else(|err| panic!("opening {pty}: {err}"));
+    wait_until(
+        "the terminal to turn echo off",
+        std::time::Duration::from_secs(10),
+        || {
+            let termios = nix::sys::termios::tcgetattr(file.as_fd()).ok()?;
+            (!termios
+                .local_flags
+                .contains(nix::sys::termios::LocalFlags::ECHO))
+            .then_some(())
+        },
+    );
+}
+
+/// A shell in a fresh login session, started the way pam_loginuid starts one (through
+/// `custos-testkit login-pty`), with the prompt `custos$ `. Returns it once it prompts, and its
+/// audit session id.
+pub fn login_shell(user: &str) -> (terminal::Terminal, custos_proto::AuditSessionId) {
+    let mut command = std::process::Command::new(bin("custos-testkit"));
+    command
+        .args(["login-pty", "--user", user, "--"])
+        .args(["/bin/bash", "--norc", "--noprofile", "-i"])
+        .env("PS1", "custos$ ");
+    let mut shell = terminal::Terminal::spawn(command);
+    let session: u32 = shell
+        .stderr_value("session=")
+        .parse()
+        .expect("testkit printed its session id");
+    shell.expect("custos$ ");
+    (shell, custos_proto::AuditSessionId(session))
 }

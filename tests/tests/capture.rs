@@ -4,34 +4,18 @@
 use std::{process::Command, time::Duration};
 
 use custos_proto::{
-    AuditSessionId, Event, EventBody,
+    Event, EventBody,
     event::{Exec, Open},
 };
 use custos_tests::{
     agent::{self, Agent, ended, find_session, terminal_bytes},
-    bin, bpf, contains, marker,
+    bin, bpf, contains, login_shell, marker,
     sshd::Sshd,
     terminal::Terminal,
     users,
 };
 
 const SESSION_END: Duration = Duration::from_secs(20);
-
-/// A shell in a fresh login session, started the way pam_loginuid starts one.
-fn login_shell(user: &str) -> (Terminal, AuditSessionId) {
-    let mut command = Command::new(bin("custos-testkit"));
-    command
-        .args(["login-pty", "--user", user, "--"])
-        .args(["/bin/bash", "--norc", "--noprofile", "-i"])
-        .env("PS1", "custos$ ");
-    let mut shell = Terminal::spawn(command);
-    let session: u32 = shell
-        .stderr_value("session=")
-        .parse()
-        .expect("testkit printed its session id");
-    shell.expect("custos$ ");
-    (shell, AuditSessionId(session))
-}
 
 fn execs<'a>(events: &[&'a Event]) -> Vec<&'a Exec> {
     events
@@ -188,6 +172,8 @@ fn a_password_typed_with_echo_off_is_not_recorded() {
     let secret = marker("s3cr3t-");
     shell.line("read -s -p 'Password: ' pw; echo; echo \"got ${#pw}\"");
     shell.expect("Password: ");
+    // Type only once echo is off, as a person types after seeing a password prompt.
+    custos_tests::wait_echo_off(&shell.stderr_value("pty="));
     shell.line(&secret);
     shell.expect(&format!("got {}", secret.len()));
     shell.expect("custos$ ");

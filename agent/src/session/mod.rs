@@ -38,8 +38,27 @@ const ENDED_MEMORY: Duration = Duration::from_secs(120);
 struct SessionState {
     next_seq: u64,
     start: Timestamp,
+    /// Time of the session's latest event.
+    last: Timestamp,
     processes: HashSet<u32>,
     last_activity: Instant,
+}
+
+/// What the tracker must remember across an agent restart (saved in the spool directory):
+/// each open session's next event number, so that numbering continues without reuse, and when
+/// it was last seen, for the gap record of the time the agent was not running.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct TrackerState {
+    pub boot_id: custos_proto::BootId,
+    pub sessions: Vec<SessionSnapshot>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SessionSnapshot {
+    pub session: u32,
+    pub next_seq: u64,
+    pub start: Timestamp,
+    pub last: Timestamp,
 }
 
 struct EndedSession {
@@ -53,6 +72,8 @@ pub struct Tracker {
     users: UserNames,
     sessions: HashMap<u32, SessionState>,
     ended: HashMap<u32, EndedSession>,
+    /// Sessions restored from a previous run, not yet found again in /proc.
+    resumed: HashMap<u32, SessionSnapshot>,
 }
 
 impl Tracker {
@@ -63,10 +84,61 @@ impl Tracker {
             users: UserNames::default(),
             sessions: HashMap::new(),
             ended: HashMap::new(),
+            resumed: HashMap::new(),
         }
     }
 
-    /// Starts the sessions that were running before the agent (from /proc).
+    pub fn boot_id(&self) -> &custos_proto::BootId {
+        &self.host.boot_id
+    }
+
+    /// What to save so that a restarted agent continues each session's numbering.
+    pub fn state(&self) -> TrackerState {
+        TrackerState {
+            boot_id: self.host.boot_id.clone(),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(id, s)| SessionSnapshot {
+                    session: *id,
+                    next_seq: s.next_seq,
+                    start: s.start,
+                    last: s.last,
+                })
+                .chain(self.resumed.values().cloned())
+                .collect(),
+        }
+    }
+
+    /// Takes back the sessions of a previous run (of this boot). `spooled_next` raises each
+    /// session's next number past what the spool holds (the saved state may be a few seconds
+    /// older than the spool). Call before [`Tracker::seed`].
+    pub fn restore(&mut self, state: TrackerState, spooled_next: &HashMap<u32, u64>) {
+        // Saved sessions of another boot are over; the spool's numbers are of this boot.
+        let saved = if state.boot_id == self.host.boot_id {
+            state.sessions
+        } else {
+            Vec::new()
+        };
+        for mut snapshot in saved {
+            if let Some(next) = spooled_next.get(&snapshot.session) {
+                snapshot.next_seq = snapshot.next_seq.max(*next);
+            }
+            self.resumed.insert(snapshot.session, snapshot);
+        }
+        for (session, next) in spooled_next {
+            self.resumed.entry(*session).or_insert(SessionSnapshot {
+                session: *session,
+                next_seq: *next,
+                start: Timestamp::now(),
+                last: Timestamp::now(),
+            });
+        }
+    }
+
+    /// Starts the sessions that were running before the agent (from /proc). A session the
+    /// previous run knew continues its numbering after a gap record for the time the agent was
+    /// not running; one that ended meanwhile gets its end record.
     pub fn seed(&mut self, agent_tgid: u32, out: &mut Vec<Event>) {
         let now = Timestamp::now();
         for (sessionid, mut processes) in procfs::scan_sessions(agent_tgid) {
@@ -74,6 +146,28 @@ impl Tracker {
             let Some(leader) = processes.first().cloned() else {
                 continue;
             };
+            if let Some(snapshot) = self.resumed.remove(&sessionid) {
+                self.sessions.insert(
+                    sessionid,
+                    SessionState {
+                        next_seq: snapshot.next_seq,
+                        start: snapshot.start,
+                        last: snapshot.last,
+                        processes: processes.iter().map(|p| p.tgid).collect(),
+                        last_activity: Instant::now(),
+                    },
+                );
+                self.push_gap(
+                    sessionid,
+                    GapReason::AgentNotRunning,
+                    0,
+                    0,
+                    snapshot.last,
+                    now,
+                    out,
+                );
+                continue;
+            }
             let tty = procfs::tty_of(leader.tgid).filter(|tty| *tty != 0);
             let start = self.start_event(sessionid, now, leader.tgid, leader.loginuid, tty, true);
             let state = self.sessions.get_mut(&sessionid);
@@ -82,6 +176,63 @@ impl Tracker {
             }
             out.push(start);
         }
+        for (sessionid, snapshot) in std::mem::take(&mut self.resumed) {
+            // Ended while the agent was not running.
+            self.sessions.insert(
+                sessionid,
+                SessionState {
+                    next_seq: snapshot.next_seq,
+                    start: snapshot.start,
+                    last: snapshot.last,
+                    processes: HashSet::new(),
+                    last_activity: Instant::now(),
+                },
+            );
+            self.push_gap(
+                sessionid,
+                GapReason::AgentNotRunning,
+                0,
+                0,
+                snapshot.last,
+                now,
+                out,
+            );
+            self.end(sessionid, now, out);
+        }
+    }
+
+    /// Appends a gap record to an open session.
+    #[allow(clippy::too_many_arguments)]
+    fn push_gap(
+        &mut self,
+        sessionid: u32,
+        reason: GapReason,
+        records: u64,
+        bytes: u64,
+        from: Timestamp,
+        to: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        let Some(state) = self.sessions.get_mut(&sessionid) else {
+            return;
+        };
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        out.push(Event {
+            time: Timestamp::now(),
+            host: self.host.hostname.clone(),
+            boot_id: self.host.boot_id.clone(),
+            session: AuditSessionId(sessionid),
+            seq: Seq(seq),
+            process: None,
+            event: EventBody::Gap(Gap {
+                reason,
+                records,
+                bytes,
+                from,
+                to,
+            }),
+        });
     }
 
     /// Attributes one captured event to its session (starting it if new) and ends the session
@@ -102,6 +253,7 @@ impl Tracker {
                     SessionState {
                         next_seq: ended.next_seq,
                         start: time,
+                        last: time,
                         processes: HashSet::new(),
                         last_activity: Instant::now(),
                     },
@@ -119,6 +271,7 @@ impl Tracker {
             return;
         };
         state.last_activity = Instant::now();
+        state.last = state.last.max(time);
         match &body {
             EventBody::Fork(fork) => {
                 state.processes.insert(task.tgid);
@@ -150,60 +303,63 @@ impl Tracker {
 
     /// Records kernel losses as a gap in the session they hit.
     pub fn on_loss(&mut self, loss: SessionLoss, out: &mut Vec<Event>) {
-        let gap = EventBody::Gap(Gap {
-            reason: GapReason::RingBufferFull,
-            records: loss.records,
-            bytes: loss.bytes,
-            from: self.clock.wall(loss.first_ts),
-            to: self.clock.wall(loss.last_ts),
-        });
-        let time = Timestamp::now();
-        let sessionid = loss.sessionid;
-        let seq = if let Some(state) = self.sessions.get_mut(&sessionid) {
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            seq
-        } else if let Some(ended) = self.ended.get_mut(&sessionid) {
-            let seq = ended.next_seq;
-            ended.next_seq += 1;
-            seq
-        } else {
-            // Nothing of this session got through: start it, from what /proc still knows.
-            let leader = self.find_leader(sessionid);
-            let tty = leader.and_then(procfs::tty_of).filter(|tty| *tty != 0);
-            let loginuid = leader
-                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok())
-                .and_then(|text| text.trim().parse().ok())
-                .unwrap_or(AUDIT_UNSET);
-            let start = self.start_event(
-                sessionid,
-                self.clock.wall(loss.first_ts),
-                leader.unwrap_or(0),
-                loginuid,
-                tty,
-                false,
-            );
-            out.push(start);
-            let Some(state) = self.sessions.get_mut(&sessionid) else {
-                return;
-            };
-            if let Some(leader) = leader {
-                state.processes.insert(leader);
+        let (from, to) = (
+            self.clock.wall(loss.first_ts),
+            self.clock.wall(loss.last_ts),
+        );
+        self.gap(
+            loss.sessionid,
+            GapReason::RingBufferFull,
+            loss.records,
+            loss.bytes,
+            from,
+            to,
+            out,
+        );
+    }
+
+    /// Records a gap in a session, opening it again if it had ended (or starting it if nothing
+    /// of it got through, from what /proc still knows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gap(
+        &mut self,
+        sessionid: u32,
+        reason: GapReason,
+        records: u64,
+        bytes: u64,
+        from: Timestamp,
+        to: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        if !self.sessions.contains_key(&sessionid) {
+            if let Some(ended) = self.ended.remove(&sessionid) {
+                self.sessions.insert(
+                    sessionid,
+                    SessionState {
+                        next_seq: ended.next_seq,
+                        start: from,
+                        last: to,
+                        processes: HashSet::new(),
+                        last_activity: Instant::now(),
+                    },
+                );
+            } else {
+                let leader = self.find_leader(sessionid);
+                let tty = leader.and_then(procfs::tty_of).filter(|tty| *tty != 0);
+                let loginuid = leader
+                    .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok())
+                    .and_then(|text| text.trim().parse().ok())
+                    .unwrap_or(AUDIT_UNSET);
+                let start =
+                    self.start_event(sessionid, from, leader.unwrap_or(0), loginuid, tty, false);
+                out.push(start);
+                if let (Some(leader), Some(state)) = (leader, self.sessions.get_mut(&sessionid)) {
+                    state.processes.insert(leader);
+                }
             }
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            seq
-        };
-        out.push(Event {
-            time,
-            host: self.host.hostname.clone(),
-            boot_id: self.host.boot_id.clone(),
-            session: AuditSessionId(sessionid),
-            seq: Seq(seq),
-            process: None,
-            event: gap,
-        });
+        }
         // A session with no process known alive ends at the next sweep.
+        self.push_gap(sessionid, reason, records, bytes, from, to, out);
     }
 
     /// Ends sessions whose processes are all gone (their exit records were lost), forgets old
@@ -272,6 +428,7 @@ impl Tracker {
             SessionState {
                 next_seq: 2,
                 start: time,
+                last: time,
                 processes: HashSet::from([leader]),
                 last_activity: Instant::now(),
             },

@@ -119,7 +119,10 @@ async fn handle_connection(
 ) {
     let identity = match connection
         .peer_identity()
-        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .map(|chain| custos_pki::tls::peer_identity(&chain))
     {
         Some(Ok(identity)) => identity,

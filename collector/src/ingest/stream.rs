@@ -76,7 +76,11 @@ pub async fn handle(
         Frame::Hello(hello) => {
             if hello.host != peer.identity.name {
                 IngestMetrics::add(&metrics.identity_mismatches);
-                warn!(agent, claimed = hello.host, "hello names another host than the certificate");
+                warn!(
+                    agent,
+                    claimed = hello.host,
+                    "hello names another host than the certificate"
+                );
             }
             store.contact(Contact {
                 host: peer.identity.name.clone(),
@@ -86,7 +90,10 @@ pub async fn handle(
                 address: peer.address.to_string(),
             });
             if hello.protocol != wire::PROTOCOL_VERSION {
-                error_frame(ErrorCode::Unsupported, format!("protocol {} is not supported", hello.protocol))
+                error_frame(
+                    ErrorCode::Unsupported,
+                    format!("protocol {} is not supported", hello.protocol),
+                )
             } else {
                 Frame::Welcome(Welcome {
                     protocol: wire::PROTOCOL_VERSION,
@@ -98,7 +105,10 @@ pub async fn handle(
         other => {
             IngestMetrics::add(&metrics.frames_malformed);
             warn!(agent, kind = other.kind(), "unexpected frame");
-            error_frame(ErrorCode::Malformed, format!("a {} frame is not a request", other.kind()))
+            error_frame(
+                ErrorCode::Malformed,
+                format!("a {} frame is not a request", other.kind()),
+            )
         }
     };
     if let Err(err) = send.write_all(&wire::encode_frame(&response)).await {
@@ -124,10 +134,17 @@ async fn batch_response(
     let header = &batch.header;
     if header.host != peer.identity.name {
         IngestMetrics::add(&metrics.identity_mismatches);
-        warn!(agent, claimed = header.host, "batch names another host than the certificate");
+        warn!(
+            agent,
+            claimed = header.host,
+            "batch names another host than the certificate"
+        );
         return error_frame(
             ErrorCode::IdentityMismatch,
-            format!("batch of host {} sent with the certificate of {agent}", header.host),
+            format!(
+                "batch of host {} sent with the certificate of {agent}",
+                header.host
+            ),
         );
     }
     let (spool, seq) = (header.spool.clone(), header.seq);
@@ -165,7 +182,10 @@ async fn batch_response(
         Err(err) => {
             IngestMetrics::add(&metrics.batches_failed);
             warn!(agent, %spool, %seq, error = %err, "batch not stored");
-            error_frame(ErrorCode::Unavailable, "the collector could not store the batch".into())
+            error_frame(
+                ErrorCode::Unavailable,
+                "the collector could not store the batch".into(),
+            )
         }
     }
 }

@@ -50,7 +50,13 @@ pub struct RecordingKey {
 impl RecordingKey {
     /// The id auditors use: `host-bootprefix-session`, stable across index rebuilds.
     pub fn id(&self) -> String {
-        let boot: String = self.boot_id.0.chars().filter(|c| *c != '-').take(8).collect();
+        let boot: String = self
+            .boot_id
+            .0
+            .chars()
+            .filter(|c| *c != '-')
+            .take(8)
+            .collect();
         format!("{}-{}-{}", self.host, boot, self.session.0)
     }
 }
@@ -238,12 +244,14 @@ pub(crate) mod tests {
         for at in [bytes.len() - 3, PREFIX_LEN + 20] {
             let mut flipped = bytes.clone();
             flipped[at] ^= 1;
-            match parse(&flipped) {
-                Ok(Some(chunk)) => assert!(decrypt(&chunk, &key).is_err() || chunk.hash() != hash),
-                Ok(None) | Err(_) => {}
+            if let Ok(Some(chunk)) = parse(&flipped) {
+                assert!(decrypt(&chunk, &key).is_err() || chunk.hash() != hash);
             }
         }
-        assert!(parse(&bytes[..bytes.len() - 1]).unwrap().is_none(), "torn chunk");
+        assert!(
+            parse(&bytes[..bytes.len() - 1]).unwrap().is_none(),
+            "torn chunk"
+        );
         assert_eq!(parse(b"XXXX00000000").unwrap_err(), ChunkError::BadMagic);
         assert_eq!(
             header(0, ChunkHash::default()).recording.id(),

@@ -233,12 +233,22 @@ impl Index {
         Ok(Self { conn })
     }
 
+    pub fn open_read_only(path: &Path) -> Result<Self, IndexError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Self { conn })
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
 
     /// The recording a batch was stored in, if it was.
-    pub fn batch_recording(&self, spool: &SpoolId, seq: BatchSeq) -> Result<Option<String>, IndexError> {
+    pub fn batch_recording(
+        &self,
+        spool: &SpoolId,
+        seq: BatchSeq,
+    ) -> Result<Option<String>, IndexError> {
         Ok(self
             .conn
             .query_row(
@@ -275,12 +285,19 @@ impl Index {
 
     pub fn recording(&self, id: &str) -> Result<Option<RecordingRow>, IndexError> {
         let sql = format!("SELECT {} FROM recordings WHERE id = ?1", Self::ROW_COLUMNS);
-        Ok(self.conn.query_row(&sql, params![id], Self::row).optional()?)
+        Ok(self
+            .conn
+            .query_row(&sql, params![id], Self::row)
+            .optional()?)
     }
 
     /// Creates the row of a new recording (committed before its file is written, so that a
     /// crash leaves nothing the recovery does not look at).
-    pub fn insert_recording(&self, key: &RecordingKey, path: &str) -> Result<RecordingRow, IndexError> {
+    pub fn insert_recording(
+        &self,
+        key: &RecordingKey,
+        path: &str,
+    ) -> Result<RecordingRow, IndexError> {
         self.conn.execute(
             "INSERT OR IGNORE INTO recordings (id, host, boot_id, session, path) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![key.id(), key.host, key.boot_id.0, key.session.0, path],
@@ -291,9 +308,14 @@ impl Index {
 
     /// Recordings not sealed yet: the ones a crash may have left with chunks the index lacks.
     pub fn unsealed(&self) -> Result<Vec<RecordingRow>, IndexError> {
-        let sql = format!("SELECT {} FROM recordings WHERE sealed = 0", Self::ROW_COLUMNS);
+        let sql = format!(
+            "SELECT {} FROM recordings WHERE sealed = 0",
+            Self::ROW_COLUMNS
+        );
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([], Self::row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt
+            .query_map([], Self::row)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -311,7 +333,12 @@ impl Index {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO batches (spool, seq, recording, chunk) VALUES (?1, ?2, ?3, ?4)",
-            params![batch.spool.0, batch.seq.0 as i64, recording, chunk_index as i64],
+            params![
+                batch.spool.0,
+                batch.seq.0 as i64,
+                recording,
+                chunk_index as i64
+            ],
         )?;
         tx.execute(
             "UPDATE recordings SET
@@ -369,7 +396,14 @@ impl Index {
             )?;
             for f in &summary.files {
                 insert.execute(params![
-                    recording, f.time.0, f.seq as i64, f.pid, f.path, f.access, f.flags, f.result
+                    recording,
+                    f.time.0,
+                    f.seq as i64,
+                    f.pid,
+                    f.path,
+                    f.access,
+                    f.flags,
+                    f.result
                 ])?;
             }
             let mut exit = tx.prepare_cached(
@@ -387,8 +421,10 @@ impl Index {
     }
 
     pub fn set_sealed(&self, id: &str) -> Result<(), IndexError> {
-        self.conn
-            .execute("UPDATE recordings SET sealed = 1 WHERE id = ?1", params![id])?;
+        self.conn.execute(
+            "UPDATE recordings SET sealed = 1 WHERE id = ?1",
+            params![id],
+        )?;
         Ok(())
     }
 

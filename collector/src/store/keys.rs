@@ -41,7 +41,9 @@ fn read_secret(path: &Path) -> Result<String, KeyError> {
     if mode & 0o077 != 0 {
         return Err(err(
             path,
-            format!("key file is readable by group or others (mode {mode:04o}); run chmod 600 on it"),
+            format!(
+                "key file is readable by group or others (mode {mode:04o}); run chmod 600 on it"
+            ),
         ));
     }
     fs::read_to_string(path).map_err(|e| err(path, format!("cannot read: {e}")))
@@ -50,9 +52,12 @@ fn read_secret(path: &Path) -> Result<String, KeyError> {
 fn parse_hex32(path: &Path, line_no: usize, text: &str) -> Result<[u8; 32], KeyError> {
     let bytes = hex::decode(text)
         .map_err(|_| err(path, format!("line {line_no}: the key is not hexadecimal")))?;
-    bytes
-        .try_into()
-        .map_err(|_| err(path, format!("line {line_no}: a key is 64 hex digits (32 bytes)")))
+    bytes.try_into().map_err(|_| {
+        err(
+            path,
+            format!("line {line_no}: a key is 64 hex digits (32 bytes)"),
+        )
+    })
 }
 
 /// Encryption keys by id; the last one is current.
@@ -81,7 +86,10 @@ impl KeyRing {
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| err(path, format!("line {}: expected `<id> <hex key>`", i + 1)))?;
             if keys.iter().any(|(known, _)| known == id) {
-                return Err(err(path, format!("line {}: key id {id} appears twice", i + 1)));
+                return Err(err(
+                    path,
+                    format!("line {}: key id {id} appears twice", i + 1),
+                ));
             }
             keys.push((id.to_owned(), parse_hex32(path, i + 1, key.trim())?));
         }
@@ -98,7 +106,10 @@ impl KeyRing {
     }
 
     pub fn get(&self, id: &str) -> Option<&[u8; 32]> {
-        self.keys.iter().find(|(known, _)| known == id).map(|(_, key)| key)
+        self.keys
+            .iter()
+            .find(|(known, _)| known == id)
+            .map(|(_, key)| key)
     }
 
     /// Appends a fresh key to `path` (creating it, 0600), which becomes the current one.
@@ -109,9 +120,15 @@ impl KeyRing {
         } else {
             None
         };
-        let next = existing.as_ref().map(|ring| ring.keys.len() + 1).unwrap_or(1);
+        let next = existing
+            .as_ref()
+            .map(|ring| ring.keys.len() + 1)
+            .unwrap_or(1);
         let mut id = format!("k{next}");
-        while existing.as_ref().is_some_and(|ring| ring.get(&id).is_some()) {
+        while existing
+            .as_ref()
+            .is_some_and(|ring| ring.get(&id).is_some())
+        {
             id.push('x');
         }
         let mut file = fs::OpenOptions::new()
@@ -147,9 +164,14 @@ impl SealKey {
         let text = read_secret(path)?;
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
         if lines.next() != Some(SEAL_HEADER) {
-            return Err(err(path, format!("not a seal key (first line must be `{SEAL_HEADER}`)")));
+            return Err(err(
+                path,
+                format!("not a seal key (first line must be `{SEAL_HEADER}`)"),
+            ));
         }
-        let hex_key = lines.next().ok_or_else(|| err(path, "missing the key line"))?;
+        let hex_key = lines
+            .next()
+            .ok_or_else(|| err(path, "missing the key line"))?;
         Ok(Self {
             key: SigningKey::from_bytes(&parse_hex32(path, 2, hex_key)?),
         })
@@ -167,8 +189,11 @@ impl SealKey {
         writeln!(file, "{SEAL_HEADER}\n{}", hex::encode(key.to_bytes()))
             .and_then(|()| file.sync_all())
             .map_err(|e| err(path, format!("cannot write: {e}")))?;
-        fs::write(public, format!("{}\n", hex::encode(key.verifying_key().to_bytes())))
-            .map_err(|e| err(public, format!("cannot write: {e}")))?;
+        fs::write(
+            public,
+            format!("{}\n", hex::encode(key.verifying_key().to_bytes())),
+        )
+        .map_err(|e| err(public, format!("cannot write: {e}")))?;
         Ok(())
     }
 
@@ -207,7 +232,10 @@ mod tests {
         assert!(ring.get("k1").is_some());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let message = KeyRing::load(&path).unwrap_err().to_string();
-        assert!(message.contains("store.key") && message.contains("chmod 600"), "{message}");
+        assert!(
+            message.contains("store.key") && message.contains("chmod 600"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -70,9 +70,14 @@ pub struct StoreConfig {
 /// What storing a batch did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Appended {
-    Stored { recording: String, chunk: u64 },
+    Stored {
+        recording: String,
+        chunk: u64,
+    },
     /// Stored before (a resend); nothing written.
-    Duplicate { recording: String },
+    Duplicate {
+        recording: String,
+    },
 }
 
 /// What a recording's seal file holds.
@@ -126,6 +131,16 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the store to read only: no recovery, no writes (safe while a collector runs).
+    pub fn open_read_only(config: &StoreConfig) -> Result<Store, StoreError> {
+        Ok(Store {
+            dir: config.dir.clone(),
+            index: Index::open_read_only(&config.dir.join("index.sqlite"))?,
+            keys: KeyRing::load(&config.key_file)?,
+            seal_key: SealKey::load(&config.seal_key)?,
+        })
+    }
+
     pub fn index(&self) -> &Index {
         &self.index
     }
@@ -139,7 +154,9 @@ impl Store {
             !part.is_empty()
                 && part != "."
                 && part != ".."
-                && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
         };
         if !safe(&key.host) || !safe(&key.boot_id.0) {
             return Err(StoreError::Refused(format!(
@@ -147,7 +164,10 @@ impl Store {
                 key.host, key.boot_id.0
             )));
         }
-        Ok(format!("recordings/{}/{}/{}.rec", key.host, key.boot_id.0, key.session.0))
+        Ok(format!(
+            "recordings/{}/{}/{}.rec",
+            key.host, key.boot_id.0, key.session.0
+        ))
     }
 
     /// Stores one batch (already checked against its header and the sender's identity) durably,
@@ -166,11 +186,14 @@ impl Store {
         };
         let row = match self.index.recording(&key.id())? {
             Some(row) => row,
-            None => self.index.insert_recording(&key, &Self::recording_path(&key)?)?,
+            None => self
+                .index
+                .insert_recording(&key, &Self::recording_path(&key)?)?,
         };
         let (key_id, enc_key) = self.keys.current();
         let mut nonce = [0u8; 24];
-        getrandom::fill(&mut nonce).map_err(|e| io_err(&self.dir, format!("no randomness: {e}")))?;
+        getrandom::fill(&mut nonce)
+            .map_err(|e| io_err(&self.dir, format!("no randomness: {e}")))?;
         let chunk_header = ChunkHeader {
             version: chunk::VERSION,
             recording: key,
@@ -253,12 +276,17 @@ impl Store {
 
     /// Signs the recording's final hash and chunk count.
     fn seal(&mut self, id: &str) -> Result<(), StoreError> {
-        let row = self.index.recording(id)?.ok_or_else(|| StoreError::Recording {
-            recording: id.to_owned(),
-            message: "not in the index".into(),
-        })?;
+        let row = self
+            .index
+            .recording(id)?
+            .ok_or_else(|| StoreError::Recording {
+                recording: id.to_owned(),
+                message: "not in the index".into(),
+            })?;
         let final_hash = row.last_hash.hex();
-        let signature = self.seal_key.sign(&Seal::message(&row.key, row.chunks, &final_hash));
+        let signature = self
+            .seal_key
+            .sign(&Seal::message(&row.key, row.chunks, &final_hash));
         let seal = Seal {
             version: 1,
             recording: row.key.clone(),
@@ -313,7 +341,13 @@ impl Store {
             let mut ended = false;
             while offset < tail.len() {
                 let replayed = match chunk::parse(&tail[offset..]) {
-                    Ok(Some(raw)) => self.replay(&row, &raw, chunks, prev, row.stored_len + (offset + raw.encoded_len()) as u64),
+                    Ok(Some(raw)) => self.replay(
+                        &row,
+                        &raw,
+                        chunks,
+                        prev,
+                        row.stored_len + (offset + raw.encoded_len()) as u64,
+                    ),
                     Ok(None) => Err("torn chunk".to_owned()),
                     Err(err) => Err(err.to_string()),
                 };
@@ -337,11 +371,15 @@ impl Store {
             if chunks > row.chunks {
                 info!(recording = %row.id, chunks = chunks - row.chunks, "replayed chunks after a crash");
             }
-            let had_end: bool = self.index.connection().query_row(
-                "SELECT end_ns IS NOT NULL FROM recordings WHERE id = ?1",
-                [&row.id],
-                |r| r.get(0),
-            ).map_err(index::IndexError::from)?;
+            let had_end: bool = self
+                .index
+                .connection()
+                .query_row(
+                    "SELECT end_ns IS NOT NULL FROM recordings WHERE id = ?1",
+                    [&row.id],
+                    |r| r.get(0),
+                )
+                .map_err(index::IndexError::from)?;
             if ended || had_end {
                 self.seal(&row.id)?;
             }
@@ -366,17 +404,30 @@ impl Store {
         let summary = Summary::of(&events);
         let hash = raw.hash();
         self.index
-            .commit_chunk(&row.id, &raw.header.batch, expected_index, stored_len, &hash, &summary)
+            .commit_chunk(
+                &row.id,
+                &raw.header.batch,
+                expected_index,
+                stored_len,
+                &hash,
+                &summary,
+            )
             .map_err(|e| e.to_string())?;
         Ok((hash, raw.encoded_len(), summary.end.is_some()))
     }
 
     fn decrypt_events(&self, raw: &RawChunk) -> Result<Vec<Event>, StoreError> {
         let recording = raw.header.recording.id();
-        let key = self.keys.get(&raw.header.key_id).ok_or_else(|| StoreError::Recording {
-            recording: recording.clone(),
-            message: format!("chunk {} needs key {}, not in the key file", raw.header.index, raw.header.key_id),
-        })?;
+        let key = self
+            .keys
+            .get(&raw.header.key_id)
+            .ok_or_else(|| StoreError::Recording {
+                recording: recording.clone(),
+                message: format!(
+                    "chunk {} needs key {}, not in the key file",
+                    raw.header.index, raw.header.key_id
+                ),
+            })?;
         let plain = chunk::decrypt(raw, key).map_err(|err| StoreError::Recording {
             recording: recording.clone(),
             message: format!("chunk {}: {err}", raw.header.index),
@@ -391,10 +442,13 @@ impl Store {
 
     /// Every event of a recording, in order, after checking its chain.
     pub fn read_events(&self, id: &str) -> Result<Vec<Event>, StoreError> {
-        let row = self.index.recording(id)?.ok_or_else(|| StoreError::Recording {
-            recording: id.to_owned(),
-            message: "no such recording".into(),
-        })?;
+        let row = self
+            .index
+            .recording(id)?
+            .ok_or_else(|| StoreError::Recording {
+                recording: id.to_owned(),
+                message: "no such recording".into(),
+            })?;
         let path = self.dir.join(&row.path);
         let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
         let committed = &bytes[..(row.stored_len as usize).min(bytes.len())];
@@ -428,7 +482,9 @@ impl Store {
 
     /// Whether a batch of events ends its session.
     pub fn ends_session(events: &[Event]) -> bool {
-        events.iter().any(|e| matches!(e.event, EventBody::SessionEnd(_)))
+        events
+            .iter()
+            .any(|e| matches!(e.event, EventBody::SessionEnd(_)))
     }
 }
 
@@ -447,7 +503,11 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Creates a new store's keys: the encryption key file and the seal key pair.
-pub fn generate_keys(key_file: &Path, seal_key: &Path, seal_public: &Path) -> Result<(), StoreError> {
+pub fn generate_keys(
+    key_file: &Path,
+    seal_key: &Path,
+    seal_public: &Path,
+) -> Result<(), StoreError> {
     if !key_file.exists() {
         KeyRing::generate(key_file)?;
     }
@@ -497,7 +557,12 @@ mod tests {
             key_file: dir.path().join("store.key"),
             seal_key: dir.path().join("seal.key"),
         };
-        generate_keys(&config.key_file, &config.seal_key, &dir.path().join("seal.pub")).unwrap();
+        generate_keys(
+            &config.key_file,
+            &config.seal_key,
+            &dir.path().join("seal.pub"),
+        )
+        .unwrap();
         (dir, config)
     }
 
@@ -517,17 +582,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         };
-        assert_eq!(store.append(&first).unwrap(), Appended::Duplicate { recording: id.clone() });
+        assert_eq!(
+            store.append(&first).unwrap(),
+            Appended::Duplicate {
+                recording: id.clone()
+            }
+        );
         let end = event(3, EventBody::SessionEnd(SessionEnd { duration_secs: 2.0 }));
         store.append(&batch(2, std::slice::from_ref(&end))).unwrap();
         let events = store.read_events(&id).unwrap();
-        assert_eq!(events.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            events.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         let row = store.index().recording(&id).unwrap().unwrap();
         assert!(row.sealed);
-        let seal: Seal = serde_json::from_slice(
-            &fs::read(store.dir().join(seal_path(&row.path))).unwrap(),
-        )
-        .unwrap();
+        let seal: Seal =
+            serde_json::from_slice(&fs::read(store.dir().join(seal_path(&row.path))).unwrap())
+                .unwrap();
         assert_eq!(seal.chunks, 2);
         assert_eq!(seal.final_hash, row.last_hash.hex());
         let public: [u8; 32] = hex::decode(&seal.public_key).unwrap().try_into().unwrap();
@@ -544,7 +616,9 @@ mod tests {
         let (_dir, config) = fixture();
         let (id, path) = {
             let mut store = Store::open(&config).unwrap();
-            let Appended::Stored { recording, .. } = store.append(&batch(1, &[output(1, "a")])).unwrap() else {
+            let Appended::Stored { recording, .. } =
+                store.append(&batch(1, &[output(1, "a")])).unwrap()
+            else {
                 panic!()
             };
             let row = store.index().recording(&recording).unwrap().unwrap();
@@ -559,7 +633,10 @@ mod tests {
                 prev_hash: row.last_hash,
                 key_id: key_id.to_owned(),
                 nonce: [9; 24],
-                batch: BatchRef { spool: b2.header.spool.clone(), seq: b2.header.seq },
+                batch: BatchRef {
+                    spool: b2.header.spool.clone(),
+                    seq: b2.header.seq,
+                },
                 events: 1,
                 first_seq: Seq(2),
                 last_seq: Seq(2),
@@ -579,10 +656,20 @@ mod tests {
         let mut store = Store::open(&config).unwrap();
         assert!(fs::metadata(&path).unwrap().len() < before, "torn tail cut");
         let events = store.read_events(&id).unwrap();
-        assert_eq!(events.len(), 2, "the written but uncommitted chunk was replayed");
+        assert_eq!(
+            events.len(),
+            2,
+            "the written but uncommitted chunk was replayed"
+        );
         // The agent resends batch 2 (it never got the ack): stored once.
-        assert!(matches!(store.append(&batch(2, &[output(2, "b")])).unwrap(), Appended::Duplicate { .. }));
-        assert!(matches!(store.append(&batch(3, &[output(3, "c")])).unwrap(), Appended::Stored { chunk: 2, .. }));
+        assert!(matches!(
+            store.append(&batch(2, &[output(2, "b")])).unwrap(),
+            Appended::Duplicate { .. }
+        ));
+        assert!(matches!(
+            store.append(&batch(3, &[output(3, "c")])).unwrap(),
+            Appended::Stored { chunk: 2, .. }
+        ));
         assert_eq!(store.read_events(&id).unwrap().len(), 3);
     }
 }

@@ -5,9 +5,12 @@
 //!   session), opens a pseudo-terminal, runs CMD on its slave as the user (own session,
 //!   controlling terminal), and relays: bytes from stdin are written to the master (keystrokes),
 //!   bytes from the master are copied to stdout (what the terminal shows). Prints
-//!   `session=N` on stderr first.
+//!   `session=N` and `pty=/dev/pts/N` on stderr first.
 //! - `no-session -- CMD...`: runs CMD outside any login session and without a controlling
 //!   terminal (clears the login uid, which root may do, and calls setsid).
+//! - `udp-relay LISTEN UPSTREAM DELAY_MS --`: relays UDP datagrams between one client and
+//!   UPSTREAM, holding each one DELAY_MS milliseconds in each direction (a slow network, since
+//!   the kernel has no netem).
 use std::{
     ffi::CString,
     io::{Read, Write},
@@ -39,7 +42,7 @@ fn run() -> anyhow::Result<i32> {
         .position(|a| a == "--")
         .context("usage: custos-testkit MODE [OPTIONS] -- CMD...")?;
     let (opts, command) = (&args[..split], &args[split + 1..]);
-    if command.is_empty() {
+    if command.is_empty() && opts.first().map(String::as_str) != Some("udp-relay") {
         bail!("no command after --");
     }
     match opts.first().map(String::as_str) {
@@ -51,7 +54,11 @@ fn run() -> anyhow::Result<i32> {
             login_pty(&user, command)
         }
         Some("no-session") => no_session(command),
-        _ => bail!("unknown mode; use login-pty or no-session"),
+        Some("udp-relay") => match opts {
+            [_, listen, upstream, delay] => udp_relay(listen, upstream, delay.parse()?),
+            _ => bail!("usage: custos-testkit udp-relay LISTEN UPSTREAM DELAY_MS --"),
+        },
+        _ => bail!("unknown mode; use login-pty, no-session or udp-relay"),
     }
 }
 
@@ -72,6 +79,7 @@ fn login_pty(user: &str, command: &[String]) -> anyhow::Result<i32> {
         ws_ypixel: 0,
     };
     let OpenptyResult { master, slave } = openpty(Some(&winsize), None)?;
+    eprintln!("pty={}", nix::unistd::ttyname(&slave)?.display());
     // SAFETY: the child only calls async-signal-safe functions before exec.
     match unsafe { fork() }? {
         ForkResult::Child => {
@@ -189,4 +197,67 @@ fn no_session(command: &[String]) -> anyhow::Result<i32> {
     }
     let _ = setsid();
     match exec(command)? {}
+}
+
+/// Forwards datagrams both ways, each after `delay_ms`.
+fn udp_relay(listen: &str, upstream: &str, delay_ms: u64) -> anyhow::Result<i32> {
+    use std::{
+        net::{SocketAddr, UdpSocket},
+        sync::{Arc, Mutex, mpsc},
+        time::{Duration, Instant},
+    };
+    let front = Arc::new(UdpSocket::bind(listen)?);
+    let back = Arc::new(UdpSocket::bind("0.0.0.0:0")?);
+    back.connect(upstream)?;
+    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+    let delay = Duration::from_millis(delay_ms);
+    eprintln!("relaying {listen} -> {upstream} with {delay_ms} ms each way");
+    // One delayed queue per direction: (when to send, bytes).
+    let (to_back, from_front) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let (to_front, from_back) = mpsc::channel::<(Instant, Vec<u8>)>();
+    {
+        let (front, client) = (front.clone(), client.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, peer)) = front.recv_from(&mut buf) {
+                *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer);
+                if to_back
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+    {
+        let back = back.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = back.recv(&mut buf) {
+                if to_front
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+    {
+        let back = back.clone();
+        std::thread::spawn(move || {
+            for (at, bytes) in from_front {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                let _ = back.send(&bytes);
+            }
+        });
+    }
+    for (at, bytes) in from_back {
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        if let Some(peer) = *client.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = front.send_to(&bytes, peer);
+        }
+    }
+    Ok(0)
 }

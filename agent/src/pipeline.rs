@@ -1,0 +1,254 @@
+//! The event pipeline: captured records and losses go through the session tracker and out,
+//! either as JSON lines (`--stdout`) or into batches on the spool for shipping.
+//!
+//! When shipping, the tracker's session state is saved next to the spool every few seconds and
+//! at shutdown (and always before acknowledged segments are deleted), so that a restarted agent
+//! continues every session's event numbering.
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use custos_proto::{Event, event::GapReason, wire::BatchHeader};
+use tokio::sync::{Notify, mpsc};
+use tracing::{error, warn};
+
+use crate::{
+    batch::Batcher,
+    capture::Capture,
+    session::{Tracker, TrackerState},
+    spool::Spool,
+};
+
+/// Where events go.
+pub enum Output {
+    Json(std::io::BufWriter<std::io::Stdout>),
+    Spool(Spooler),
+}
+
+/// Batches events and appends them to the spool.
+pub struct Spooler {
+    pub batcher: Batcher,
+    pub spool: Arc<Mutex<Spool>>,
+    pub wake: Arc<Notify>,
+    /// Where the tracker's state is saved.
+    pub state_path: PathBuf,
+}
+
+impl Spooler {
+    fn store(&mut self, batches: Vec<Vec<Event>>) -> anyhow::Result<Vec<BatchHeader>> {
+        let mut dropped = Vec::new();
+        if batches.is_empty() {
+            return Ok(dropped);
+        }
+        tokio::task::block_in_place(|| -> anyhow::Result<()> {
+            let mut spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
+            for events in batches {
+                let seq = spool.allocate()?;
+                let id = spool.id().clone();
+                let Some(batch) = custos_proto::wire::make_batch(&id, seq, &events) else {
+                    continue;
+                };
+                dropped.extend(spool.append(&batch)?);
+            }
+            Ok(())
+        })?;
+        self.wake.notify_one();
+        Ok(dropped)
+    }
+}
+
+impl Output {
+    /// Writes events; returns the headers of spooled batches dropped to make room.
+    fn write(&mut self, events: &mut Vec<Event>) -> anyhow::Result<Vec<BatchHeader>> {
+        match self {
+            Output::Json(out) => {
+                for event in events.drain(..) {
+                    serde_json::to_writer(&mut *out, &event)?;
+                    out.write_all(b"\n")?;
+                }
+                out.flush()?;
+                Ok(Vec::new())
+            }
+            Output::Spool(spooler) => {
+                let full: Vec<Vec<Event>> = events
+                    .drain(..)
+                    .filter_map(|event| spooler.batcher.add(event))
+                    .collect();
+                spooler.store(full)
+            }
+        }
+    }
+
+    /// Sends batches that have waited long enough to the spool.
+    fn tick(&mut self) -> anyhow::Result<Vec<BatchHeader>> {
+        match self {
+            Output::Json(_) => Ok(Vec::new()),
+            Output::Spool(spooler) => {
+                let due = spooler.batcher.due(Instant::now());
+                spooler.store(due)
+            }
+        }
+    }
+
+    /// Saves the tracker's state, then lets the spool delete what the collector acknowledged.
+    fn checkpoint(&mut self, tracker: &Tracker) -> anyhow::Result<()> {
+        if let Output::Spool(spooler) = self {
+            save_state(&spooler.state_path, &tracker.state())?;
+            tokio::task::block_in_place(|| {
+                spooler
+                    .spool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .collect()
+            })?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<Vec<BatchHeader>> {
+        match self {
+            Output::Json(out) => {
+                out.flush()?;
+                Ok(Vec::new())
+            }
+            Output::Spool(spooler) => {
+                let rest = spooler.batcher.drain();
+                spooler.store(rest)
+            }
+        }
+    }
+}
+
+/// Writes events, turning batches the spool dropped into gap records (which are written too).
+fn emit(output: &mut Output, tracker: &mut Tracker, events: &mut Vec<Event>) -> anyhow::Result<()> {
+    let mut dropped = output.write(events)?;
+    while !dropped.is_empty() {
+        report_dropped(tracker, &dropped, GapReason::SpoolFull, events);
+        dropped = output.write(events)?;
+    }
+    Ok(())
+}
+
+/// Gap records for batches lost from the spool (full, or damaged on disk).
+pub fn report_dropped(
+    tracker: &mut Tracker,
+    headers: &[BatchHeader],
+    reason: GapReason,
+    events: &mut Vec<Event>,
+) {
+    let boot = tracker.boot_id().clone();
+    for header in headers {
+        if header.boot_id != boot {
+            error!(
+                session = header.session.0,
+                boot = %header.boot_id,
+                events = header.events,
+                ?reason,
+                "lost spooled events of a previous boot"
+            );
+            continue;
+        }
+        warn!(
+            session = header.session.0,
+            events = header.events,
+            ?reason,
+            "spooled events lost"
+        );
+        tracker.gap(
+            header.session.0,
+            reason,
+            u64::from(header.events),
+            header.raw_len,
+            header.first_time,
+            header.last_time,
+            events,
+        );
+    }
+}
+
+/// How often the tracker sweeps sessions and the spooler sends aged batches.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the tracker's state is saved and acknowledged segments deleted.
+const CHECKPOINT: Duration = Duration::from_secs(5);
+
+/// Runs until capture ends (its channel closes), then flushes everything.
+pub async fn run(
+    mut rx: mpsc::Receiver<Capture>,
+    mut tracker: Tracker,
+    mut output: Output,
+    mut events: Vec<Event>,
+) -> anyhow::Result<()> {
+    emit(&mut output, &mut tracker, &mut events)?;
+    let mut tick = tokio::time::interval(TICK);
+    let mut last_sweep = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    loop {
+        tokio::select! {
+            message = rx.recv() => {
+                let Some(message) = message else { break };
+                handle(&mut tracker, message, &mut events);
+                while let Ok(message) = rx.try_recv() {
+                    handle(&mut tracker, message, &mut events);
+                    if events.len() >= 1024 {
+                        emit(&mut output, &mut tracker, &mut events)?;
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if last_sweep.elapsed() >= Duration::from_secs(1) {
+                    tracker.sweep(&mut events);
+                    last_sweep = Instant::now();
+                }
+                let dropped = output.tick()?;
+                report_dropped(&mut tracker, &dropped, GapReason::SpoolFull, &mut events);
+                if last_checkpoint.elapsed() >= CHECKPOINT {
+                    emit(&mut output, &mut tracker, &mut events)?;
+                    output.checkpoint(&tracker)?;
+                    last_checkpoint = Instant::now();
+                }
+            }
+        }
+        emit(&mut output, &mut tracker, &mut events)?;
+    }
+    emit(&mut output, &mut tracker, &mut events)?;
+    let dropped = output.finish()?;
+    report_dropped(&mut tracker, &dropped, GapReason::SpoolFull, &mut events);
+    emit(&mut output, &mut tracker, &mut events)?;
+    output.finish()?;
+    output.checkpoint(&tracker)?;
+    Ok(())
+}
+
+fn handle(tracker: &mut Tracker, message: Capture, events: &mut Vec<Event>) {
+    match message {
+        Capture::Event(captured) => tracker.on_capture(captured, events),
+        Capture::Loss(loss) => tracker.on_loss(loss, events),
+    }
+}
+
+/// Saves the tracker's state atomically.
+pub fn save_state(path: &Path, state: &TrackerState) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec(state).unwrap_or_default())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("saving session state to {}", path.display()))
+}
+
+/// Reads the state a previous run saved (absent or unreadable: nothing to continue).
+pub fn load_state(path: &Path) -> TrackerState {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+            warn!(path = %path.display(), error = %err, "unreadable session state ignored");
+            TrackerState::default()
+        }),
+        Err(_) => TrackerState::default(),
+    }
+}

@@ -1,0 +1,457 @@
+//! Shipping: the QUIC client that sends spooled batches to the collector (protocol in
+//! docs/protocol.md).
+//!
+//! One connection at a time, reconnecting with exponential backoff and jitter; the agent's
+//! certificate and the CA are read again at every connection, so rotated files take effect at
+//! the next reconnect. Up to `in_flight` batches are outstanding, each on its own stream, but
+//! never two of one session: a session's batches are stored in the order they were made. A
+//! batch leaves the spool only when the collector acknowledged it (durably stored). A batch refused for
+//! good (malformed, too large) is moved aside to `rejected/` in the spool directory and logged:
+//! resending it could never succeed, and it must not block the rest.
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use custos_pki::{Role, tls::TlsFiles};
+use custos_proto::{
+    BootId,
+    wire::{self, Batch, BatchSeq, ErrorCode, Frame, Hello},
+};
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinSet,
+};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    config::{CollectorConfig, ShippingConfig},
+    spool::{Spool, SpoolError},
+};
+
+/// Largest response frame accepted from the collector.
+const MAX_RESPONSE: usize = 1024 * 1024;
+/// How long one request (send a frame, get the answer) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Counters of what shipping did (for logs and metrics).
+#[derive(Debug, Default)]
+pub struct ShipMetrics {
+    pub batches_acked: std::sync::atomic::AtomicU64,
+    pub batches_rejected: std::sync::atomic::AtomicU64,
+    pub connects: std::sync::atomic::AtomicU64,
+    pub connect_failures: std::sync::atomic::AtomicU64,
+    /// Milliseconds from sending a batch to its acknowledgement, last one.
+    pub last_ack_ms: std::sync::atomic::AtomicU64,
+}
+
+pub struct Shipping {
+    pub collector: CollectorConfig,
+    pub options: ShippingConfig,
+    pub host: String,
+    pub boot_id: BootId,
+    pub spool_dir: PathBuf,
+}
+
+/// Why one batch was not acknowledged.
+enum SendError {
+    /// The connection failed; everything outstanding is sent again on the next one.
+    Connection(String),
+    /// The collector refused it for good.
+    Rejected(ErrorCode, String),
+    /// The collector could not store it now.
+    Retry(String),
+}
+
+/// Sends until `stop` turns true, then for at most `shutdown_grace` while batches are pending.
+pub async fn run(
+    shipping: Shipping,
+    spool: Arc<Mutex<Spool>>,
+    wake: Arc<Notify>,
+    reconnect: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<ShipMetrics>,
+) -> anyhow::Result<()> {
+    let mut endpoint = quinn::Endpoint::client("[::]:0".parse().expect("valid address"))
+        .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address")))
+        .context("opening a UDP socket")?;
+    let mut backoff = shipping.options.reconnect_min;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if *stop.borrow() && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + shipping.options.shutdown_grace);
+        }
+        if deadline.is_some() && lock(&spool).pending() == 0 {
+            break;
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            let pending = lock(&spool).pending();
+            warn!(
+                pending,
+                "stopping with batches not yet acknowledged (they stay spooled)"
+            );
+            break;
+        }
+        let connection = tokio::select! {
+            connection = connect(&mut endpoint, &shipping, &spool) => connection,
+            _ = sleep_until(deadline) => continue,
+        };
+        match connection {
+            Ok(connection) => {
+                metrics
+                    .connects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                backoff = shipping.options.reconnect_min;
+                let reason = send_loop(
+                    &connection,
+                    &shipping,
+                    &spool,
+                    (&wake, &reconnect),
+                    &mut stop,
+                    &mut deadline,
+                    &metrics,
+                )
+                .await;
+                connection.close(0u32.into(), b"agent reconnecting or stopping");
+                match reason {
+                    Ok(()) => {}
+                    Err(err) => {
+                        warn!(error = %format!("{err:#}"), "connection to the collector lost")
+                    }
+                }
+            }
+            Err(err) => {
+                metrics
+                    .connect_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let jitter: f64 = rand::random_range(0.5..1.5);
+                let wait = backoff.mul_f64(jitter);
+                warn!(
+                    collector = %shipping.collector.address,
+                    error = %format!("{err:#}"),
+                    retry_in = ?wait,
+                    "cannot reach the collector; recordings stay spooled"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed(), if deadline.is_none() => {}
+                    _ = sleep_until(deadline) => {}
+                }
+                backoff = (backoff * 2).min(shipping.options.reconnect_max);
+            }
+        }
+    }
+    endpoint.close(0u32.into(), b"agent stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
+    spool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Resolves the collector, builds the TLS configuration from the files as they are now,
+/// connects and says hello.
+async fn connect(
+    endpoint: &mut quinn::Endpoint,
+    shipping: &Shipping,
+    spool: &Mutex<Spool>,
+) -> anyhow::Result<quinn::Connection> {
+    let collector = &shipping.collector;
+    let files = TlsFiles {
+        ca: &collector.ca,
+        certificate: &collector.certificate,
+        key: &collector.key,
+    };
+    let (tls, _) = custos_pki::tls::client_config(&files, Role::Agent, &[wire::ALPN])?;
+    let crypto = QuicClientConfig::try_from(tls).context("TLS configuration unusable for QUIC")?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(shipping.options.keep_alive))
+        .max_idle_timeout(Some(
+            (shipping.options.keep_alive * 4)
+                .try_into()
+                .context("shipping.keep_alive too large")?,
+        ));
+    client.transport_config(Arc::new(transport));
+    let address: SocketAddr = tokio::net::lookup_host(&collector.address)
+        .await
+        .with_context(|| format!("resolving {}", collector.address))?
+        .next()
+        .ok_or_else(|| anyhow!("{} resolves to no address", collector.address))?;
+    let connection = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        endpoint.connect_with(client, address, collector.server_name())?,
+    )
+    .await
+    .map_err(|_| anyhow!("handshake with {address} timed out"))??;
+    let spool_id = lock(spool).id().clone();
+    let hello = Frame::Hello(Hello {
+        protocol: wire::PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        host: shipping.host.clone(),
+        boot_id: shipping.boot_id.clone(),
+        spool: spool_id,
+    });
+    match request(&connection, &hello).await {
+        Ok(Frame::Welcome(welcome)) => {
+            info!(
+                collector = %collector.address,
+                version = welcome.collector_version,
+                "connected to the collector"
+            );
+            Ok(connection)
+        }
+        Ok(Frame::Error(err)) => bail!(
+            "the collector refused the hello: {:?}: {}",
+            err.code,
+            err.message
+        ),
+        Ok(other) => bail!(
+            "the collector answered the hello with a {} frame",
+            other.kind()
+        ),
+        Err(SendError::Connection(err) | SendError::Retry(err) | SendError::Rejected(_, err)) => {
+            bail!("hello failed: {err}")
+        }
+    }
+}
+
+/// One request on its own stream: the frame out, the answer back.
+async fn request(connection: &quinn::Connection, frame: &Frame) -> Result<Frame, SendError> {
+    let exchange = async {
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| SendError::Connection(e.to_string()))?;
+        send.write_all(&wire::encode_frame(frame))
+            .await
+            .map_err(|e| SendError::Connection(e.to_string()))?;
+        let _ = send.finish();
+        let mut prefix = [0u8; 4];
+        if let Err(err) = recv.read_exact(&mut prefix).await {
+            // A stream reset by the collector carries the reason as its code.
+            if let quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)) = &err {
+                return Err(SendError::Rejected(
+                    code_to_error(code.into_inner()),
+                    format!("stream reset with code {code}"),
+                ));
+            }
+            return Err(SendError::Connection(err.to_string()));
+        }
+        let len = wire::frame_len(prefix, MAX_RESPONSE)
+            .map_err(|e| SendError::Connection(e.to_string()))?;
+        let mut body = vec![0u8; len];
+        recv.read_exact(&mut body)
+            .await
+            .map_err(|e| SendError::Connection(e.to_string()))?;
+        wire::decode_frame(&body).map_err(|e| SendError::Connection(e.to_string()))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(SendError::Connection("no answer in time".into())))
+}
+
+fn code_to_error(code: u64) -> ErrorCode {
+    [
+        ErrorCode::Malformed,
+        ErrorCode::TooLarge,
+        ErrorCode::IdentityMismatch,
+        ErrorCode::Unsupported,
+        ErrorCode::Unavailable,
+    ]
+    .into_iter()
+    .find(|c| u64::from(c.stream_code()) == code)
+    .unwrap_or(ErrorCode::Unavailable)
+}
+
+/// An outstanding batch: when it left, its session, what the log says when it is acknowledged.
+struct Sent {
+    at: std::time::Instant,
+    key: (BootId, u32),
+    last_seq: u64,
+    events: u32,
+}
+
+/// How many pending batches one window fill looks at.
+const PENDING_SCAN: usize = 10_000;
+
+async fn send_batch(
+    connection: quinn::Connection,
+    batch: Batch,
+) -> (BatchSeq, Result<(), SendError>) {
+    let seq = batch.header.seq;
+    let result = match request(&connection, &Frame::Batch(batch)).await {
+        Ok(Frame::Ack(ack)) if ack.seq == seq => Ok(()),
+        Ok(Frame::Ack(ack)) => Err(SendError::Connection(format!(
+            "ack of batch {} for batch {seq}",
+            ack.seq
+        ))),
+        Ok(Frame::Error(err)) if err.code.is_transient() => Err(SendError::Retry(err.message)),
+        Ok(Frame::Error(err)) => Err(SendError::Rejected(err.code, err.message)),
+        Ok(other) => Err(SendError::Connection(format!(
+            "unexpected {} frame",
+            other.kind()
+        ))),
+        Err(err) => Err(err),
+    };
+    (seq, result)
+}
+
+/// Keeps up to `in_flight` batches outstanding on `connection` until it fails or shutdown's
+/// grace ends.
+async fn send_loop(
+    connection: &quinn::Connection,
+    shipping: &Shipping,
+    spool: &Arc<Mutex<Spool>>,
+    (wake, reconnect): (&Notify, &Notify),
+    stop: &mut watch::Receiver<bool>,
+    deadline: &mut Option<tokio::time::Instant>,
+    metrics: &ShipMetrics,
+) -> anyhow::Result<()> {
+    let mut in_flight: JoinSet<(BatchSeq, Result<(), SendError>)> = JoinSet::new();
+    let mut sent: HashMap<BatchSeq, Sent> = HashMap::new();
+    // Sessions with a batch outstanding: the next of theirs waits for its acknowledgement.
+    let mut busy: HashSet<(BootId, u32)> = HashSet::new();
+    loop {
+        // Fill the window with the oldest pending batches of sessions not already busy.
+        if in_flight.len() < shipping.options.in_flight {
+            let pending = lock(spool).pending_batches(PENDING_SCAN);
+            for (seq, boot, session) in pending {
+                if in_flight.len() >= shipping.options.in_flight {
+                    break;
+                }
+                let key = (boot, session);
+                if sent.contains_key(&seq) || busy.contains(&key) {
+                    // Later batches of a busy session wait their turn.
+                    busy.insert(key);
+                    continue;
+                }
+                let batch = match lock(spool).read(seq) {
+                    Ok(batch) => batch,
+                    Err(SpoolError::Gone(_)) => continue,
+                    Err(err) => {
+                        error!(error = %err, "unreadable spooled batch skipped");
+                        lock(spool).ack(seq);
+                        continue;
+                    }
+                };
+                busy.insert(key.clone());
+                sent.insert(
+                    seq,
+                    Sent {
+                        at: std::time::Instant::now(),
+                        key,
+                        last_seq: batch.header.last_seq.0,
+                        events: batch.header.events,
+                    },
+                );
+                in_flight.spawn(send_batch(connection.clone(), batch));
+            }
+            // Sessions marked busy only because they were skipped above are not outstanding.
+            busy.retain(|key| sent.values().any(|s| &s.key == key));
+        }
+        if deadline.is_some() && in_flight.is_empty() && lock(spool).pending() == 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            Some(done) = in_flight.join_next() => {
+                let (seq, result) = done.map_err(|e| anyhow!("send task failed: {e}"))?;
+                let outstanding = sent.remove(&seq);
+                if let Some(outstanding) = &outstanding {
+                    busy.remove(&outstanding.key);
+                }
+                match result {
+                    Ok(()) => {
+                        lock(spool).ack(seq);
+                        metrics.batches_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(batch) = outstanding {
+                            metrics.last_ack_ms.store(batch.at.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+                            debug!(
+                                seq = seq.0,
+                                session = batch.key.1,
+                                last_event = batch.last_seq,
+                                events = batch.events,
+                                "batch acknowledged"
+                            );
+                        }
+                    }
+                    Err(SendError::Rejected(code, message)) => {
+                        metrics.batches_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        reject(shipping, spool, seq, code, &message);
+                    }
+                    Err(SendError::Retry(message)) => {
+                        // It stays pending and goes again at the next fill.
+                        warn!(seq = seq.0, message, "the collector could not store a batch; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(SendError::Connection(message)) => {
+                        bail!("batch {seq}: {message}");
+                    }
+                }
+            }
+            _ = wake.notified() => {}
+            _ = reconnect.notified() => {
+                info!("reconnecting to use the certificates as they are now");
+                return Ok(());
+            }
+            _ = stop.changed(), if deadline.is_none() => {
+                *deadline = Some(tokio::time::Instant::now() + shipping.options.shutdown_grace);
+            }
+            _ = sleep_until(*deadline) => return Ok(()),
+            reason = connection.closed() => bail!("{reason}"),
+        }
+    }
+}
+
+/// Moves a batch the collector refused for good out of the queue, keeping it for inspection.
+fn reject(
+    shipping: &Shipping,
+    spool: &Mutex<Spool>,
+    seq: BatchSeq,
+    code: ErrorCode,
+    message: &str,
+) {
+    let dir = shipping.spool_dir.join("rejected");
+    let mut spool = lock(spool);
+    let kept = spool
+        .read(seq)
+        .map_err(|e| e.to_string())
+        .and_then(|batch| {
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let path = dir.join(format!("{:020}.batch", seq.0));
+            std::fs::write(&path, wire::encode_frame(&Frame::Batch(batch)))
+                .map_err(|e| e.to_string())?;
+            Ok(path)
+        });
+    spool.ack(seq);
+    match kept {
+        Ok(path) => error!(
+            seq = seq.0,
+            ?code,
+            message,
+            kept = %path.display(),
+            "the collector refused a batch for good; it is kept aside and not sent again"
+        ),
+        Err(err) => error!(
+            seq = seq.0,
+            ?code,
+            message,
+            error = err,
+            "the collector refused a batch for good"
+        ),
+    }
+}

@@ -1,0 +1,512 @@
+//! The spool: batches on disk until the collector acknowledges them.
+//!
+//! Layout of the spool directory (default /var/lib/custos/spool, mode 0700):
+//! - `spool.state`: the spool's id and the next batch sequence number (JSON, replaced
+//!   atomically). The id is created once, so a new spool starts a new sequence space at the
+//!   collector.
+//! - `segments/<first seq>.seg`: batches appended as [`record`]s and fsynced before they are
+//!   sent. A segment is deleted once every batch in it is acknowledged.
+//!
+//! The spool is bounded: when a batch would not fit, the oldest segments go, acknowledged or
+//! not, and the batches lost are returned so that they become gap records. At start, every
+//! segment is read back; damaged records are skipped (the records after them are found again)
+//! and reported, a torn last record is cut.
+pub mod record;
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::Write,
+    os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use custos_proto::wire::{Batch, BatchHeader, BatchSeq, SpoolId};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use self::record::Found;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("batch {0} is no longer in the spool")]
+    Gone(BatchSeq),
+    #[error("batch {0} in the spool is damaged")]
+    Damaged(BatchSeq),
+}
+
+fn io(path: &Path, err: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Io {
+        path: path.to_owned(),
+        message: err.to_string(),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    spool: SpoolId,
+    next_batch: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    segment: u64,
+    offset: u64,
+    len: u64,
+    header: BatchHeader,
+    acked: bool,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    size: u64,
+}
+
+/// What reading the spool back found wrong.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Bytes that were no readable record, skipped.
+    pub skipped_bytes: u64,
+    /// Batches whose header survived but whose events did not.
+    pub damaged: Vec<BatchHeader>,
+    /// Bytes of a torn last record, cut.
+    pub torn_bytes: u64,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    id: SpoolId,
+    max_size: u64,
+    segment_max: u64,
+    entries: BTreeMap<BatchSeq, Entry>,
+    segments: BTreeMap<u64, Segment>,
+    active: Option<(u64, File)>,
+    next_seq: u64,
+    /// Sequence numbers below this are reserved on disk (`spool.state`): after a crash the
+    /// spool starts there, so a number that might have reached the collector (in a record
+    /// damaged since) is never used again.
+    reserved: u64,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, bounded to `max_size` bytes of segments.
+    pub fn open(dir: &Path, max_size: u64) -> Result<(Spool, Recovered), SpoolError> {
+        let segments_dir = dir.join("segments");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&segments_dir)
+            .map_err(|e| io(&segments_dir, e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io(dir, e))?;
+        let state_path = dir.join("spool.state");
+        let state = match fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice::<State>(&bytes).map_err(|e| {
+                io(
+                    &state_path,
+                    format!("unreadable ({e}); move it away to start a new spool"),
+                )
+            })?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => State {
+                spool: SpoolId(uuid::Uuid::new_v4().to_string()),
+                next_batch: 1,
+            },
+            Err(err) => return Err(io(&state_path, err)),
+        };
+        let mut spool = Spool {
+            dir: dir.to_owned(),
+            id: state.spool,
+            max_size,
+            segment_max: (max_size / 8).clamp(64 * 1024, 8 * 1024 * 1024),
+            entries: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            active: None,
+            next_seq: state.next_batch,
+            reserved: 0,
+        };
+        let recovered = spool.read_segments()?;
+        spool.reserve()?;
+        Ok((spool, recovered))
+    }
+
+    pub fn id(&self) -> &SpoolId {
+        &self.id
+    }
+
+    /// Allocates the next batch sequence number.
+    pub fn allocate(&mut self) -> Result<BatchSeq, SpoolError> {
+        if self.next_seq >= self.reserved {
+            self.reserve()?;
+        }
+        let seq = BatchSeq(self.next_seq);
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    fn read_segments(&mut self) -> Result<Recovered, SpoolError> {
+        let mut recovered = Recovered::default();
+        let segments_dir = self.dir.join("segments");
+        let mut ids: Vec<(u64, PathBuf)> = fs::read_dir(&segments_dir)
+            .map_err(|e| io(&segments_dir, e))?
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".seg")?.parse().ok()?;
+                Some((id, entry.path()))
+            })
+            .collect();
+        ids.sort();
+        for (id, path) in ids {
+            let bytes = fs::read(&path).map_err(|e| io(&path, e))?;
+            let mut offset = 0usize;
+            while offset < bytes.len() {
+                match record::read(&bytes[offset..]) {
+                    Found::Record { header, len } => {
+                        self.next_seq = self.next_seq.max(header.seq.0 + 1);
+                        self.entries.insert(
+                            header.seq,
+                            Entry {
+                                segment: id,
+                                offset: offset as u64,
+                                len: len as u64,
+                                header,
+                                acked: false,
+                            },
+                        );
+                        offset += len;
+                    }
+                    Found::DamagedPayload { header, len } => {
+                        warn!(segment = %path.display(), seq = header.seq.0, "damaged batch skipped");
+                        self.next_seq = self.next_seq.max(header.seq.0 + 1);
+                        recovered.damaged.push(header);
+                        offset += len;
+                    }
+                    Found::Damaged => {
+                        let next = record::resync(&bytes, offset).unwrap_or(bytes.len());
+                        warn!(segment = %path.display(), at = offset, bytes = next - offset, "unreadable spool bytes skipped");
+                        recovered.skipped_bytes += (next - offset) as u64;
+                        offset = next;
+                    }
+                    Found::Truncated => {
+                        warn!(segment = %path.display(), at = offset, "torn record at the end cut");
+                        recovered.torn_bytes += (bytes.len() - offset) as u64;
+                        let file = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(|e| io(&path, e))?;
+                        file.set_len(offset as u64)
+                            .and_then(|()| file.sync_all())
+                            .map_err(|e| io(&path, e))?;
+                        break;
+                    }
+                }
+            }
+            let size = fs::metadata(&path).map_err(|e| io(&path, e))?.len();
+            self.segments.insert(id, Segment { path, size });
+        }
+        Ok(recovered)
+    }
+
+    /// Reserves the next block of sequence numbers on disk, with the spool id.
+    fn reserve(&mut self) -> Result<(), SpoolError> {
+        const BLOCK: u64 = 1024;
+        let reserved = self.next_seq + BLOCK;
+        let path = self.dir.join("spool.state");
+        let tmp = self.dir.join("spool.state.tmp");
+        let state = State {
+            spool: self.id.clone(),
+            next_batch: reserved,
+        };
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec(&state).unwrap_or_default())?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| io(&path, e))?;
+        self.reserved = reserved;
+        Ok(())
+    }
+
+    /// Bytes of segments on disk.
+    pub fn size(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    /// For each session of `boot` with batches here, the event number after its last one.
+    pub fn next_event_seqs(
+        &self,
+        boot: &custos_proto::BootId,
+    ) -> std::collections::HashMap<u32, u64> {
+        let mut next = std::collections::HashMap::new();
+        for entry in self.entries.values().filter(|e| &e.header.boot_id == boot) {
+            let seq = next.entry(entry.header.session.0).or_insert(0);
+            *seq = (*seq).max(entry.header.last_seq.0 + 1);
+        }
+        next
+    }
+
+    /// Batches not acknowledged yet.
+    pub fn pending(&self) -> usize {
+        self.entries.values().filter(|e| !e.acked).count()
+    }
+
+    /// Appends a batch durably. Returns the headers of unacknowledged batches dropped to make
+    /// room (the oldest first).
+    pub fn append(&mut self, batch: &Batch) -> Result<Vec<BatchHeader>, SpoolError> {
+        let bytes = record::encode(batch);
+        let mut dropped = Vec::new();
+        while self.size() + bytes.len() as u64 > self.max_size && !self.segments.is_empty() {
+            dropped.extend(self.drop_oldest_segment()?);
+        }
+        let rotate = match &self.active {
+            Some((id, _)) => self
+                .segments
+                .get(id)
+                .is_none_or(|s| s.size >= self.segment_max),
+            None => true,
+        };
+        if rotate {
+            let id = batch.header.seq.0;
+            let path = self.dir.join("segments").join(format!("{id:020}.seg"));
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
+            let size = file.metadata().map_err(|e| io(&path, e))?.len();
+            File::open(self.dir.join("segments"))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io(&path, e))?;
+            self.segments.insert(id, Segment { path, size });
+            self.active = Some((id, file));
+        }
+        let (id, file) = self.active.as_mut().expect("an active segment");
+        let segment = self
+            .segments
+            .get_mut(id)
+            .expect("the active segment is known");
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io(&segment.path, e))?;
+        self.entries.insert(
+            batch.header.seq,
+            Entry {
+                segment: *id,
+                offset: segment.size,
+                len: bytes.len() as u64,
+                header: batch.header.clone(),
+                acked: false,
+            },
+        );
+        segment.size += bytes.len() as u64;
+        self.next_seq = self.next_seq.max(batch.header.seq.0 + 1);
+        Ok(dropped)
+    }
+
+    fn drop_oldest_segment(&mut self) -> Result<Vec<BatchHeader>, SpoolError> {
+        let Some((&id, _)) = self.segments.iter().next() else {
+            return Ok(Vec::new());
+        };
+        let seqs: Vec<BatchSeq> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.segment == id)
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut dropped = Vec::new();
+        for seq in seqs {
+            if let Some(entry) = self.entries.remove(&seq)
+                && !entry.acked
+            {
+                dropped.push(entry.header);
+            }
+        }
+        self.remove_segment(id)?;
+        Ok(dropped)
+    }
+
+    fn remove_segment(&mut self, id: u64) -> Result<(), SpoolError> {
+        if let Some(segment) = self.segments.remove(&id) {
+            if self
+                .active
+                .as_ref()
+                .is_some_and(|(active, _)| *active == id)
+            {
+                self.active = None;
+            }
+            fs::remove_file(&segment.path).map_err(|e| io(&segment.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Unacknowledged batches in order (at most `limit`), with the session each belongs to.
+    pub fn pending_batches(&self, limit: usize) -> Vec<(BatchSeq, custos_proto::BootId, u32)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.acked)
+            .take(limit)
+            .map(|(seq, e)| (*seq, e.header.boot_id.clone(), e.header.session.0))
+            .collect()
+    }
+
+    /// Reads a batch back, checking it.
+    pub fn read(&self, seq: BatchSeq) -> Result<Batch, SpoolError> {
+        let entry = self.entries.get(&seq).ok_or(SpoolError::Gone(seq))?;
+        let segment = self
+            .segments
+            .get(&entry.segment)
+            .ok_or(SpoolError::Gone(seq))?;
+        let mut buf = vec![0u8; entry.len as usize];
+        File::open(&segment.path)
+            .and_then(|f| f.read_exact_at(&mut buf, entry.offset))
+            .map_err(|e| io(&segment.path, e))?;
+        match record::read(&buf) {
+            Found::Record { header, len } => Ok(Batch {
+                events: record::payload(&buf, len).to_vec(),
+                header,
+            }),
+            _ => Err(SpoolError::Damaged(seq)),
+        }
+    }
+
+    /// Marks a batch acknowledged.
+    pub fn ack(&mut self, seq: BatchSeq) {
+        if let Some(entry) = self.entries.get_mut(&seq) {
+            entry.acked = true;
+        }
+    }
+
+    /// Deletes segments whose every batch is acknowledged (the active one included: the next
+    /// batch starts a new segment).
+    pub fn collect(&mut self) -> Result<(), SpoolError> {
+        let done: Vec<u64> = self
+            .segments
+            .keys()
+            .copied()
+            .filter(|id| self.entries.values().all(|e| e.segment != *id || e.acked))
+            .collect();
+        for id in done {
+            self.entries.retain(|_, e| e.segment != id);
+            self.remove_segment(id)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custos_proto::{
+        AuditSessionId, BootId, Event, EventBody, Seq, Timestamp, event::SessionEnd,
+        wire::make_batch,
+    };
+
+    use super::*;
+
+    fn batch(spool: &mut Spool, session: u32, padding: usize) -> Batch {
+        let seq = spool.allocate().unwrap();
+        let event = Event {
+            time: Timestamp(seq.0 as i64),
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            session: AuditSessionId(session),
+            seq: Seq(seq.0),
+            process: None,
+            event: EventBody::SessionEnd(SessionEnd {
+                duration_secs: padding as f64,
+            }),
+        };
+        let mut batch = make_batch(spool.id(), seq, &[event]).unwrap();
+        // Incompressible padding to control sizes.
+        batch
+            .events
+            .extend((0..padding).map(|i| (i * 7919 % 251) as u8));
+        batch
+    }
+
+    #[test]
+    fn batches_survive_a_restart_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let id = spool.id().clone();
+        let b1 = batch(&mut spool, 1, 10);
+        let b2 = batch(&mut spool, 1, 10);
+        spool.append(&b1).unwrap();
+        spool.append(&b2).unwrap();
+        assert_eq!(spool.read(b2.header.seq).unwrap(), b2);
+        spool.ack(b1.header.seq);
+        drop(spool);
+        let (mut spool, recovered) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(spool.id(), &id);
+        assert!(recovered.damaged.is_empty() && recovered.skipped_bytes == 0);
+        // Acks live in memory only: both come back (the collector recognises the resend).
+        assert_eq!(spool.pending_batches(10)[0].0, b1.header.seq);
+        spool.ack(b1.header.seq);
+        spool.ack(b2.header.seq);
+        spool.collect().unwrap();
+        assert_eq!(spool.size(), 0);
+        drop(spool);
+        // Sequence numbers are never reused, even after every segment is gone.
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(spool.allocate().unwrap() > b2.header.seq);
+    }
+
+    #[test]
+    fn a_full_spool_drops_the_oldest_and_says_what() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 256 * 1024).unwrap();
+        let mut dropped = Vec::new();
+        let mut seqs = Vec::new();
+        for i in 0..40 {
+            let b = batch(&mut spool, 1 + i % 2, 20_000);
+            seqs.push(b.header.seq);
+            dropped.extend(spool.append(&b).unwrap());
+        }
+        assert!(spool.size() <= 256 * 1024, "{}", spool.size());
+        assert!(!dropped.is_empty());
+        // The oldest went first, and nothing that is still there was reported dropped.
+        assert_eq!(dropped[0].seq, seqs[0]);
+        for header in &dropped {
+            assert!(spool.read(header.seq).is_err());
+        }
+        assert!(spool.read(*seqs.last().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn damaged_records_are_skipped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let batches: Vec<Batch> = (0..4).map(|_| batch(&mut spool, 3, 100)).collect();
+        for b in &batches {
+            spool.append(b).unwrap();
+        }
+        drop(spool);
+        let segment = fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = fs::read(&segment).unwrap();
+        let len = record::encode(&batches[0]).len();
+        // Flip a payload byte of the second record, a header byte of the third, tear the fourth.
+        bytes[len + len - 5] ^= 0xff;
+        bytes[2 * len + record::PREFIX_LEN + 3] ^= 0xff;
+        bytes.truncate(4 * len - 10);
+        fs::write(&segment, &bytes).unwrap();
+        let (spool, recovered) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(spool.read(batches[0].header.seq).unwrap(), batches[0]);
+        assert_eq!(recovered.damaged.len(), 1);
+        assert_eq!(recovered.damaged[0].seq, batches[1].header.seq);
+        assert!(recovered.skipped_bytes > 0);
+        assert!(recovered.torn_bytes > 0);
+        assert_eq!(spool.pending(), 1);
+        // Sequence numbers continue after the highest seen, damaged ones included.
+        let mut spool = spool;
+        assert!(spool.allocate().unwrap() > batches[3].header.seq);
+    }
+}

@@ -1,0 +1,189 @@
+//! A deployment in a temporary directory: the PKI and the store keys made with the collector's
+//! own commands, configuration files, a collector to start and stop, and its store to read.
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use custos_collector::store::{Store, StoreConfig, chunk::RecordingKey};
+use custos_proto::{AuditSessionId, BootId, Event};
+
+use crate::{bin, daemon::Daemon};
+
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    /// The name in this host's agent certificate (its host name).
+    pub host: String,
+}
+
+pub struct Collector {
+    pub daemon: Daemon,
+}
+
+/// Runs one of the collector's commands, which must succeed.
+pub fn collector_command(args: &[&str]) -> String {
+    let output = Command::new(bin("custos-collector"))
+        .args(args)
+        .output()
+        .expect("running custos-collector");
+    assert!(
+        output.status.success(),
+        "custos-collector {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .expect("hostname")
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl Deployment {
+    /// A CA whose collector certificate names localhost, 127.0.0.1 and `extra_names`; an agent
+    /// certificate for this host; a store key.
+    pub fn new(extra_names: &[&str]) -> Deployment {
+        // CUSTOS_TEST_KEEP=1 keeps the directory for a look after a failure.
+        let dir = tempfile::Builder::new()
+            .prefix("custos-deployment-")
+            .disable_cleanup(std::env::var_os("CUSTOS_TEST_KEEP").is_some())
+            .tempdir()
+            .expect("temp dir");
+        let pki = dir.path().join("pki");
+        let pki_s = pki.to_string_lossy().into_owned();
+        let mut args = vec![
+            "pki",
+            "init",
+            "--dir",
+            &pki_s,
+            "--name",
+            "localhost",
+            "--name",
+            "127.0.0.1",
+        ];
+        for name in extra_names {
+            args.extend(["--name", name]);
+        }
+        collector_command(&args);
+        let host = hostname();
+        collector_command(&["pki", "issue", "agent", &host, "--dir", &pki_s]);
+        let key = dir.path().join("store.key");
+        collector_command(&["store", "keygen", "--key-file", &key.to_string_lossy()]);
+        Deployment { dir, host }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.path("pki")
+    }
+
+    /// Writes the collector's configuration for `listen` and returns its path.
+    pub fn collector_config(&self, listen: &str, extra: &str) -> PathBuf {
+        let pki = self.pki();
+        let config = format!(
+            "[ingest]\nlisten = \"{listen}\"\n{extra}\n\
+             [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [store]\ndir = \"{store}\"\nkey_file = \"{store_key}\"\nseal_key = \"{seal}\"\n",
+            ca = pki.join("ca.pem").display(),
+            cert = pki.join("collector.pem").display(),
+            key = pki.join("collector.key").display(),
+            store = self.path("store").display(),
+            store_key = self.path("store.key").display(),
+            seal = pki.join("seal.key").display(),
+        );
+        let path = self.path("collector.toml");
+        std::fs::write(&path, config).expect("writing collector config");
+        path
+    }
+
+    /// Starts the collector (optionally inside a network namespace) and waits until it listens.
+    pub fn start_collector(&self, listen: &str, netns: Option<&str>) -> Collector {
+        let config = self.collector_config(listen, "");
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("custos-collector"));
+                c
+            }
+            None => Command::new(bin("custos-collector")),
+        };
+        command
+            .arg("--config")
+            .arg(&config)
+            .env("CUSTOS_LOG", "info,custos_collector::ingest=debug");
+        let (daemon, _) = Daemon::spawn("custos-collector", command, false);
+        daemon.wait_log(&["collector listening"], Duration::from_secs(30));
+        Collector { daemon }
+    }
+
+    /// An agent configuration shipping to `address`, with this deployment's certificates.
+    pub fn agent_config(&self, address: &str, extra: &str) -> String {
+        let pki = self.pki();
+        format!(
+            "[collector]\naddress = \"{address}\"\nserver_name = \"localhost\"\n\
+             ca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [spool]\ndir = \"{spool}\"\n{extra}\n",
+            ca = pki.join("ca.pem").display(),
+            cert = pki
+                .join(format!("issued/agent-{}.pem", self.host))
+                .display(),
+            key = pki
+                .join(format!("issued/agent-{}.key", self.host))
+                .display(),
+            spool = self.path("spool").display(),
+        )
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            dir: self.path("store"),
+            key_file: self.path("store.key"),
+            seal_key: self.pki().join("seal.key"),
+        }
+    }
+
+    /// Every stored event of this host's session `session`, read back through the store (its
+    /// chain checked).
+    pub fn recording(&self, session: AuditSessionId) -> Vec<Event> {
+        let store = Store::open_read_only(&self.store_config()).expect("opening the store");
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+        let key = RecordingKey {
+            host: self.host.clone(),
+            boot_id: BootId(boot.trim().to_owned()),
+            session,
+        };
+        store
+            .read_events(&key.id())
+            .unwrap_or_else(|err| panic!("reading {}: {err}", key.id()))
+    }
+
+    /// Whether the store has sealed the recording of `session`.
+    pub fn sealed(&self, session: AuditSessionId) -> bool {
+        let Ok(store) = Store::open_read_only(&self.store_config()) else {
+            return false;
+        };
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let key = RecordingKey {
+            host: self.host.clone(),
+            boot_id: BootId(boot.trim().to_owned()),
+            session,
+        };
+        matches!(store.index().recording(&key.id()), Ok(Some(row)) if row.sealed)
+    }
+
+    /// Stored batches, as (spool, seq) pairs, in storing order.
+    pub fn stored_batches(&self) -> Vec<(String, u64)> {
+        let store = Store::open_read_only(&self.store_config()).expect("opening the store");
+        let mut stmt = store
+            .index()
+            .connection()
+            .prepare("SELECT spool, seq FROM batches ORDER BY rowid")
+            .expect("query");
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+}

@@ -1,0 +1,137 @@
+//! A bare QUIC client for tests that present odd certificates or send broken frames, to see
+//! the collector refuse them.
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use custos_proto::wire;
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> quinn::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("usable CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .expect("certificate file")
+                .collect::<Result<_, _>>()
+                .expect("certificate");
+            let key = PrivateKeyDer::from_pem_file(key).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).expect("QUIC TLS")))
+}
+
+async fn connect(
+    address: SocketAddr,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("address"))
+        .map_err(|e| e.to_string())?;
+    let connecting = endpoint
+        .connect_with(client_config(ca, identity), address, "localhost")
+        .map_err(|e| e.to_string())?;
+    let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    // The server verifies the client's certificate after the client finished its part; a
+    // refusal arrives as the connection closing.
+    match tokio::time::timeout(Duration::from_millis(500), connection.closed()).await {
+        Ok(reason) => Err(reason.to_string()),
+        Err(_) => Ok((endpoint, connection)),
+    }
+}
+
+/// Tries a handshake with `identity` (certificate and key files) or none.
+pub fn handshake(
+    address: SocketAddr,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<(), String> {
+    runtime().block_on(async {
+        let (endpoint, connection) = connect(address, ca, identity).await?;
+        connection.close(0u32.into(), b"test done");
+        endpoint.wait_idle().await;
+        Ok(())
+    })
+}
+
+/// What the collector did with a request sent on its own stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    Frame(String),
+    /// The stream was reset with this application error code.
+    Reset(u64),
+    Other(String),
+}
+
+async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Answer {
+    let Ok((mut send, mut recv)) = connection.open_bi().await else {
+        return Answer::Other("cannot open a stream".into());
+    };
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))) => {
+            return Answer::Reset(code.into_inner());
+        }
+        Err(err) => return Answer::Other(err.to_string()),
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    let mut body = vec![0u8; len];
+    if let Err(err) = recv.read_exact(&mut body).await {
+        return Answer::Other(err.to_string());
+    }
+    match wire::decode_frame(&body) {
+        Ok(frame) => Answer::Frame(frame.kind().to_owned()),
+        Err(err) => Answer::Other(err.to_string()),
+    }
+}
+
+/// On one authenticated connection, sends each request on its own stream, one after another,
+/// and
+/// returns the answers in order.
+pub fn requests(
+    address: SocketAddr,
+    ca: &Path,
+    identity: (&Path, &Path),
+    requests: &[Vec<u8>],
+) -> Result<Vec<Answer>, String> {
+    runtime().block_on(async {
+        let (endpoint, connection) = connect(address, ca, Some(identity)).await?;
+        let mut answers = Vec::new();
+        let futures: Vec<_> = requests.iter().map(|r| exchange(&connection, r)).collect();
+        for future in futures {
+            answers.push(
+                tokio::time::timeout(Duration::from_secs(20), future)
+                    .await
+                    .unwrap_or(Answer::Other("no answer".into())),
+            );
+        }
+        connection.close(0u32.into(), b"test done");
+        endpoint.wait_idle().await;
+        Ok(answers)
+    })
+}
