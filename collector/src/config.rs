@@ -15,8 +15,47 @@ pub const DEFAULT_PATH: &str = "/etc/custos/collector.toml";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub ingest: IngestConfig,
+    pub api: ApiConfig,
     pub tls: TlsConfig,
     pub store: StoreSection,
+    pub retention: RetentionConfig,
+}
+
+/// The auditors' query API (HTTPS with client certificates).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// TCP address `custos` connects to.
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:7444".parse().expect("valid default address"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// A recording is removed this long after its last activity, unless held. Default six years
+    /// (HIPAA's documentation retention, 45 CFR 164.316(b)(2)(i)).
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub keep: Duration,
+    /// How often expired recordings are looked for.
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub check_every: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            keep: Duration::from_secs(2192 * 86_400),
+            check_every: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -149,6 +188,12 @@ impl Config {
         }
         if self.ingest.idle_timeout < Duration::from_secs(5) {
             return Err(("ingest.idle_timeout", "must be at least 5s".into()));
+        }
+        if self.retention.keep.is_zero() {
+            return Err(("retention.keep", "must be more than 0".into()));
+        }
+        if self.retention.check_every < Duration::from_secs(1) {
+            return Err(("retention.check_every", "must be at least 1s".into()));
         }
         Ok(())
     }

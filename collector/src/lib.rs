@@ -2,7 +2,10 @@
 //!
 //! Along a recording's path: [`ingest`] (QUIC server, agent identity from the certificate) hands
 //! batches to the [`writer`] thread, which owns the [`store`] (per-session chunk files,
-//! encrypted and hash-chained, and their index). [`pki`] holds the `pki` subcommands.
+//! encrypted and hash-chained, and their index). [`api`] serves auditors (HTTPS, client
+//! certificates, every access in the [`audit`] log). [`pki`] holds the `pki` subcommands.
+pub mod api;
+pub mod audit;
 pub mod config;
 pub mod ingest;
 pub mod pki;

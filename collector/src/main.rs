@@ -4,6 +4,8 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use custos_collector::{
+    api::{self, ApiState},
+    audit::Audit,
     config::{self, Config},
     ingest::{self, IngestMetrics, Limits},
     pki::{self, PkiCommand},
@@ -42,6 +44,17 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Manage the index of the recordings.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IndexCommand {
+    /// Rebuild the index from the recording files (stop the collector first).
+    Rebuild,
 }
 
 #[derive(Subcommand, Debug)]
@@ -60,6 +73,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Pki { command }) => pki::run(command),
         Some(Command::Store { command }) => store_command(cli.config.as_deref(), command),
+        Some(Command::Index {
+            command: IndexCommand::Rebuild,
+        }) => load_config(cli.config.as_deref()).and_then(|config| {
+            let rebuilt = store::rebuild_index(&store_config(&config))?;
+            println!(
+                "indexed {} recordings ({} chunks) from {}",
+                rebuilt.recordings,
+                rebuilt.chunks,
+                config.store.dir.display()
+            );
+            for damaged in &rebuilt.damaged {
+                println!("damaged: {damaged} (indexed up to the damage; run custos verify)");
+            }
+            Ok(())
+        }),
         Some(Command::Run) | None => match load_config(cli.config.as_deref()) {
             Ok(config) if cli.check_config => check(&config),
             Ok(config) => run(config),
@@ -118,6 +146,7 @@ fn store_config(config: &Config) -> StoreConfig {
 /// Validates the configuration and every file it names.
 fn check(config: &Config) -> anyhow::Result<()> {
     ingest::server_config(config)?;
+    api::tls_config(config)?;
     store::keys::KeyRing::load(&config.store.key_file)?;
     store::keys::SealKey::load(&config.store.seal_key)?;
     println!("configuration ok");
@@ -134,9 +163,14 @@ fn run(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let (server_config, identity) = ingest::server_config(&config)?;
+    let api_tls = api::tls_config(&config)?;
     let store_config = store_config(&config);
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_config)).await??;
+    let opening = store_config.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&opening)).await??;
     info!(dir = %config.store.dir.display(), "store open");
+    let audit = Arc::new(std::sync::Mutex::new(Audit::open(
+        &config.store.dir.join("audit.sqlite"),
+    )?));
     let (store, writer) = StoreHandle::spawn(store);
     let endpoint = quinn::Endpoint::server(server_config, config.ingest.listen)
         .with_context(|| format!("listening on UDP {}", config.ingest.listen))?;
@@ -153,6 +187,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         stop_rx,
     ));
+    let api_state = Arc::new(ApiState {
+        store: store_config,
+        audit,
+        writer: store.clone(),
+        retention: config.retention.keep,
+    });
+    let (api_tls_tx, api_tls_rx) = tokio::sync::watch::channel(api_tls);
+    let api_task = tokio::spawn(api::serve(
+        api::bind(config.api.listen).await?,
+        api_tls_rx,
+        api_state.clone(),
+        stop_tx.subscribe(),
+    ));
+    let retention_task = tokio::spawn(api::retention_job(
+        api_state,
+        config.retention.check_every,
+        stop_tx.subscribe(),
+    ));
     info!(
         address = %endpoint.local_addr()?,
         name = %identity.name,
@@ -161,9 +213,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut signals = Signals::new()?;
     while let Signal::Reload = signals.next().await {
-        match ingest::server_config(&config) {
-            Ok((server_config, identity)) => {
+        match ingest::server_config(&config)
+            .and_then(|ingest| Ok((ingest, api::tls_config(&config)?)))
+        {
+            Ok(((server_config, identity), api_tls)) => {
                 endpoint.set_server_config(Some(server_config));
+                let _ = api_tls_tx.send(api_tls);
                 info!(name = %identity.name, "reloaded the CA and the collector's certificate");
             }
             Err(err) => warn!(
@@ -175,6 +230,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     info!("stopping");
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
+    let _ = api_task.await;
+    let _ = retention_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
     drop(store);
     tokio::task::spawn_blocking(move || writer.join())

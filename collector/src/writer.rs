@@ -3,9 +3,9 @@
 //! memory and written every few seconds.
 use std::{collections::HashMap, thread::JoinHandle, time::Duration};
 
-use custos_proto::{Timestamp, wire::Batch};
+use custos_proto::{Timestamp, api::PurgeReport, wire::Batch};
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::store::{Appended, Store, StoreError};
 
@@ -23,6 +23,18 @@ enum Request {
     Append(Box<Batch>, oneshot::Sender<Result<Appended, StoreError>>),
     Contact(Contact),
     FlushContacts,
+    Purge(Purge, oneshot::Sender<Result<PurgeReport, StoreError>>),
+}
+
+/// A retention run: recordings whose last activity is before `cutoff` go, unless held.
+pub struct Purge {
+    pub cutoff: Timestamp,
+    /// Held recording ids and held login users.
+    pub held_sessions: Vec<String>,
+    pub held_users: Vec<String>,
+    /// Where purges are recorded.
+    pub audit: std::sync::Arc<std::sync::Mutex<crate::audit::Audit>>,
+    pub reason: String,
 }
 
 #[derive(Clone)]
@@ -60,6 +72,9 @@ impl StoreHandle {
                             *entry = (merged, Timestamp::now());
                         }
                         Request::FlushContacts => flush(&store, &mut contacts),
+                        Request::Purge(purge, reply) => {
+                            let _ = reply.send(run_purge(&mut store, &purge));
+                        }
                     }
                 }
                 flush(&store, &mut contacts);
@@ -95,10 +110,56 @@ impl StoreHandle {
         answer.await.unwrap_or(Err(StoreError::ShuttingDown))
     }
 
+    /// Applies retention (in the writer, so that no append interleaves with a deletion).
+    pub async fn purge(&self, purge: Purge) -> Result<PurgeReport, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Request::Purge(purge, reply)).await.is_err() {
+            return Err(StoreError::ShuttingDown);
+        }
+        answer.await.unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
     /// Notes an agent's contact (written within a few seconds).
     pub fn contact(&self, contact: Contact) {
         let _ = self.tx.try_send(Request::Contact(contact));
     }
+}
+
+fn run_purge(store: &mut Store, purge: &Purge) -> Result<PurgeReport, StoreError> {
+    let mut report = PurgeReport {
+        purged: Vec::new(),
+        held: Vec::new(),
+    };
+    for (id, user) in store.expired(purge.cutoff)? {
+        let held = purge.held_sessions.contains(&id)
+            || user.as_ref().is_some_and(|u| purge.held_users.contains(u));
+        if held {
+            report.held.push(id);
+            continue;
+        }
+        let summary = crate::store::query::session(store.index().connection(), &id)?;
+        store.purge(&id)?;
+        let (start, end) = summary
+            .as_ref()
+            .map(|s| (s.start.map(|t| t.0), s.end.or(s.last).map(|t| t.0)))
+            .unwrap_or((None, None));
+        if let Err(err) = purge
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_purge(&id, user.as_deref(), start, end, &purge.reason)
+        {
+            warn!(recording = id, error = %err, "purged, but could not record the purge");
+        }
+        info!(
+            recording = id,
+            user = user.as_deref().unwrap_or("-"),
+            reason = purge.reason,
+            "recording purged"
+        );
+        report.purged.push(id);
+    }
+    Ok(report)
 }
 
 fn flush(store: &Store, contacts: &mut HashMap<String, (Contact, Timestamp)>) {

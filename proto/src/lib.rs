@@ -6,6 +6,7 @@
 //! integers and raw bytes.
 //!
 //! This crate does no I/O: no sockets, no files, no async runtime.
+pub mod api;
 pub mod bytes;
 pub mod event;
 pub mod ids;

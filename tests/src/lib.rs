@@ -74,8 +74,9 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Waits until the terminal `pty` (a /dev/pts path) has echo turned off, as a program asking
-/// for a password turns it off after printing its prompt.
+/// Waits until the terminal `pty` (a /dev/pts path) is in line mode with echo off, as a
+/// program asking for a password sets it (readline's raw mode has echo off too, but not line
+/// mode: keystrokes typed then would not end a line).
 pub fn wait_echo_off(pty: &str) {
     use std::os::fd::AsFd;
     let file = std::fs::OpenOptions::new()
@@ -84,13 +85,13 @@ pub fn wait_echo_off(pty: &str) {
         .open(pty)
         .unwrap_or_else(|err| panic!("opening {pty}: {err}"));
     wait_until(
-        "the terminal to turn echo off",
+        "the terminal to turn echo off in line mode",
         std::time::Duration::from_secs(10),
         || {
             let termios = nix::sys::termios::tcgetattr(file.as_fd()).ok()?;
-            (!termios
-                .local_flags
-                .contains(nix::sys::termios::LocalFlags::ECHO))
+            let flags = termios.local_flags;
+            (flags.contains(nix::sys::termios::LocalFlags::ICANON)
+                && !flags.contains(nix::sys::termios::LocalFlags::ECHO))
             .then_some(())
         },
     );

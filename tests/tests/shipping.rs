@@ -132,7 +132,7 @@ fn a_collector_outage_loses_and_duplicates_nothing() {
     let mut collector = deployment.start_collector(&listen, None);
     let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
     let (mut shell, session) = login_shell("custos-alice");
-    shell.line("echo before-outage");
+    shell.line("echo before-\"\"outage");
     shell.expect("before-outage\r\n");
     collector.daemon.wait_log(&["batch stored"], DELIVERY);
     collector.daemon.stop();
@@ -186,7 +186,7 @@ fn an_agent_killed_while_shipping_loses_no_acknowledged_batch_and_stores_none_tw
     let mut agent = Agent::start_shipping(&config);
     let (mut shell, session) = login_shell("custos-alice");
     // Plenty of output: many batches in flight when the agent dies.
-    shell.line("seq 1 300000; echo seq-done");
+    shell.line("seq 1 300000; echo seq-\"\"done");
     agent.daemon.wait_log(
         &["batch acknowledged", &format!("session={}", session.0)],
         DELIVERY,
@@ -213,7 +213,7 @@ fn an_agent_killed_while_shipping_loses_no_acknowledged_batch_and_stores_none_tw
     shell.expect("custos$ ");
 
     let agent = Agent::start_shipping(&config);
-    shell.line("echo after-restart");
+    shell.line("echo after-\"\"restart");
     shell.expect("after-restart\r\n");
     shell.expect("custos$ ");
     shell.line("exit 0");
@@ -500,7 +500,7 @@ fn certificates_rotate_without_losing_data() {
     let collector = deployment.start_collector(&listen, None);
     let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
     let (mut shell, session) = login_shell("custos-alice");
-    shell.line("echo before-rotation");
+    shell.line("echo before-\"\"rotation");
     shell.expect("before-rotation\r\n");
     shell.expect("custos$ ");
 
@@ -534,7 +534,7 @@ fn certificates_rotate_without_losing_data() {
         .daemon
         .wait_log_from(from, &["connected to the collector"], DELIVERY);
 
-    shell.line("echo after-rotation");
+    shell.line("echo after-\"\"rotation");
     shell.expect("after-rotation\r\n");
     shell.expect("custos$ ");
     shell.line("exit 0");

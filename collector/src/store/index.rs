@@ -75,6 +75,16 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_recording ON files (recording, time_ns);
 CREATE INDEX IF NOT EXISTS files_path ON files (path);
+CREATE TABLE IF NOT EXISTS gaps (
+    recording TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    records INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    from_ns INTEGER NOT NULL,
+    to_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gaps_recording ON gaps (recording, seq);
 CREATE TABLE IF NOT EXISTS batches (
     spool TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -124,7 +134,7 @@ pub struct Summary {
     pub last: Option<Timestamp>,
     pub bytes_out: u64,
     pub bytes_in: u64,
-    pub gaps: u64,
+    pub gaps: Vec<GapRow>,
     pub commands: Vec<CommandRow>,
     pub files: Vec<FileRow>,
     /// (pid, exit code, signal) of processes that ended.
@@ -143,6 +153,16 @@ pub struct CommandRow {
     pub filename: String,
     pub argv: Vec<String>,
     pub cwd: String,
+}
+
+#[derive(Debug)]
+pub struct GapRow {
+    pub seq: u64,
+    pub reason: String,
+    pub records: u64,
+    pub bytes: u64,
+    pub from: Timestamp,
+    pub to: Timestamp,
 }
 
 #[derive(Debug)]
@@ -177,7 +197,17 @@ impl Summary {
                 EventBody::SessionEnd(_) => summary.end = Some(event.time),
                 EventBody::Output(output) => summary.bytes_out += output.data.len() as u64,
                 EventBody::Input(input) => summary.bytes_in += input.data.len() as u64,
-                EventBody::Gap(_) => summary.gaps += 1,
+                EventBody::Gap(gap) => summary.gaps.push(GapRow {
+                    seq: event.seq.0,
+                    reason: serde_json::to_value(gap.reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    records: gap.records,
+                    bytes: gap.bytes,
+                    from: gap.from,
+                    to: gap.to,
+                }),
                 EventBody::Exec(exec) => summary.commands.push(CommandRow {
                     time: event.time,
                     seq: event.seq.0,
@@ -358,7 +388,7 @@ impl Index {
                 summary.events as i64,
                 summary.bytes_out as i64,
                 summary.bytes_in as i64,
-                summary.gaps as i64,
+                summary.gaps.len() as i64,
                 summary.commands.len() as i64,
                 summary.files.len() as i64,
                 summary.login_user,
@@ -406,6 +436,21 @@ impl Index {
                     f.result
                 ])?;
             }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO gaps (recording, seq, reason, records, bytes, from_ns, to_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for g in &summary.gaps {
+                insert.execute(params![
+                    recording,
+                    g.seq as i64,
+                    g.reason,
+                    g.records as i64,
+                    g.bytes as i64,
+                    g.from.0,
+                    g.to.0
+                ])?;
+            }
             let mut exit = tx.prepare_cached(
                 "UPDATE commands SET exit_code = ?3, signal = ?4
                  WHERE rowid = (SELECT rowid FROM commands WHERE recording = ?1 AND pid = ?2
@@ -416,6 +461,17 @@ impl Index {
                 exit.execute(params![recording, pid, code, signal])?;
             }
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a recording and everything indexed from it.
+    pub fn delete_recording(&mut self, id: &str) -> Result<(), IndexError> {
+        let tx = self.conn.transaction()?;
+        for table in ["commands", "files", "gaps", "batches"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE recording = ?1"), [id])?;
+        }
+        tx.execute("DELETE FROM recordings WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())
     }

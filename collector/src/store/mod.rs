@@ -13,6 +13,8 @@
 pub mod chunk;
 pub mod index;
 pub mod keys;
+pub mod query;
+mod verify;
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -108,6 +110,29 @@ pub struct Store {
     index: Index,
     keys: KeyRing,
     seal_key: SealKey,
+    /// Held while a writer has the store open: one collector per store.
+    _lock: Option<File>,
+}
+
+/// Takes the store's exclusive lock (`store.lock`), or says who holds it.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("store.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io_err(
+            dir,
+            "the store is in use by another collector (or an index rebuild); stop it first",
+        ));
+    }
+    Ok(file)
 }
 
 impl Store {
@@ -120,12 +145,14 @@ impl Store {
             .map_err(|e| io_err(&config.dir, e))?;
         fs::set_permissions(&config.dir, fs::Permissions::from_mode(0o700))
             .map_err(|e| io_err(&config.dir, e))?;
+        let lock = lock(&config.dir)?;
         let index = Index::open(&config.dir.join("index.sqlite"))?;
         let mut store = Store {
             dir: config.dir.clone(),
             index,
             keys: KeyRing::load(&config.key_file)?,
             seal_key: SealKey::load(&config.seal_key)?,
+            _lock: Some(lock),
         };
         store.recover()?;
         Ok(store)
@@ -138,6 +165,7 @@ impl Store {
             index: Index::open_read_only(&config.dir.join("index.sqlite"))?,
             keys: KeyRing::load(&config.key_file)?,
             seal_key: SealKey::load(&config.seal_key)?,
+            _lock: None,
         })
     }
 
@@ -442,6 +470,21 @@ impl Store {
 
     /// Every event of a recording, in order, after checking its chain.
     pub fn read_events(&self, id: &str) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::new();
+        self.for_each_chunk(id, |chunk| {
+            events.extend(chunk);
+            true
+        })?;
+        Ok(events)
+    }
+
+    /// Calls `each` with the events of each chunk of a recording, in order, checking the chain
+    /// as it goes; stops early when `each` returns false.
+    pub fn for_each_chunk(
+        &self,
+        id: &str,
+        mut each: impl FnMut(Vec<Event>) -> bool,
+    ) -> Result<(), StoreError> {
         let row = self
             .index
             .recording(id)?
@@ -452,7 +495,6 @@ impl Store {
         let path = self.dir.join(&row.path);
         let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
         let committed = &bytes[..(row.stored_len as usize).min(bytes.len())];
-        let mut events = Vec::new();
         let mut offset = 0;
         let mut prev = ChunkHash::default();
         let mut index = 0u64;
@@ -469,15 +511,57 @@ impl Store {
             if raw.header.index != index || raw.header.prev_hash != prev {
                 return Err(StoreError::Recording {
                     recording: id.to_owned(),
-                    message: format!("chunk {index} is out of chain"),
+                    message: format!("chunk {index} is out of chain (run custos verify)"),
                 });
             }
-            events.extend(self.decrypt_events(&raw)?);
+            if !each(self.decrypt_events(&raw)?) {
+                return Ok(());
+            }
             prev = raw.hash();
             offset += raw.encoded_len();
             index += 1;
         }
-        Ok(events)
+        Ok(())
+    }
+
+    /// Recordings whose last activity is before `cutoff`, with their login user.
+    pub fn expired(&self, cutoff: Timestamp) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let mut stmt = self
+            .index
+            .connection()
+            .prepare(
+                "SELECT id, login_user FROM recordings
+                 WHERE COALESCE(end_ns, last_ns, start_ns, 0) < ?1 ORDER BY start_ns",
+            )
+            .map_err(index::IndexError::from)?;
+        let rows = stmt
+            .query_map([cutoff.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(index::IndexError::from)?;
+        Ok(rows)
+    }
+
+    /// Deletes a recording: its files, then its index rows (a crash between leaves rows of a
+    /// missing file, which the next purge removes).
+    pub fn purge(&mut self, id: &str) -> Result<(), StoreError> {
+        let Some(row) = self.index.recording(id)? else {
+            return Ok(());
+        };
+        for path in [
+            self.dir.join(&row.path),
+            self.dir.join(seal_path(&row.path)),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_err(&path, err)),
+            }
+        }
+        if let Some(parent) = self.dir.join(&row.path).parent() {
+            sync_dir(parent)?;
+        }
+        self.index.delete_recording(id)?;
+        Ok(())
     }
 
     /// Whether a batch of events ends its session.
@@ -500,6 +584,111 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err(dir, e))
+}
+
+/// What rebuilding the index found.
+#[derive(Debug, Default)]
+pub struct Rebuilt {
+    pub recordings: u64,
+    pub chunks: u64,
+    /// Recordings whose chain broke: indexed up to the chunk before.
+    pub damaged: Vec<String>,
+}
+
+/// Rebuilds the index from the recording files (the collector must be stopped): the old index
+/// is replaced only once the new one is complete.
+pub fn rebuild_index(config: &StoreConfig) -> Result<Rebuilt, StoreError> {
+    let _lock = lock(&config.dir)?;
+    let keys = KeyRing::load(&config.key_file)?;
+    let new_path = config.dir.join("index.sqlite.rebuild");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", new_path.display()));
+    }
+    let mut index = Index::open(&new_path)?;
+    let mut rebuilt = Rebuilt::default();
+    let recordings = config.dir.join("recordings");
+    let mut files = Vec::new();
+    for host in fs::read_dir(&recordings)
+        .map_err(|e| io_err(&recordings, e))?
+        .flatten()
+    {
+        for boot in fs::read_dir(host.path())
+            .map_err(|e| io_err(&host.path(), e))?
+            .flatten()
+        {
+            for file in fs::read_dir(boot.path())
+                .map_err(|e| io_err(&boot.path(), e))?
+                .flatten()
+            {
+                if file.path().extension().is_some_and(|e| e == "rec") {
+                    files.push(file.path());
+                }
+            }
+        }
+    }
+    files.sort();
+    for path in files {
+        let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let relative = path
+            .strip_prefix(&config.dir)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut offset = 0usize;
+        let mut prev = ChunkHash::default();
+        let mut count = 0u64;
+        let mut row: Option<RecordingRow> = None;
+        while offset < bytes.len() {
+            let Ok(Some(raw)) = chunk::parse(&bytes[offset..]) else {
+                rebuilt.damaged.push(relative.clone());
+                break;
+            };
+            let events = keys
+                .get(&raw.header.key_id)
+                .and_then(|key| chunk::decrypt(&raw, key).ok())
+                .and_then(|plain| {
+                    wire::decode_events(&plain, raw.header.raw_len, MAX_CHUNK_RAW).ok()
+                });
+            let (Some(events), true) = (
+                events,
+                raw.header.index == count && raw.header.prev_hash == prev,
+            ) else {
+                rebuilt.damaged.push(relative.clone());
+                break;
+            };
+            let current = match &row {
+                Some(row) => row.clone(),
+                None => index.insert_recording(&raw.header.recording, &relative)?,
+            };
+            let hash = raw.hash();
+            offset += raw.encoded_len();
+            index.commit_chunk(
+                &current.id,
+                &raw.header.batch,
+                count,
+                offset as u64,
+                &hash,
+                &Summary::of(&events),
+            )?;
+            row = Some(current);
+            prev = hash;
+            count += 1;
+            rebuilt.chunks += 1;
+        }
+        if let Some(row) = row {
+            rebuilt.recordings += 1;
+            if config.dir.join(seal_path(&row.path)).exists() {
+                index.set_sealed(&row.id)?;
+            }
+        }
+    }
+    drop(index);
+    let live = config.dir.join("index.sqlite");
+    for suffix in ["-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", live.display()));
+    }
+    fs::rename(&new_path, &live).map_err(|e| io_err(&live, e))?;
+    sync_dir(&config.dir)?;
+    Ok(rebuilt)
 }
 
 /// Creates a new store's keys: the encryption key file and the seal key pair.

@@ -1,0 +1,697 @@
+//! The API's endpoints. Each checks the caller's role, does its work on a blocking thread with
+//! its own read-only view of the store, and writes one access log entry.
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Extension, Json,
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use custos_pki::Role;
+use custos_proto::{
+    Timestamp,
+    api::{
+        AccessEntry, AccessLog, ApiError, Holds, NewHold, RetentionInfo, SearchResults,
+        SessionList, VerifyReport,
+    },
+};
+use serde::Deserialize;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{ApiState, Caller, export};
+use crate::{
+    store::{
+        Store,
+        query::{self, Filter},
+    },
+    writer::Purge,
+};
+
+/// An error response: a status and a message for the auditor.
+pub struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> Failure {
+    Failure(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+}
+
+const DEFAULT_LIMIT: usize = 200;
+const MAX_LIMIT: usize = 10_000;
+
+fn time(name: &str, value: &Option<String>) -> Result<Option<Timestamp>, Failure> {
+    value
+        .as_deref()
+        .map(|text| {
+            text.parse::<Timestamp>().map_err(|err| {
+                Failure(
+                    StatusCode::BAD_REQUEST,
+                    format!("{name}: {text:?} is not an RFC 3339 time: {err}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Runs `work` on a blocking thread with a read-only store.
+async fn with_store<T: Send + 'static>(
+    state: &Arc<ApiState>,
+    work: impl FnOnce(&Store) -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    let config = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = Store::open_read_only(&config).map_err(internal)?;
+        work(&store)
+    })
+    .await
+    .map_err(internal)?
+}
+
+impl ApiState {
+    fn log(&self, caller: &Caller, action: &str, target: &str, result: &str) {
+        let entry = AccessEntry {
+            time: Timestamp::now(),
+            who: caller.identity.name.clone(),
+            role: caller.identity.role.name().to_owned(),
+            peer: caller.peer.to_string(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            result: result.to_owned(),
+        };
+        tracing::info!(
+            who = entry.who,
+            role = entry.role,
+            action,
+            target,
+            result,
+            "access"
+        );
+        let audit = self.audit.clone();
+        let write = move || audit.lock().unwrap_or_else(|e| e.into_inner()).log(&entry);
+        if let Err(err) = tokio::task::block_in_place(write) {
+            tracing::error!(error = %err, "could not write the access log");
+        }
+    }
+
+    /// Logs the outcome of a request and passes it on.
+    fn logged<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        outcome: Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let result = match &outcome {
+            Ok(_) => "ok".to_owned(),
+            Err(Failure(StatusCode::NOT_FOUND, _)) => "not found".to_owned(),
+            Err(Failure(StatusCode::FORBIDDEN, _)) => "denied".to_owned(),
+            Err(Failure(StatusCode::BAD_REQUEST, message)) => format!("bad request: {message}"),
+            Err(Failure(_, message)) => format!("error: {message}"),
+        };
+        self.log(caller, action, target, &result);
+        outcome
+    }
+
+    fn require_admin(&self, caller: &Caller, action: &str) -> Result<(), Failure> {
+        if caller.identity.role == Role::Admin {
+            return Ok(());
+        }
+        Err(Failure(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{action} needs the admin role; {} has the {} role",
+                caller.identity.name, caller.identity.role
+            ),
+        ))
+    }
+
+    /// Held recording ids and users.
+    fn held(&self) -> Result<(Vec<String>, Vec<String>), Failure> {
+        let holds = self
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .holds()
+            .map_err(internal)?;
+        let (mut sessions, mut users) = (Vec::new(), Vec::new());
+        for hold in holds {
+            match hold.kind.as_str() {
+                "session" => sessions.push(hold.target),
+                _ => users.push(hold.target),
+            }
+        }
+        Ok((sessions, users))
+    }
+
+    fn mark_held(
+        &self,
+        summaries: &mut [&mut custos_proto::api::SessionSummary],
+    ) -> Result<(), Failure> {
+        let (sessions, users) = self.held()?;
+        for summary in summaries {
+            summary.held = sessions.contains(&summary.id)
+                || summary
+                    .login_user
+                    .as_ref()
+                    .is_some_and(|u| users.contains(u));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SessionsQuery {
+    user: Option<String>,
+    host: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+impl SessionsQuery {
+    fn filter(&self) -> Result<Filter, Failure> {
+        Ok(Filter {
+            user: self.user.clone(),
+            host: self.host.clone(),
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            limit: self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        })
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, value) in [
+            ("user", &self.user),
+            ("host", &self.host),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if let Some(value) = value {
+                parts.push(format!("{name}={value}"));
+            }
+        }
+        parts.join(" ")
+    }
+}
+
+pub async fn sessions(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<SessionsQuery>,
+) -> Result<Json<SessionList>, Failure> {
+    let outcome = async {
+        let filter = q.filter()?;
+        let (mut sessions, truncated) = with_store(&state, move |store| {
+            query::sessions(store.index().connection(), &filter).map_err(internal)
+        })
+        .await?;
+        state.mark_held(&mut sessions.iter_mut().collect::<Vec<_>>())?;
+        Ok(Json(SessionList {
+            sessions,
+            truncated,
+        }))
+    }
+    .await;
+    state.logged(&caller, "sessions", &q.describe(), outcome)
+}
+
+fn unknown(id: &str) -> Failure {
+    Failure(
+        StatusCode::NOT_FOUND,
+        format!("no recorded session {id:?} (custos sessions lists them)"),
+    )
+}
+
+pub async fn show(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<custos_proto::api::SessionDetail>, Failure> {
+    let key = id.clone();
+    let outcome = async {
+        let mut detail = with_store(&state, move |store| {
+            query::detail(store.index().connection(), &key)
+                .map_err(internal)?
+                .ok_or_else(|| unknown(&key))
+        })
+        .await?;
+        state.mark_held(&mut [&mut detail.summary])?;
+        Ok(Json(detail))
+    }
+    .await;
+    state.logged(&caller, "show", &id, outcome)
+}
+
+/// Streams lines made from a recording's events by `render`, after a first `header` line.
+fn stream_events(
+    state: &Arc<ApiState>,
+    id: String,
+    header: Option<String>,
+    mut render: impl FnMut(&custos_proto::Event) -> Vec<String> + Send + 'static,
+) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let config = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let send = |line: String| tx.blocking_send(Ok(Bytes::from(line + "\n"))).is_ok();
+        if let Some(header) = header
+            && !send(header)
+        {
+            return;
+        }
+        let result = Store::open_read_only(&config).and_then(|store| {
+            store.for_each_chunk(&id, |events| events.iter().flat_map(&mut render).all(&send))
+        });
+        if let Err(err) = result {
+            let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+        }
+    });
+    Body::from_stream(ReceiverStream::new(rx))
+}
+
+async fn existing(
+    state: &Arc<ApiState>,
+    id: &str,
+) -> Result<custos_proto::api::SessionSummary, Failure> {
+    let key = id.to_owned();
+    with_store(state, move |store| {
+        query::session(store.index().connection(), &key)
+            .map_err(internal)?
+            .ok_or_else(|| unknown(&key))
+    })
+    .await
+}
+
+/// Every event of a recording, JSON lines (what `custos replay` plays).
+pub async fn events(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let outcome = existing(&state, &id).await;
+    state.logged(&caller, "replay", &id, outcome)?;
+    let body = stream_events(&state, id, None, |event| vec![export::json_line(event)]);
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExportQuery {
+    format: String,
+}
+
+pub async fn export(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, Failure> {
+    let outcome = async {
+        if !matches!(q.format.as_str(), "asciicast" | "jsonl") {
+            return Err(Failure(
+                StatusCode::BAD_REQUEST,
+                format!("format {:?}: use asciicast or jsonl", q.format),
+            ));
+        }
+        existing(&state, &id).await
+    }
+    .await;
+    let summary = state.logged(
+        &caller,
+        "export",
+        &format!("{id} format={}", q.format),
+        outcome,
+    )?;
+    let body = if q.format == "asciicast" {
+        let (header, mut cast) = export::Asciicast::start(&summary);
+        stream_events(&state, id, Some(header), move |event| cast.event(event))
+    } else {
+        stream_events(&state, id, None, |event| vec![export::json_line(event)])
+    };
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    command: Option<String>,
+    file: Option<String>,
+    #[serde(flatten)]
+    sessions: SessionsQuery,
+}
+
+pub async fn search(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<SearchQuery>,
+) -> Result<Json<SearchResults>, Failure> {
+    let target = format!(
+        "{}{} {}",
+        q.command
+            .as_deref()
+            .map(|c| format!("command={c}"))
+            .unwrap_or_default(),
+        q.file
+            .as_deref()
+            .map(|f| format!("file={f}"))
+            .unwrap_or_default(),
+        q.sessions.describe()
+    );
+    let outcome = async {
+        let filter = q.sessions.filter()?;
+        let (mut hits, truncated) = match (&q.command, &q.file) {
+            (Some(pattern), None) => {
+                let regex = regex::Regex::new(pattern).map_err(|err| {
+                    Failure(
+                        StatusCode::BAD_REQUEST,
+                        format!("command: not a valid regex: {err}"),
+                    )
+                })?;
+                with_store(&state, move |store| {
+                    query::search_commands(store.index().connection(), &regex, &filter)
+                        .map_err(internal)
+                })
+                .await?
+            }
+            (None, Some(prefix)) => {
+                let prefix = prefix.clone();
+                with_store(&state, move |store| {
+                    query::search_files(store.index().connection(), &prefix, &filter)
+                        .map_err(internal)
+                })
+                .await?
+            }
+            _ => {
+                return Err(Failure(
+                    StatusCode::BAD_REQUEST,
+                    "give one of command or file".into(),
+                ));
+            }
+        };
+        state.mark_held(&mut hits.iter_mut().map(|h| &mut h.session).collect::<Vec<_>>())?;
+        Ok(Json(SearchResults { hits, truncated }))
+    }
+    .await;
+    state.logged(&caller, "search", target.trim(), outcome)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct VerifyQuery {
+    id: Option<String>,
+}
+
+pub async fn verify(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<VerifyQuery>,
+) -> Result<Json<VerifyReport>, Failure> {
+    let target = q.id.clone().unwrap_or_else(|| "all".into());
+    let outcome = with_store(&state, move |store| {
+        let ids = match &q.id {
+            Some(id) => {
+                store
+                    .index()
+                    .recording(id)
+                    .map_err(internal)?
+                    .ok_or_else(|| unknown(id))?;
+                vec![id.clone()]
+            }
+            None => store.recording_ids().map_err(internal)?,
+        };
+        let results = ids
+            .iter()
+            .map(|id| store.verify(id).map_err(internal))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Json(VerifyReport { results }))
+    })
+    .await;
+    state.logged(&caller, "verify", &target, outcome)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AccessLogQuery {
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn access_log(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<AccessLogQuery>,
+) -> Result<Response, Failure> {
+    let outcome = (|| {
+        state.require_admin(&caller, "reading the access log")?;
+        let since = time("since", &q.since)?;
+        let limit = q.limit.unwrap_or(10_000).clamp(1, 1_000_000);
+        let (entries, truncated, broken) = state
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries(since, limit)
+            .map_err(internal)?;
+        Ok((AccessLog { entries, truncated }, broken))
+    })();
+    let (log, broken) = state.logged(
+        &caller,
+        "access-log",
+        q.since.as_deref().unwrap_or("all"),
+        outcome,
+    )?;
+    let mut response = Json(log).into_response();
+    if let Some(broken) = broken
+        && let Ok(value) = broken.parse()
+    {
+        response.headers_mut().insert("x-custos-chain", value);
+    }
+    Ok(response)
+}
+
+pub async fn holds(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Holds>, Failure> {
+    let outcome = (|| {
+        state.require_admin(&caller, "listing holds")?;
+        let holds = state
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .holds()
+            .map_err(internal)?;
+        Ok(Json(Holds { holds }))
+    })();
+    state.logged(&caller, "holds", "list", outcome)
+}
+
+pub async fn add_hold(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Json(new): Json<NewHold>,
+) -> Result<Json<custos_proto::api::Hold>, Failure> {
+    let target = format!("add {} {} ({})", new.kind, new.target, new.reason);
+    let outcome = async {
+        state.require_admin(&caller, "placing a hold")?;
+        if !matches!(new.kind.as_str(), "session" | "user") || new.target.is_empty() {
+            return Err(Failure(
+                StatusCode::BAD_REQUEST,
+                "a hold is on a session id or a user".into(),
+            ));
+        }
+        if new.reason.trim().is_empty() {
+            return Err(Failure(
+                StatusCode::BAD_REQUEST,
+                "a hold needs a reason".into(),
+            ));
+        }
+        if new.kind == "session" {
+            existing(&state, &new.target).await?;
+        }
+        let hold = state
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_hold(&new.kind, &new.target, &new.reason, &caller.identity.name)
+            .map_err(internal)?;
+        Ok(Json(hold))
+    }
+    .await;
+    state.logged(&caller, "holds", &target, outcome)
+}
+
+pub async fn remove_hold(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> Result<StatusCode, Failure> {
+    let outcome = (|| {
+        state.require_admin(&caller, "lifting a hold")?;
+        let removed = state
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove_hold(id)
+            .map_err(internal)?;
+        if removed {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(Failure(StatusCode::NOT_FOUND, format!("no hold {id}")))
+        }
+    })();
+    state.logged(&caller, "holds", &format!("remove {id}"), outcome)
+}
+
+pub async fn retention(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<RetentionInfo>, Failure> {
+    let keep = state.retention;
+    let outcome = async {
+        state.require_admin(&caller, "reading retention")?;
+        let (held_sessions, held_users) = state.held()?;
+        let (sessions, held) = with_store(&state, move |store| {
+            let conn = store.index().connection();
+            let sessions: i64 = conn
+                .query_row("SELECT COUNT(*) FROM recordings", [], |r| r.get(0))
+                .map_err(internal)?;
+            let mut stmt = conn
+                .prepare("SELECT id, login_user FROM recordings")
+                .map_err(internal)?;
+            let held = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .map_err(internal)?
+                .filter_map(Result::ok)
+                .filter(|(id, user)| {
+                    held_sessions.contains(id)
+                        || user.as_ref().is_some_and(|u| held_users.contains(u))
+                })
+                .count();
+            Ok((sessions as u64, held as u64))
+        })
+        .await?;
+        Ok(Json(RetentionInfo {
+            keep_days: keep.as_secs_f64() / 86_400.0,
+            sessions,
+            held_sessions: held,
+        }))
+    }
+    .await;
+    state.logged(&caller, "retention", "show", outcome)
+}
+
+pub async fn purge(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<custos_proto::api::PurgeReport>, Failure> {
+    let outcome = async {
+        state.require_admin(&caller, "purging")?;
+        let report = run_retention(
+            &state,
+            &format!("retention run by {}", caller.identity.name),
+        )
+        .await?;
+        Ok(Json(report))
+    }
+    .await;
+    state.logged(&caller, "purge", "expired recordings", outcome)
+}
+
+/// One retention run: removes recordings idle for longer than the retention period, except
+/// held ones.
+pub async fn run_retention(
+    state: &Arc<ApiState>,
+    reason: &str,
+) -> Result<custos_proto::api::PurgeReport, Failure> {
+    let (held_sessions, held_users) = state.held()?;
+    let keep = i64::try_from(state.retention.as_nanos()).unwrap_or(i64::MAX);
+    let cutoff = Timestamp(Timestamp::now().0.saturating_sub(keep));
+    state
+        .writer
+        .purge(Purge {
+            cutoff,
+            held_sessions,
+            held_users,
+            audit: state.audit.clone(),
+            reason: reason.to_owned(),
+        })
+        .await
+        .map_err(internal)
+}
+
+pub async fn agents(
+    State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    let outcome = async {
+        state.require_admin(&caller, "listing agents")?;
+        with_store(&state, |store| {
+            let mut stmt = store
+                .index()
+                .connection()
+                .prepare("SELECT host, version, boot_id, address, first_contact_ns, last_contact_ns FROM agents ORDER BY host")
+                .map_err(internal)?;
+            let agents: Vec<serde_json::Value> = stmt
+                .query_map([], |r| {
+                    Ok(serde_json::json!({
+                        "host": r.get::<_, String>(0)?,
+                        "version": r.get::<_, Option<String>>(1)?,
+                        "boot_id": r.get::<_, Option<String>>(2)?,
+                        "address": r.get::<_, Option<String>>(3)?,
+                        "first_contact": Timestamp(r.get(4)?),
+                        "last_contact": Timestamp(r.get(5)?),
+                    }))
+                })
+                .map_err(internal)?
+                .collect::<Result<_, _>>()
+                .map_err(internal)?;
+            Ok(Json(serde_json::json!({ "agents": agents })))
+        })
+        .await
+    }
+    .await;
+    state.logged(&caller, "agents", "list", outcome)
+}
+
+pub async fn not_found(
+    Extension(caller): Extension<Caller>,
+    State(state): State<Arc<ApiState>>,
+    uri: axum::http::Uri,
+) -> Failure {
+    let failure = Failure(StatusCode::NOT_FOUND, format!("no endpoint {}", uri.path()));
+    let _ = state.logged::<()>(
+        &caller,
+        "unknown",
+        uri.path(),
+        Err(Failure(StatusCode::NOT_FOUND, String::new())),
+    );
+    failure
+}
+
+/// Runs retention every `every` until the collector stops.
+pub async fn retention_job(
+    state: Arc<ApiState>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match run_retention(&state, "retention period passed").await {
+            Ok(report) if !report.purged.is_empty() || !report.held.is_empty() => tracing::info!(
+                purged = report.purged.len(),
+                held = report.held.len(),
+                "retention run"
+            ),
+            Ok(_) => {}
+            Err(Failure(_, message)) => tracing::warn!(error = message, "retention run failed"),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The query API: HTTPS (rustls) for auditors, who authenticate with a certificate of the
+//! deployment CA carrying the auditor or admin role; agent certificates and unknown roles are
+//! refused in the handshake. Every request, allowed or not, goes to the access log. Endpoints
+//! are listed in docs/api.md; the store knows nothing of this module.
+mod export;
+mod handlers;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    routing::{delete, get, post},
+};
+use custos_pki::{Identity, Role, tls::TlsFiles};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::{config::Config, store::StoreConfig, writer::StoreHandle};
+
+pub use export::Asciicast;
+pub use handlers::retention_job;
+
+/// Who is asking.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: Identity,
+    pub peer: SocketAddr,
+}
+
+pub struct ApiState {
+    pub store: StoreConfig,
+    pub audit: Arc<std::sync::Mutex<crate::audit::Audit>>,
+    pub writer: StoreHandle,
+    /// Recordings are kept this long after their last activity.
+    pub retention: Duration,
+}
+
+/// Roles that may connect at all.
+const ROLES: [Role; 2] = [Role::Auditor, Role::Admin];
+
+/// The TLS configuration for auditors' connections, from the files in `config`.
+pub fn tls_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let files = TlsFiles {
+        ca: &config.tls.ca,
+        certificate: &config.tls.certificate,
+        key: &config.tls.key,
+    };
+    let (tls, _) = custos_pki::tls::server_config(&files, &ROLES, &[b"http/1.1"])?;
+    Ok(Arc::new(tls))
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/sessions", get(handlers::sessions))
+        .route("/v1/sessions/{id}", get(handlers::show))
+        .route("/v1/sessions/{id}/events", get(handlers::events))
+        .route("/v1/sessions/{id}/export", get(handlers::export))
+        .route("/v1/search", get(handlers::search))
+        .route("/v1/verify", get(handlers::verify))
+        .route("/v1/access-log", get(handlers::access_log))
+        .route("/v1/holds", get(handlers::holds).post(handlers::add_hold))
+        .route("/v1/holds/{id}", delete(handlers::remove_hold))
+        .route("/v1/retention", get(handlers::retention))
+        .route("/v1/retention/purge", post(handlers::purge))
+        .route("/v1/agents", get(handlers::agents))
+        .fallback(handlers::not_found)
+        .with_state(state)
+}
+
+/// Serves HTTPS on `listener` until `stop`; `tls` may be replaced (SIGHUP) while running.
+pub async fn serve(
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+    state: Arc<ApiState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = router(state);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(error = %err, "accepting an API connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let acceptor = TlsAcceptor::from(tls.borrow().clone());
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(20), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    warn!(peer = %peer, reason = %err, "refused an API connection");
+                    return;
+                }
+                Err(_) => {
+                    warn!(peer = %peer, "API handshake timed out");
+                    return;
+                }
+            };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .ok_or_else(|| "no client certificate".to_owned())
+                .and_then(|chain| custos_pki::tls::peer_identity(chain).map_err(|e| e.to_string()));
+            let identity = match identity {
+                Ok(identity) => identity,
+                Err(reason) => {
+                    warn!(peer = %peer, reason, "refused an API connection");
+                    return;
+                }
+            };
+            debug!(peer = %peer, caller = %identity, "API connection");
+            let service =
+                TowerToHyperService::new(app.layer(axum::Extension(Caller { identity, peer })));
+            if let Err(err) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                debug!(peer = %peer, error = %err, "API connection ended");
+            }
+        });
+    }
+}
+
+/// Binds the API's TCP listener.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening on TCP {address} (api.listen)"))?;
+    info!(address = %listener.local_addr()?, "query API listening");
+    Ok(listener)
+}

@@ -1,0 +1,195 @@
+//! The query API between the collector and `custos`, the auditor's CLI: JSON over HTTPS with
+//! client certificates (paths and semantics in docs/api.md). These types are the bodies.
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// Path prefix of every endpoint.
+pub const PREFIX: &str = "/v1";
+
+/// One recorded login session, as listed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    /// `host-bootprefix-session`: what auditors pass to show, replay, export, verify.
+    pub id: String,
+    pub host: String,
+    pub boot_id: String,
+    pub session: u32,
+    pub login_user: Option<String>,
+    pub login_uid: Option<u32>,
+    pub tty: Option<String>,
+    pub remote: Option<String>,
+    pub start: Option<Timestamp>,
+    pub end: Option<Timestamp>,
+    /// Time of the latest event stored.
+    pub last: Option<Timestamp>,
+    pub events: u64,
+    pub commands: u64,
+    pub files: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub gaps: u64,
+    pub sealed: bool,
+    /// Under a legal hold (exempt from retention).
+    pub held: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionList {
+    pub sessions: Vec<SessionSummary>,
+    /// More matched than the limit.
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandInfo {
+    pub time: Timestamp,
+    pub seq: u64,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    pub user: Option<String>,
+    pub filename: String,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub time: Timestamp,
+    pub seq: u64,
+    pub pid: u32,
+    pub path: String,
+    /// read, write, read_write, path.
+    pub access: String,
+    pub flags: u32,
+    /// The file descriptor, or minus the errno.
+    pub result: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GapInfo {
+    pub seq: u64,
+    pub reason: String,
+    pub records: u64,
+    pub bytes: u64,
+    pub from: Timestamp,
+    pub to: Timestamp,
+}
+
+/// A session with its timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionDetail {
+    pub summary: SessionSummary,
+    pub commands: Vec<CommandInfo>,
+    pub files: Vec<FileInfo>,
+    pub gaps: Vec<GapInfo>,
+}
+
+/// A session that matched a search, with what matched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    pub session: SessionSummary,
+    pub matches: Vec<SearchMatch>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchMatch {
+    pub time: Timestamp,
+    pub pid: u32,
+    /// The command line, or the file path and access.
+    pub what: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+    pub truncated: bool,
+}
+
+/// What checking one recording found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerifyResult {
+    pub id: String,
+    pub ok: bool,
+    pub chunks: u64,
+    pub sealed: bool,
+    /// Each problem names the chunk where it is.
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub results: Vec<VerifyResult>,
+}
+
+/// One line of the access log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccessEntry {
+    pub time: Timestamp,
+    /// The certificate's name.
+    pub who: String,
+    pub role: String,
+    pub peer: String,
+    /// sessions, show, search, replay, export, verify, access-log, holds, retention...
+    pub action: String,
+    /// What was asked (a session id, a query).
+    pub target: String,
+    /// ok, denied, not found, error.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccessLog {
+    pub entries: Vec<AccessEntry>,
+    pub truncated: bool,
+}
+
+/// A legal hold: the session, or every session of the user, is kept past retention.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: u64,
+    /// `session` or `user`.
+    pub kind: String,
+    pub target: String,
+    pub reason: String,
+    pub created_by: String,
+    pub created: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewHold {
+    pub kind: String,
+    pub target: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holds {
+    pub holds: Vec<Hold>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetentionInfo {
+    /// Sessions are kept this many days after they end.
+    pub keep_days: f64,
+    pub sessions: u64,
+    pub held_sessions: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PurgeReport {
+    /// Recordings removed.
+    pub purged: Vec<String>,
+    /// Expired recordings kept because of a hold.
+    pub held: Vec<String>,
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
