@@ -124,7 +124,7 @@ fn prepare_shipping(
         key: &collector.key,
     };
     let (_, identity) =
-        custos_pki::tls::client_config(&files, Role::Agent, &[custos_proto::wire::ALPN])?;
+        custos_pki::tls::client_config(&files, &[Role::Agent], &[custos_proto::wire::ALPN])?;
     let host = HostIdentity::read()?;
     if host.hostname != identity.name {
         warn!(

@@ -45,12 +45,9 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError>
         .map_err(|err| PkiError::file(path, format!("not a PEM private key: {err}")))
 }
 
-/// Checks that a certificate is valid now and has `role`; returns its identity.
-pub fn check_certificate(
-    path: &Path,
-    der: &[u8],
-    role: Option<Role>,
-) -> Result<Identity, PkiError> {
+/// Checks that a certificate is valid now and has one of `roles` (any, if empty); returns its
+/// identity.
+pub fn check_certificate(path: &Path, der: &[u8], roles: &[Role]) -> Result<Identity, PkiError> {
     let identity = identity_of(der).map_err(|err| PkiError::file(path, err.to_string()))?;
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|err| PkiError::file(path, format!("not an X.509 certificate: {err}")))?;
@@ -74,12 +71,14 @@ pub fn check_certificate(
             ),
         ));
     }
-    if let Some(role) = role
-        && identity.role != role
-    {
+    if !roles.is_empty() && !roles.contains(&identity.role) {
+        let wanted: Vec<&str> = roles.iter().map(|r| r.name()).collect();
         return Err(PkiError::file(
             path,
-            format!("certificate is for {identity}, not for a {role}"),
+            format!(
+                "certificate is for {identity}, not for a {}",
+                wanted.join(" or ")
+            ),
         ));
     }
     Ok(identity)
@@ -94,9 +93,13 @@ pub struct CertifiedPair {
     pub identity: Identity,
 }
 
-pub fn load_pair(cert_path: &Path, key_path: &Path, role: Role) -> Result<CertifiedPair, PkiError> {
+pub fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+    roles: &[Role],
+) -> Result<CertifiedPair, PkiError> {
     let chain = read_certificates(cert_path)?;
-    let identity = check_certificate(cert_path, &chain[0], Some(role))?;
+    let identity = check_certificate(cert_path, &chain[0], roles)?;
     let key = read_private_key(key_path)?;
     let provider = crate::tls::provider();
     let mismatch = || {

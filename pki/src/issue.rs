@@ -308,17 +308,21 @@ mod tests {
         assert_eq!(mode(&pki.ca_key()), 0o600);
         assert_eq!(mode(&pki.ca_cert()), 0o644);
         assert_eq!(mode(&pki.collector_key()), 0o600);
-        let collector =
-            files::load_pair(&pki.collector_cert(), &pki.collector_key(), Role::Collector).unwrap();
+        let collector = files::load_pair(
+            &pki.collector_cert(),
+            &pki.collector_key(),
+            &[Role::Collector],
+        )
+        .unwrap();
         assert_eq!(collector.identity.name, "collector.test");
 
         let (cert, key) =
             issue(&pki, Role::Auditor, "dana", Validity::days(1), None, false).unwrap();
         assert!(cert.ends_with("issued/auditor-dana.pem"));
-        let pair = files::load_pair(&cert, &key, Role::Auditor).unwrap();
+        let pair = files::load_pair(&cert, &key, &[Role::Auditor]).unwrap();
         assert_eq!(pair.identity.name, "dana");
         // The wrong role, a mismatched key, an existing file: each refused, naming the file.
-        let err = files::load_pair(&cert, &key, Role::Agent)
+        let err = files::load_pair(&cert, &key, &[Role::Agent])
             .err()
             .unwrap()
             .to_string();
@@ -326,7 +330,7 @@ mod tests {
             err.contains("auditor-dana.pem") && err.contains("not for a agent"),
             "{err}"
         );
-        let err = files::load_pair(&cert, &pki.collector_key(), Role::Auditor)
+        let err = files::load_pair(&cert, &pki.collector_key(), &[Role::Auditor])
             .err()
             .unwrap()
             .to_string();
@@ -336,10 +340,14 @@ mod tests {
         );
         assert!(issue(&pki, Role::Auditor, "dana", Validity::days(1), None, false).is_err());
         issue(&pki, Role::Auditor, "dana", Validity::days(2), None, true).unwrap();
-        files::load_pair(&cert, &key, Role::Auditor).unwrap();
+        files::load_pair(&cert, &key, &[Role::Auditor]).unwrap();
         renew_collector(&pki, &[], Validity::days(2)).unwrap();
-        let renewed =
-            files::load_pair(&pki.collector_cert(), &pki.collector_key(), Role::Collector).unwrap();
+        let renewed = files::load_pair(
+            &pki.collector_cert(),
+            &pki.collector_key(),
+            &[Role::Collector],
+        )
+        .unwrap();
         assert_eq!(renewed.identity.name, "collector.test");
         assert_eq!(
             current_names(&pki.collector_cert()).unwrap(),
@@ -362,7 +370,7 @@ mod tests {
             not_after: past,
         };
         let (cert, key) = issue(&pki, Role::Agent, "old-host", expired, None, false).unwrap();
-        let err = files::load_pair(&cert, &key, Role::Agent)
+        let err = files::load_pair(&cert, &key, &[Role::Agent])
             .err()
             .unwrap()
             .to_string();

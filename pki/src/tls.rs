@@ -42,7 +42,7 @@ pub fn server_config(
         .build()
         .map_err(|err| PkiError::file(files.ca, format!("cannot verify clients with it: {err}")))?;
     let verifier = Arc::new(RoleVerifier { inner, accept });
-    let pair = files::load_pair(files.certificate, files.key, Role::Collector)?;
+    let pair = files::load_pair(files.certificate, files.key, &[Role::Collector])?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|err| PkiError::Tls(err.to_string()))?
@@ -53,15 +53,15 @@ pub fn server_config(
     Ok((config, pair.identity))
 }
 
-/// A client (agent, auditor) of `role`, verifying the server's certificate chain to the CA and
-/// its name. There is no way to turn verification off.
+/// A client (agent, auditor) with a certificate of one of `roles`, verifying the server's
+/// certificate chain to the CA and its name. There is no way to turn verification off.
 pub fn client_config(
     files: &TlsFiles<'_>,
-    role: Role,
+    roles: &[Role],
     alpn: &[&[u8]],
 ) -> Result<(rustls::ClientConfig, Identity), PkiError> {
     let roots = files::read_ca(files.ca)?;
-    let pair = files::load_pair(files.certificate, files.key, role)?;
+    let pair = files::load_pair(files.certificate, files.key, roles)?;
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|err| PkiError::Tls(err.to_string()))?

@@ -10,6 +10,7 @@ pub mod api;
 pub mod bytes;
 pub mod event;
 pub mod ids;
+pub mod screen;
 pub mod time;
 pub mod wire;
 

@@ -11,6 +11,8 @@ pub struct Deployment {
     pub dir: tempfile::TempDir,
     /// The name in this host's agent certificate (its host name).
     pub host: String,
+    /// TCP port of the collector's query API.
+    pub api_port: u16,
 }
 
 pub struct Collector {
@@ -68,7 +70,15 @@ impl Deployment {
         collector_command(&["pki", "issue", "agent", &host, "--dir", &pki_s]);
         let key = dir.path().join("store.key");
         collector_command(&["store", "keygen", "--key-file", &key.to_string_lossy()]);
-        Deployment { dir, host }
+        let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free TCP port");
+        Deployment {
+            dir,
+            host,
+            api_port,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -79,13 +89,15 @@ impl Deployment {
         self.path("pki")
     }
 
-    /// Writes the collector's configuration for `listen` and returns its path.
+    /// Writes the collector's configuration for `listen` (`extra` is appended) and returns its
+    /// path.
     pub fn collector_config(&self, listen: &str, extra: &str) -> PathBuf {
         let pki = self.pki();
         let config = format!(
-            "[ingest]\nlisten = \"{listen}\"\n{extra}\n\
+            "[ingest]\nlisten = \"{listen}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
              [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
-             [store]\ndir = \"{store}\"\nkey_file = \"{store_key}\"\nseal_key = \"{seal}\"\n",
+             [store]\ndir = \"{store}\"\nkey_file = \"{store_key}\"\nseal_key = \"{seal}\"\n{extra}\n",
+            api = self.api_port,
             ca = pki.join("ca.pem").display(),
             cert = pki.join("collector.pem").display(),
             key = pki.join("collector.key").display(),
@@ -100,7 +112,17 @@ impl Deployment {
 
     /// Starts the collector (optionally inside a network namespace) and waits until it listens.
     pub fn start_collector(&self, listen: &str, netns: Option<&str>) -> Collector {
-        let config = self.collector_config(listen, "");
+        self.start_collector_with(listen, netns, "")
+    }
+
+    /// As [`Deployment::start_collector`], with more configuration.
+    pub fn start_collector_with(
+        &self,
+        listen: &str,
+        netns: Option<&str>,
+        extra: &str,
+    ) -> Collector {
+        let config = self.collector_config(listen, extra);
         let mut command = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -185,5 +207,81 @@ impl Deployment {
             .expect("query")
             .collect::<Result<_, _>>()
             .expect("rows")
+    }
+}
+
+/// What a `custos` command did.
+pub struct Cli {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cli {
+    /// The command succeeded; its output.
+    pub fn ok(self) -> String {
+        assert!(
+            self.status.success(),
+            "custos failed ({}): {}",
+            self.status,
+            self.stderr
+        );
+        self.stdout
+    }
+}
+
+impl Deployment {
+    /// Issues a certificate for an auditor (`role` auditor or admin); returns (cert, key).
+    pub fn auditor(&self, name: &str, role: &str) -> (PathBuf, PathBuf) {
+        let pki = self.pki().to_string_lossy().into_owned();
+        collector_command(&[
+            "pki", "issue", "auditor", name, "--role", role, "--dir", &pki,
+        ]);
+        (
+            self.pki().join(format!("issued/{role}-{name}.pem")),
+            self.pki().join(format!("issued/{role}-{name}.key")),
+        )
+    }
+
+    /// Runs `custos ARGS` with the given certificate against this deployment's API.
+    pub fn custos(&self, identity: &(PathBuf, PathBuf), args: &[&str]) -> Cli {
+        let output = Command::new(bin("custos"))
+            .args(args)
+            .env(
+                "CUSTOS_COLLECTOR",
+                format!("https://localhost:{}", self.api_port),
+            )
+            .env("CUSTOS_CA", self.pki().join("ca.pem"))
+            .env("CUSTOS_CERT", &identity.0)
+            .env("CUSTOS_KEY", &identity.1)
+            .env("CUSTOS_CONFIG", "/dev/null")
+            .output()
+            .expect("running custos");
+        Cli {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The recording id of this host's session `session`.
+    pub fn recording_id(&self, session: AuditSessionId) -> String {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+        RecordingKey {
+            host: self.host.clone(),
+            boot_id: BootId(boot.trim().to_owned()),
+            session,
+        }
+        .id()
+    }
+
+    /// The recording file of this host's session `session`.
+    pub fn recording_file(&self, session: AuditSessionId) -> PathBuf {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+        self.path("store")
+            .join("recordings")
+            .join(&self.host)
+            .join(boot.trim())
+            .join(format!("{}.rec", session.0))
     }
 }

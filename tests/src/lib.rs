@@ -14,6 +14,7 @@ pub mod agent;
 pub mod bpf;
 pub mod daemon;
 pub mod deployment;
+pub mod https;
 pub mod netns;
 pub mod quic;
 pub mod sshd;

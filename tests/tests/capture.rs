@@ -290,6 +290,14 @@ fn an_ssh_login_is_attributed_to_the_user_through_sudo_and_su() {
         panic!("no session start");
     };
     assert_eq!(start.login_uid.map(|u| u.0), Some(bob.uid.as_raw()));
+    assert!(
+        start
+            .remote
+            .as_deref()
+            .is_some_and(|r| r.starts_with("127.0.0.1:")),
+        "the ssh client's address: {:?}",
+        start.remote
+    );
     // The keystrokes came through sshd, which wrote them to the session's terminal.
     assert!(contains(&terminal_bytes(&events, true), b"sudo su -"));
     assert!(contains(

@@ -10,13 +10,14 @@ use anyhow::{Context as _, bail};
 use crate::{cmd, setup};
 
 /// Debian packages the end-to-end tests use, with a file that shows each is installed.
-const TEST_PACKAGES: [(&str, &str); 6] = [
+const TEST_PACKAGES: [(&str, &str); 7] = [
     ("openssh-server", "/usr/sbin/sshd"),
     ("openssh-client", "/usr/bin/ssh"),
     ("sudo", "/usr/bin/sudo"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("nftables", "/usr/sbin/nft"),
     ("iproute2", "/usr/sbin/ip"),
+    ("asciinema", "/usr/bin/asciinema"),
 ];
 
 pub fn test(filter: Option<&str>) -> anyhow::Result<()> {

@@ -447,7 +447,7 @@ impl Tracker {
                 tty_name: tty.map(Tty::name),
                 leader: Pid(leader),
                 leader_command: ByteString(leader_command),
-                remote: None,
+                remote: procfs::remote_address(leader),
                 found_running,
             }),
         }

@@ -77,6 +77,75 @@ pub fn tty_of(tgid: u32) -> Option<u32> {
     Some(custos_agent_abi::dev_make(major, minor))
 }
 
+/// The remote end of an established TCP connection the process holds (an sshd process holds
+/// its client's), as `address:port`.
+pub fn remote_address(tgid: u32) -> Option<String> {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{tgid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    for (table, v6) in [("tcp", false), ("tcp6", true)] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{tgid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local remote state ... inode (10th field)
+            let (Some(remote), Some(state), Some(inode)) =
+                (fields.get(2), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if *state == "01" && inodes.iter().any(|i| i == inode) {
+                return parse_address(remote, v6);
+            }
+        }
+    }
+    None
+}
+
+/// `0100007F:1F90` to `127.0.0.1:8080`: the kernel prints each 32-bit word of the address as
+/// it lies in memory (network order) read as a host (little-endian) integer.
+fn parse_address(text: &str, v6: bool) -> Option<String> {
+    let (host, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<[u8; 4]> = (0..host.len() / 8)
+        .map(|i| {
+            u32::from_str_radix(host.get(8 * i..8 * i + 8)?, 16)
+                .ok()
+                .map(u32::to_le_bytes)
+        })
+        .collect::<Option<_>>()?;
+    match (v6, words.as_slice()) {
+        (false, [word]) => Some(format!("{}:{port}", std::net::Ipv4Addr::from(*word))),
+        (true, [a, b, c, d]) => {
+            let mut octets = [0u8; 16];
+            for (i, word) in [a, b, c, d].into_iter().enumerate() {
+                octets[4 * i..4 * i + 4].copy_from_slice(word);
+            }
+            let ip = std::net::Ipv6Addr::from(octets);
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => format!("{v4}:{port}"),
+                None => format!("[{ip}]:{port}"),
+            })
+        }
+        _ => None,
+    }
+}
+
 fn start_ticks(tgid: u32) -> Option<u64> {
     stat_field(tgid, 22).and_then(|v| v.parse().ok())
 }
@@ -95,6 +164,22 @@ fn read_u32(path: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_socket_addresses() {
+        assert_eq!(
+            parse_address("0100007F:1F90", false).as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            parse_address("0000000000000000FFFF00000100007F:0016", true).as_deref(),
+            Some("127.0.0.1:22")
+        );
+        assert_eq!(
+            parse_address("00000000000000000000000001000000:0016", true).as_deref(),
+            Some("[::1]:22")
+        );
+    }
 
     #[test]
     fn reads_this_process() {

@@ -175,7 +175,7 @@ async fn connect(
         certificate: &collector.certificate,
         key: &collector.key,
     };
-    let (tls, _) = custos_pki::tls::client_config(&files, Role::Agent, &[wire::ALPN])?;
+    let (tls, _) = custos_pki::tls::client_config(&files, &[Role::Agent], &[wire::ALPN])?;
     let crypto = QuicClientConfig::try_from(tls).context("TLS configuration unusable for QUIC")?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();

@@ -69,12 +69,10 @@ impl Asciicast {
             EventBody::Input(input) => {
                 let typed = String::from_utf8_lossy(input.data.as_bytes());
                 let mut lines = vec![line("i", &typed)];
-                if input.echoed {
-                    // The terminal echoed it: it was on the screen too.
-                    let shown = self.text(input.data.as_bytes());
-                    if !shown.is_empty() {
-                        lines.push(line("o", &shown));
-                    }
+                // When the terminal echoed it, it was on the screen too.
+                let shown = self.text(&custos_proto::screen::shown(event));
+                if !shown.is_empty() {
+                    lines.push(line("o", &shown));
                 }
                 lines
             }

@@ -171,7 +171,9 @@ pub struct SessionsQuery {
     host: Option<String>,
     since: Option<String>,
     until: Option<String>,
-    limit: Option<usize>,
+    /// Text rather than a number: `SearchQuery` flattens this struct, and serde's flatten hands
+    /// every query value over as a string.
+    limit: Option<String>,
 }
 
 impl SessionsQuery {
@@ -181,7 +183,16 @@ impl SessionsQuery {
             host: self.host.clone(),
             since: time("since", &self.since)?,
             until: time("until", &self.until)?,
-            limit: self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+            limit: match &self.limit {
+                None => DEFAULT_LIMIT,
+                Some(text) => text.parse::<usize>().map_err(|_| {
+                    Failure(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit: {text:?} is not a whole number"),
+                    )
+                })?,
+            }
+            .clamp(1, MAX_LIMIT),
         })
     }
 

@@ -190,13 +190,22 @@ impl Summary {
                 EventBody::SessionStart(start) => {
                     summary.login_user = start.login_user.clone();
                     summary.login_uid = start.login_uid.map(|u| u.0);
-                    summary.tty = start.tty_name.clone();
+                    if start.tty_name.is_some() {
+                        summary.tty = start.tty_name.clone();
+                    }
                     summary.remote = start.remote.clone();
                     summary.start = Some(event.time);
                 }
                 EventBody::SessionEnd(_) => summary.end = Some(event.time),
-                EventBody::Output(output) => summary.bytes_out += output.data.len() as u64,
-                EventBody::Input(input) => summary.bytes_in += input.data.len() as u64,
+                EventBody::Output(output) => {
+                    summary.bytes_out += output.data.len() as u64;
+                    // A session whose leader had no terminal is known by the one it wrote to.
+                    summary.tty.get_or_insert_with(|| output.tty.name());
+                }
+                EventBody::Input(input) => {
+                    summary.bytes_in += input.data.len() as u64;
+                    summary.tty.get_or_insert_with(|| input.tty.name());
+                }
                 EventBody::Gap(gap) => summary.gaps.push(GapRow {
                     seq: event.seq.0,
                     reason: serde_json::to_value(gap.reason)
@@ -376,7 +385,7 @@ impl Index {
                 events = events + ?5, bytes_out = bytes_out + ?6, bytes_in = bytes_in + ?7,
                 gaps = gaps + ?8, commands = commands + ?9, files = files + ?10,
                 login_user = COALESCE(?11, login_user), login_uid = COALESCE(?12, login_uid),
-                tty = COALESCE(?13, tty), remote = COALESCE(?14, remote),
+                tty = COALESCE(tty, ?13), remote = COALESCE(remote, ?14),
                 start_ns = COALESCE(start_ns, ?15), end_ns = COALESCE(?16, end_ns),
                 last_ns = MAX(COALESCE(last_ns, 0), COALESCE(?17, 0))
              WHERE id = ?1",

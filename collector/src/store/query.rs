@@ -262,7 +262,7 @@ fn group(
             }
         }
     }
-    hits.sort_by(|a, b| b.session.start.cmp(&a.session.start));
+    hits.sort_by_key(|hit| std::cmp::Reverse(hit.session.start));
     let truncated = hits.len() > limit;
     hits.truncate(limit);
     Ok((hits, truncated))
