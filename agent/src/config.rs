@@ -20,6 +20,8 @@ pub struct Config {
     pub collector: CollectorConfig,
     pub spool: SpoolConfig,
     pub shipping: ShippingConfig,
+    /// The Prometheus endpoint (default 127.0.0.1:9464).
+    pub metrics: custos_daemon::metrics::MetricsConfig<9464>,
 }
 
 /// Where recordings go, and the agent's certificate for it.
@@ -326,5 +328,22 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
         let err = parse("[capture]\nargv_maxx = 1\n").unwrap_err().to_string();
         assert!(err.contains("argv_maxx"), "{err}");
+    }
+
+    #[test]
+    fn the_reference_file_documents_every_key_with_its_default() {
+        use custos_daemon::reference;
+        let text = include_str!("../../packaging/agent.toml");
+        let defaults = Config::default();
+        assert_eq!(
+            reference::documented_keys(text),
+            reference::config_keys(&format!("{defaults:?}")),
+            "packaging/agent.toml and Config disagree on the keys"
+        );
+        let mut documented = parse(&reference::uncomment(text)).expect("the reference parses");
+        // The example collector is not a default.
+        documented.collector.address.clear();
+        documented.collector.server_name = None;
+        assert_eq!(format!("{documented:?}"), format!("{defaults:?}"));
     }
 }

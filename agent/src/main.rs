@@ -8,6 +8,7 @@ mod batch;
 mod capture;
 mod config;
 mod load;
+mod metrics;
 mod pipeline;
 mod session;
 mod ship;
@@ -26,15 +27,16 @@ use clap::Parser;
 use custos_pki::{Role, tls::TlsFiles};
 use custos_proto::event::GapReason;
 use tokio::sync::{Notify, mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     batch::Batcher,
     capture::drops::DropMonitor,
     config::Config,
+    metrics::AgentMetrics,
     pipeline::{Output, Spooler},
     session::{Tracker, host::HostIdentity},
-    ship::{ShipMetrics, Shipping},
+    ship::Shipping,
     spool::Spool,
 };
 
@@ -87,7 +89,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config, shipping)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            error!("{err:#}");
             eprintln!("custos-agent: {err:#}");
             ExitCode::FAILURE
         }
@@ -96,7 +97,6 @@ fn main() -> ExitCode {
 
 /// A configuration the agent cannot honour: one line, exit code 2.
 fn refuse(err: anyhow::Error) -> ExitCode {
-    error!("{err:#}");
     eprintln!("custos-agent: {err:#}");
     ExitCode::from(2)
 }
@@ -164,6 +164,7 @@ async fn run(
     let monitor = DropMonitor::new(&mut probes.ebpf)?;
     let mut host = HostIdentity::read()?;
     let mut events = Vec::new();
+    let metrics = Arc::new(AgentMetrics::default());
 
     // Where events go: JSON lines, or batches on the spool for the sender.
     let (output, sender, mut tracker) = match shipping {
@@ -190,6 +191,7 @@ async fn run(
                 &recovered.damaged,
                 GapReason::SpoolCorrupt,
                 &mut events,
+                &metrics,
             );
             let spool = Arc::new(Mutex::new(spool));
             let wake = Arc::new(Notify::new());
@@ -218,12 +220,12 @@ async fn run(
     let losses = tokio::spawn(capture::watch_losses(
         monitor,
         tx,
-        stop_rx,
+        stop_rx.clone(),
         Duration::from_millis(250),
+        metrics.clone(),
     ));
-    let pipeline = tokio::spawn(pipeline::run(rx, tracker, output, events));
+    let pipeline = tokio::spawn(pipeline::run(rx, tracker, output, events, metrics.clone()));
     let (ship_stop, ship_stop_rx) = watch::channel(false);
-    let ship_metrics = Arc::new(ShipMetrics::default());
     let reconnect = Arc::new(Notify::new());
     let ship_task = sender.map(|(shipping, spool, wake)| {
         tokio::spawn(ship::run(
@@ -232,16 +234,20 @@ async fn run(
             wake,
             reconnect.clone(),
             ship_stop_rx,
-            ship_metrics.clone(),
+            metrics.clone(),
         ))
     });
+    let metrics_server =
+        custos_daemon::metrics::serve(&config.metrics, metrics.registry(), stop_rx).await?;
     info!(host = %HostIdentity::read()?.hostname, "recording login sessions");
+    custos_daemon::metrics::notify_ready();
 
     let mut signals = custos_daemon::Signals::new()?;
     while signals.next().await != custos_daemon::Signal::Shutdown {
         info!("SIGHUP: reconnecting with the certificate files as they are now");
         reconnect.notify_one();
     }
+    custos_daemon::metrics::notify_stopping();
     info!("stopping: detaching programs and draining the ring buffer");
     // Detach first, so that nothing new enters the ring buffer while it drains.
     drop(probes);
@@ -253,6 +259,9 @@ async fn run(
     let _ = ship_stop.send(true);
     if let Some(ship_task) = ship_task {
         ship_task.await??;
+    }
+    if let Some(server) = metrics_server {
+        let _ = server.await;
     }
     info!(
         records = stats.records,

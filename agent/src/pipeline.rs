@@ -19,6 +19,7 @@ use tracing::{error, warn};
 use crate::{
     batch::Batcher,
     capture::Capture,
+    metrics::AgentMetrics,
     session::{Tracker, TrackerState},
     spool::Spool,
 };
@@ -109,6 +110,22 @@ impl Output {
         Ok(())
     }
 
+    /// Sets the gauges: sessions recorded now, and the spool's size and backlog.
+    fn observe(&self, tracker: &Tracker, metrics: &AgentMetrics) {
+        metrics
+            .sessions_active
+            .set(i64::try_from(tracker.active_sessions()).unwrap_or(i64::MAX));
+        if let Output::Spool(spooler) = self {
+            let spool = spooler.spool.lock().unwrap_or_else(|e| e.into_inner());
+            metrics
+                .spool_bytes
+                .set(i64::try_from(spool.size()).unwrap_or(i64::MAX));
+            metrics
+                .spool_pending_batches
+                .set(i64::try_from(spool.pending()).unwrap_or(i64::MAX));
+        }
+    }
+
     fn finish(&mut self) -> anyhow::Result<Vec<BatchHeader>> {
         match self {
             Output::Json(out) => {
@@ -124,10 +141,17 @@ impl Output {
 }
 
 /// Writes events, turning batches the spool dropped into gap records (which are written too).
-fn emit(output: &mut Output, tracker: &mut Tracker, events: &mut Vec<Event>) -> anyhow::Result<()> {
+fn emit(
+    output: &mut Output,
+    tracker: &mut Tracker,
+    events: &mut Vec<Event>,
+    metrics: &AgentMetrics,
+) -> anyhow::Result<()> {
+    metrics.count(events);
     let mut dropped = output.write(events)?;
     while !dropped.is_empty() {
-        report_dropped(tracker, &dropped, GapReason::SpoolFull, events);
+        report_dropped(tracker, &dropped, GapReason::SpoolFull, events, metrics);
+        metrics.count(events);
         dropped = output.write(events)?;
     }
     Ok(())
@@ -139,9 +163,11 @@ pub fn report_dropped(
     headers: &[BatchHeader],
     reason: GapReason,
     events: &mut Vec<Event>,
+    metrics: &AgentMetrics,
 ) {
     let boot = tracker.boot_id().clone();
     for header in headers {
+        metrics.spool_lost_events.inc_by(u64::from(header.events));
         if header.boot_id != boot {
             error!(
                 session = header.session.0,
@@ -181,8 +207,10 @@ pub async fn run(
     mut tracker: Tracker,
     mut output: Output,
     mut events: Vec<Event>,
+    metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
-    emit(&mut output, &mut tracker, &mut events)?;
+    let metrics = &*metrics;
+    emit(&mut output, &mut tracker, &mut events, metrics)?;
     let mut tick = tokio::time::interval(TICK);
     let mut last_sweep = Instant::now();
     let mut last_checkpoint = Instant::now();
@@ -194,7 +222,7 @@ pub async fn run(
                 while let Ok(message) = rx.try_recv() {
                     handle(&mut tracker, message, &mut events);
                     if events.len() >= 1024 {
-                        emit(&mut output, &mut tracker, &mut events)?;
+                        emit(&mut output, &mut tracker, &mut events, metrics)?;
                     }
                 }
             }
@@ -202,22 +230,29 @@ pub async fn run(
                 if last_sweep.elapsed() >= Duration::from_secs(1) {
                     tracker.sweep(&mut events);
                     last_sweep = Instant::now();
+                    output.observe(&tracker, metrics);
                 }
                 let dropped = output.tick()?;
-                report_dropped(&mut tracker, &dropped, GapReason::SpoolFull, &mut events);
+                report_dropped(&mut tracker, &dropped, GapReason::SpoolFull, &mut events, metrics);
                 if last_checkpoint.elapsed() >= CHECKPOINT {
-                    emit(&mut output, &mut tracker, &mut events)?;
+                    emit(&mut output, &mut tracker, &mut events, metrics)?;
                     output.checkpoint(&tracker)?;
                     last_checkpoint = Instant::now();
                 }
             }
         }
-        emit(&mut output, &mut tracker, &mut events)?;
+        emit(&mut output, &mut tracker, &mut events, metrics)?;
     }
-    emit(&mut output, &mut tracker, &mut events)?;
+    emit(&mut output, &mut tracker, &mut events, metrics)?;
     let dropped = output.finish()?;
-    report_dropped(&mut tracker, &dropped, GapReason::SpoolFull, &mut events);
-    emit(&mut output, &mut tracker, &mut events)?;
+    report_dropped(
+        &mut tracker,
+        &dropped,
+        GapReason::SpoolFull,
+        &mut events,
+        metrics,
+    );
+    emit(&mut output, &mut tracker, &mut events, metrics)?;
     output.finish()?;
     output.checkpoint(&tracker)?;
     Ok(())

@@ -19,6 +19,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub store: StoreSection,
     pub retention: RetentionConfig,
+    /// The Prometheus endpoint (default 127.0.0.1:9465).
+    pub metrics: custos_daemon::metrics::MetricsConfig<9465>,
 }
 
 /// The auditors' query API (HTTPS with client certificates).
@@ -119,7 +121,7 @@ impl Default for StoreSection {
     fn default() -> Self {
         Self {
             dir: "/var/lib/custos-collector".into(),
-            key_file: "/etc/custos/store.key".into(),
+            key_file: "/etc/custos/pki/store.key".into(),
             seal_key: "/etc/custos/pki/seal.key".into(),
         }
     }
@@ -221,5 +223,20 @@ mod tests {
             err.contains("ingest.listen") && !err.contains('\n'),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_reference_file_documents_every_key_with_its_default() {
+        use custos_daemon::reference;
+        let text = include_str!("../../packaging/collector.toml");
+        let defaults = Config::default();
+        assert_eq!(
+            reference::documented_keys(text),
+            reference::config_keys(&format!("{defaults:?}")),
+            "packaging/collector.toml and Config disagree on the keys"
+        );
+        let documented = Config::parse(Path::new("collector.toml"), &reference::uncomment(text))
+            .expect("the reference parses");
+        assert_eq!(format!("{documented:?}"), format!("{defaults:?}"));
     }
 }

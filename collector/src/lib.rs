@@ -8,6 +8,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod ingest;
+pub mod metrics;
 pub mod pki;
 pub mod store;
 pub mod writer;

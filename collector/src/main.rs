@@ -7,13 +7,14 @@ use custos_collector::{
     api::{self, ApiState},
     audit::Audit,
     config::{self, Config},
-    ingest::{self, IngestMetrics, Limits},
+    ingest::{self, Limits},
+    metrics::CollectorMetrics,
     pki::{self, PkiCommand},
     store::{self, Store, StoreConfig},
     writer::StoreHandle,
 };
 use custos_daemon::{Signal, Signals};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Receives session recordings from Custos agents, stores them, serves auditors.
 #[derive(Parser, Debug)]
@@ -88,19 +89,28 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Some(Command::Run) | None => match load_config(cli.config.as_deref()) {
-            Ok(config) if cli.check_config => check(&config),
-            Ok(config) => run(config),
-            Err(err) => {
-                eprintln!("custos-collector: {err:#}");
-                return ExitCode::from(2);
+        Some(Command::Run) | None => {
+            // A configuration, certificate or key the collector cannot use: one line, status 2
+            // (the unit does not restart on it).
+            let config = match load_config(cli.config.as_deref())
+                .and_then(|config| check(&config).map(|()| config))
+            {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("custos-collector: {err:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            if cli.check_config {
+                println!("configuration ok");
+                return ExitCode::SUCCESS;
             }
-        },
+            run(config)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            error!("{err:#}");
             eprintln!("custos-collector: {err:#}");
             ExitCode::FAILURE
         }
@@ -149,7 +159,6 @@ fn check(config: &Config) -> anyhow::Result<()> {
     api::tls_config(config)?;
     store::keys::KeyRing::load(&config.store.key_file)?;
     store::keys::SealKey::load(&config.store.seal_key)?;
-    println!("configuration ok");
     Ok(())
 }
 
@@ -178,20 +187,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_frame: config.ingest.max_frame_size.as_u64() as usize,
         max_batch_raw: config.ingest.max_batch_size.as_u64() as usize,
     };
-    let metrics = Arc::new(IngestMetrics::default());
+    let metrics = Arc::new(CollectorMetrics::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ingest_task = tokio::spawn(ingest::serve(
         endpoint.clone(),
         store.clone(),
         limits,
-        metrics.clone(),
-        stop_rx,
+        metrics.ingest.clone(),
+        stop_rx.clone(),
     ));
     let api_state = Arc::new(ApiState {
         store: store_config,
         audit,
         writer: store.clone(),
         retention: config.retention.keep,
+        metrics: metrics.clone(),
     });
     let (api_tls_tx, api_tls_rx) = tokio::sync::watch::channel(api_tls);
     let api_task = tokio::spawn(api::serve(
@@ -205,11 +215,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.retention.check_every,
         stop_tx.subscribe(),
     ));
+    let metrics_task =
+        custos_daemon::metrics::serve(&config.metrics, metrics.registry(), stop_rx).await?;
     info!(
         address = %endpoint.local_addr()?,
         name = %identity.name,
         "collector listening"
     );
+    custos_daemon::metrics::notify_ready();
 
     let mut signals = Signals::new()?;
     while let Signal::Reload = signals.next().await {
@@ -228,7 +241,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     info!("stopping");
+    custos_daemon::metrics::notify_stopping();
     let _ = stop_tx.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     let _ = ingest_task.await;
     let _ = api_task.await;
     let _ = retention_task.await;

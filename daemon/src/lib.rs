@@ -4,7 +4,12 @@
 //!   stores them (no timestamps under systemd, no colours unless on a terminal);
 //! - [`toml_error_line`]: a TOML error as the one line ops get, naming the key;
 //! - [`duration`]: `60s`, `5m`, `1h 30m` in configuration files;
-//! - [`Signals`]: shutdown (SIGINT, SIGTERM) and reload (SIGHUP).
+//! - [`Signals`]: shutdown (SIGINT, SIGTERM) and reload (SIGHUP);
+//! - [`metrics`]: the Prometheus endpoint, and readiness for systemd;
+//! - [`reference`]: keeping the commented reference configurations in step with the code.
+pub mod metrics;
+pub mod reference;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};

@@ -72,11 +72,22 @@ pub fn check_certificate(path: &Path, der: &[u8], roles: &[Role]) -> Result<Iden
         ));
     }
     if !roles.is_empty() && !roles.contains(&identity.role) {
-        let wanted: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+        let wanted: Vec<String> = roles
+            .iter()
+            .map(|r| {
+                let name = r.name();
+                let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "an"
+                } else {
+                    "a"
+                };
+                format!("{article} {name}")
+            })
+            .collect();
         return Err(PkiError::file(
             path,
             format!(
-                "certificate is for {identity}, not for a {}",
+                "certificate is for {identity}, not for {}",
                 wanted.join(" or ")
             ),
         ));

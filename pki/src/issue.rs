@@ -327,7 +327,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(
-            err.contains("auditor-dana.pem") && err.contains("not for a agent"),
+            err.contains("auditor-dana.pem") && err.contains("not for an agent"),
             "{err}"
         );
         let err = files::load_pair(&cert, &pki.collector_key(), &[Role::Auditor])

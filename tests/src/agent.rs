@@ -65,13 +65,75 @@ impl Agent {
         Self::launch(config, false, Some(netns))
     }
 
+    /// Starts an agent printing events (`--stdout`) with exactly the user and capabilities its
+    /// systemd unit (packaging/systemd/custos-agent.service) grants.
+    pub fn start_as_unit(config: &str) -> Agent {
+        let unit = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../packaging/systemd/custos-agent.service"),
+        )
+        .expect("the agent's unit file");
+        let setting = |key: &str| {
+            unit.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{key}= in the unit"))
+                .trim()
+                .to_owned()
+        };
+        let user = setting("User");
+        crate::users::ensure_system(&user);
+        let caps: Vec<String> = setting("AmbientCapabilities")
+            .split_whitespace()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        assert_eq!(
+            setting("CapabilityBoundingSet"),
+            setting("AmbientCapabilities"),
+            "the unit bounds the agent to the capabilities it grants"
+        );
+        let caps = format!("-all,{}", caps.join(","));
+        let wrapper = vec![
+            "setpriv".to_owned(),
+            format!("--reuid={user}"),
+            format!("--regid={user}"),
+            "--clear-groups".to_owned(),
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+            format!("--bounding-set={caps}"),
+            "--no-new-privs".to_owned(),
+        ];
+        Self::launch_wrapped(config, true, None, &wrapper)
+    }
+
     fn launch(config: &str, stdout: bool, netns: Option<&str>) -> Agent {
+        Self::launch_wrapped(config, stdout, netns, &[])
+    }
+
+    fn launch_wrapped(
+        config: &str,
+        stdout: bool,
+        netns: Option<&str>,
+        wrapper: &[String],
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("agent.toml");
-        std::fs::write(&config_path, config).expect("writing agent config");
-        let mut command = match netns {
-            Some(ns) => crate::netns::Network::command(ns, bin("custos-agent")),
-            None => Command::new(bin("custos-agent")),
+        std::fs::write(&config_path, with_metrics_port(config)).expect("writing agent config");
+        if !wrapper.is_empty() {
+            // Readable by the unprivileged user the wrapper switches to.
+            use std::os::unix::fs::PermissionsExt as _;
+            for (path, mode) in [(dir.path(), 0o755), (config_path.as_path(), 0o644)] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .expect("chmod");
+            }
+        }
+        let mut command = match (netns, wrapper.split_first()) {
+            (Some(ns), _) => crate::netns::Network::command(ns, bin("custos-agent")),
+            (None, Some((program, args))) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("custos-agent"));
+                c
+            }
+            (None, None) => Command::new(bin("custos-agent")),
         };
         if stdout {
             command.arg("--stdout");
@@ -228,4 +290,13 @@ pub fn ended(events: &[Event], id: AuditSessionId) -> bool {
     events
         .iter()
         .any(|e| e.session == id && matches!(e.event, EventBody::SessionEnd(_)))
+}
+
+/// Unless `config` sets it, the metrics endpoint on a free port: several daemons may run at once.
+pub fn with_metrics_port(config: &str) -> String {
+    if config.contains("[metrics]") {
+        config.to_owned()
+    } else {
+        format!("{config}\n[metrics]\nlisten = \"127.0.0.1:0\"\n")
+    }
 }

@@ -106,7 +106,8 @@ impl Deployment {
             seal = pki.join("seal.key").display(),
         );
         let path = self.path("collector.toml");
-        std::fs::write(&path, config).expect("writing collector config");
+        std::fs::write(&path, crate::agent::with_metrics_port(&config))
+            .expect("writing collector config");
         path
     }
 

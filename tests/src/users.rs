@@ -30,6 +30,32 @@ pub fn ensure(name: &str) -> User {
         .unwrap_or_else(|| panic!("user {name} missing after useradd"))
 }
 
+/// A system user without a home or a shell, as packages create for daemons.
+pub fn ensure_system(name: &str) -> User {
+    if let Ok(Some(user)) = User::from_name(name) {
+        return user;
+    }
+    let status = Command::new("useradd")
+        .args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
+        .status()
+        .expect("running useradd");
+    assert!(
+        status.success() || status.code() == Some(9),
+        "useradd {name} failed: {status}"
+    );
+    User::from_name(name)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("user {name} missing after useradd"))
+}
+
 /// Lets `name` run anything with sudo without a password (a file in /etc/sudoers.d).
 pub fn allow_sudo(name: &str) {
     let path = format!("/etc/sudoers.d/{name}");

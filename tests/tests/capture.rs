@@ -428,3 +428,46 @@ fn terminal_scope_also_records_terminals_outside_login_sessions() {
     });
     assert!(!saw(&agent.stop().events, &mark));
 }
+
+/// Least privilege holds in practice: with only the user and capabilities of its systemd unit,
+/// the agent loads, attaches and records, including a session already running when it starts
+/// (whose details come from /proc).
+#[test]
+fn the_agent_records_with_only_the_privileges_its_unit_grants() {
+    users::ensure("custos-alice");
+    let (mut before, early) = login_shell("custos-alice");
+    let agent = Agent::start_as_unit("");
+    let (mut shell, session) = login_shell("custos-alice");
+    let mark = marker("UNIT-");
+    let (head, tail) = mark.split_at(3);
+    for terminal in [&mut before, &mut shell] {
+        terminal.line(&format!("echo \"{head}\"\"{tail}\"; cat /etc/hostname"));
+        terminal.expect(&format!("{mark}\r\n"));
+        terminal.expect("custos$ ");
+        terminal.line("exit 0");
+        assert!(terminal.wait_exit().success());
+    }
+    agent.wait_for("both sessions' end records", SESSION_END, |events| {
+        (ended(events, session) && ended(events, early)).then_some(())
+    });
+    let stopped = agent.stop();
+    assert!(stopped.success, "agent log:\n{}", stopped.stderr);
+    for id in [early, session] {
+        let events = agent::session(&stopped.events, id);
+        let EventBody::SessionStart(start) = &events.first().expect("events").event else {
+            panic!("no session start for {id:?}");
+        };
+        assert_eq!(start.login_user.as_deref(), Some("custos-alice"));
+        assert!(contains(&terminal_bytes(&events, false), mark.as_bytes()));
+        assert!(
+            execs(&events)
+                .iter()
+                .any(|e| argv(e) == ["cat", "/etc/hostname"])
+        );
+        assert!(
+            opens(&events)
+                .iter()
+                .any(|o| o.path.to_string() == "/etc/hostname")
+        );
+    }
+}

@@ -591,7 +591,7 @@ fn unusable_certificates_are_refused_at_start_naming_the_file() {
             pki.join("collector.pem"),
             pki.join("collector.key"),
             pki.join("collector.pem"),
-            "not for a agent",
+            "not for an agent",
         ),
     ];
     for (cert, key, named, reason) in cases {

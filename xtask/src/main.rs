@@ -5,8 +5,11 @@
 //!   task runs it first.
 //! - `run`: the main job on this machine.
 //! - `test`: the whole suite, as root, on the real kernel.
+//! - `package`: .deb and .rpm packages of the agent and the collector.
 //! - `lint`: rustfmt and clippy, as CI runs them.
 mod cmd;
+mod package;
+mod pkgtest;
 mod run;
 mod setup;
 mod test;
@@ -24,13 +27,18 @@ struct Cli {
 enum Task {
     /// Install the eBPF toolchain and check this kernel (safe to run every time).
     Setup,
-    /// Build release binaries and record this host.
-    Run,
+    /// Build release binaries, start a local collector and an agent recording this host.
+    Run(run::RunOptions),
     /// Run the whole test suite (needs root: it loads eBPF programs and starts sshd).
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
+        /// Only the package tests (build the packages, install them in a Debian root).
+        #[arg(long, conflicts_with = "filter")]
+        packages: bool,
     },
+    /// Build the .deb and .rpm packages into target/packages/.
+    Package,
     /// Check formatting and clippy lints (the eBPF crate included).
     Lint,
 }
@@ -39,8 +47,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::Setup => setup::setup(),
-        Task::Run => run::run(),
-        Task::Test { filter } => test::test(filter.as_deref()),
+        Task::Run(options) => run::run(options),
+        Task::Test { packages: true, .. } => pkgtest::test_packages(),
+        Task::Test { filter, .. } => test::test(filter.as_deref()),
+        Task::Package => package::package().map(|_| ()),
         Task::Lint => test::lint(),
     }
 }

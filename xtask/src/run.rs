@@ -1,20 +1,412 @@
-//! `cargo xtask run`: the main job on this machine.
-use std::process::Command;
+//! `cargo xtask run`: the main job on this machine. Builds release binaries, prepares a
+//! development deployment under ./custos-data once (a CA and certificates, the store key,
+//! configurations for the collector, the agent and `custos`), starts a collector with its
+//! embedded store and an agent recording this host, and prints how to look at what it records.
+//! Ctrl-C stops the agent first (it ships what it holds), then the collector.
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::{cmd, setup};
 
-pub fn run() -> anyhow::Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct RunOptions {
+    /// Where the deployment lives (certificates, keys, store, spool, logs).
+    #[arg(long, default_value = "custos-data")]
+    data: PathBuf,
+    /// First of four local TCP/UDP ports: agents' QUIC, auditors' HTTPS, then the agent's and
+    /// the collector's metrics.
+    #[arg(long, default_value_t = 7443)]
+    ports: u16,
+}
+
+/// How long each daemon may take to start, and to stop.
+const START: Duration = Duration::from_secs(120);
+const STOP: Duration = Duration::from_secs(60);
+
+pub fn run(options: RunOptions) -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!("recording this host loads eBPF programs: run as root");
     }
     setup::setup()?;
     cmd::run(cmd::cargo().args(["build", "--release", "--bins"]))?;
-    let agent = cmd::workspace_root().join("target/release/custos-agent");
-    println!(
-        "run: recording login sessions on this host; events print below as JSON lines.\n\
-         run: open a session in another terminal (ssh localhost, or `su - USER`), Ctrl-C stops."
+    let bin = cmd::target_dir().join("release");
+    let data = std::path::absolute(&options.data).context("resolving --data")?;
+    let dev = DevDeployment::prepare(&bin, &data, options.ports)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let mut collector = Daemon::start(
+        "collector",
+        Command::new(bin.join("custos-collector"))
+            .arg("--config")
+            .arg(&dev.collector_config),
+        &dev.logs,
+    )?;
+    collector.wait_for("collector listening", START, &stop)?;
+    let mut agent = match Daemon::start(
+        "agent",
+        Command::new(bin.join("custos-agent"))
+            .arg("--config")
+            .arg(&dev.agent_config),
+        &dev.logs,
+    )
+    .and_then(|mut agent| {
+        agent
+            .wait_for("recording login sessions", START, &stop)
+            .map(|()| agent)
+    }) {
+        Ok(agent) => agent,
+        Err(err) => {
+            collector.stop();
+            return Err(err);
+        }
+    };
+
+    let custos = format!(
+        "{} --config {}",
+        relative(&bin.join("custos")),
+        relative(&dev.cli_config)
     );
-    cmd::run(Command::new(agent).arg("--stdout"))
+    println!(
+        "run: recording: this host's login sessions go to a local collector; data in {}",
+        relative(&data)
+    );
+    println!("run: open a session: ssh localhost (any ssh or console login is recorded), then");
+    println!("run:   {custos} sessions");
+    println!("run:   {custos} replay ID        (also: show ID, export ID --format asciicast)");
+    println!(
+        "run: logs in {}, metrics at http://127.0.0.1:{}/metrics and :{}. Ctrl-C stops both; nothing is lost.",
+        relative(&dev.logs),
+        options.ports + 2,
+        options.ports + 3
+    );
+
+    // Until Ctrl-C, or until a daemon dies.
+    let failure = loop {
+        if stop.load(Ordering::Relaxed) {
+            break None;
+        }
+        if let Some(exit) = agent.exited() {
+            break Some(format!("the agent stopped ({exit})"));
+        }
+        if let Some(exit) = collector.exited() {
+            break Some(format!("the collector stopped ({exit})"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("run: stopping the agent (it ships what it holds), then the collector");
+    let agent_ok = agent.stop();
+    let collector_ok = collector.stop();
+    if let Some(failure) = failure {
+        bail!("{failure}; see {}", relative(&dev.logs));
+    }
+    if !(agent_ok && collector_ok) {
+        bail!("a daemon did not stop cleanly; see {}", relative(&dev.logs));
+    }
+    println!(
+        "run: stopped; everything recorded is in {}",
+        relative(&data)
+    );
+    Ok(())
+}
+
+/// `path` relative to the current directory when it is below it (shorter to copy).
+fn relative(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The files of a development deployment.
+struct DevDeployment {
+    collector_config: PathBuf,
+    agent_config: PathBuf,
+    cli_config: PathBuf,
+    logs: PathBuf,
+}
+
+impl DevDeployment {
+    /// Creates what is missing under `data` (keys and certificates only once) and writes the
+    /// configurations (every time: they are generated).
+    fn prepare(bin: &Path, data: &Path, ports: u16) -> anyhow::Result<Self> {
+        let pki = data.join("pki");
+        let logs = data.join("logs");
+        for dir in [data, &logs] {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            set_mode(dir, 0o700)?;
+        }
+        let collector = bin.join("custos-collector");
+        let pki_arg = pki.to_string_lossy().into_owned();
+        let host = hostname()?;
+        if !pki.join("ca.pem").exists() {
+            println!(
+                "run: creating a development CA and certificates in {}",
+                relative(&pki)
+            );
+            cmd::output(Command::new(&collector).args([
+                "pki",
+                "init",
+                "--dir",
+                &pki_arg,
+                "--name",
+                "localhost",
+                "--name",
+                "127.0.0.1",
+            ]))?;
+        }
+        let store_key = pki.join("store.key");
+        if !store_key.exists() {
+            cmd::output(
+                Command::new(&collector)
+                    .args(["store", "keygen", "--key-file"])
+                    .arg(&store_key),
+            )?;
+        }
+        let issued = pki.join("issued");
+        if !issued.join(format!("agent-{host}.pem")).exists() {
+            cmd::output(
+                Command::new(&collector).args(["pki", "issue", "agent", &host, "--dir", &pki_arg]),
+            )?;
+        }
+        if !issued.join("admin-dev.pem").exists() {
+            cmd::output(Command::new(&collector).args([
+                "pki", "issue", "auditor", "dev", "--role", "admin", "--dir", &pki_arg,
+            ]))?;
+        }
+
+        let path = |p: &Path| p.display().to_string();
+        let collector_config = data.join("collector.toml");
+        write_config(
+            &collector_config,
+            &format!(
+                "# Written by cargo xtask run on every start.\n\
+                 [ingest]\nlisten = \"127.0.0.1:{ingest}\"\n\
+                 [api]\nlisten = \"127.0.0.1:{api}\"\n\
+                 [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+                 [store]\ndir = \"{store}\"\nkey_file = \"{store_key}\"\nseal_key = \"{seal}\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+                ingest = ports,
+                api = ports + 1,
+                metrics = ports + 3,
+                ca = path(&pki.join("ca.pem")),
+                cert = path(&pki.join("collector.pem")),
+                key = path(&pki.join("collector.key")),
+                store = path(&data.join("store")),
+                store_key = path(&store_key),
+                seal = path(&pki.join("seal.key")),
+            ),
+        )?;
+        let agent_config = data.join("agent.toml");
+        write_config(
+            &agent_config,
+            &format!(
+                "# Written by cargo xtask run on every start.\n\
+                 [collector]\naddress = \"127.0.0.1:{ingest}\"\nserver_name = \"localhost\"\n\
+                 ca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+                 [spool]\ndir = \"{spool}\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+                ingest = ports,
+                metrics = ports + 2,
+                ca = path(&pki.join("ca.pem")),
+                cert = path(&issued.join(format!("agent-{host}.pem"))),
+                key = path(&issued.join(format!("agent-{host}.key"))),
+                spool = path(&data.join("spool")),
+            ),
+        )?;
+        let cli_config = data.join("cli.toml");
+        write_config(
+            &cli_config,
+            &format!(
+                "# Written by cargo xtask run on every start: custos --config {cli} ...\n\
+                 collector = \"https://localhost:{api}\"\nca = \"{ca}\"\n\
+                 certificate = \"{cert}\"\nkey = \"{key}\"\n",
+                cli = path(&data.join("cli.toml")),
+                api = ports + 1,
+                ca = path(&pki.join("ca.pem")),
+                cert = path(&issued.join("admin-dev.pem")),
+                key = path(&issued.join("admin-dev.key")),
+            ),
+        )?;
+        Ok(Self {
+            collector_config,
+            agent_config,
+            cli_config,
+            logs,
+        })
+    }
+}
+
+fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    set_mode(path, 0o600)
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let name = cmd::output(&mut Command::new("hostname"))?;
+    Ok(name.trim().to_owned())
+}
+
+/// A daemon started by `run`, logging to a file.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+    /// Where this run's lines begin in the log.
+    log_start: u64,
+}
+
+impl Daemon {
+    fn start(name: &'static str, command: &mut Command, logs: &Path) -> anyhow::Result<Self> {
+        let log = logs.join(format!("{name}.log"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let log_start = file.metadata().map(|m| m.len()).unwrap_or(0);
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .env(
+                "CUSTOS_LOG",
+                std::env::var("CUSTOS_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // Its own process group: Ctrl-C reaches xtask, which stops the daemons in order.
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Stop with xtask if it dies.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Outside any login session, as under systemd: the daemons' own work is not
+                // recorded even when xtask runs in a recorded session.
+                leave_login_session();
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", cmd::describe(command)))?;
+        Ok(Self {
+            name,
+            child,
+            log,
+            log_start,
+        })
+    }
+
+    /// Waits until this run's log has a line containing `needle`.
+    fn wait_for(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<()> {
+        let start = usize::try_from(self.log_start).unwrap_or(usize::MAX);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = fs::read(&self.log).unwrap_or_default();
+            let text = String::from_utf8_lossy(text.get(start..).unwrap_or_default());
+            if text.contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.exited() {
+                bail!(
+                    "the {} exited at start ({status}):\n{}",
+                    self.name,
+                    tail(&text, 20)
+                );
+            }
+            if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                self.stop();
+                bail!(
+                    "the {} did not start within {timeout:?}:\n{}",
+                    self.name,
+                    tail(&text, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM, then waits; SIGKILL after [`STOP`]. True when it stopped cleanly.
+    fn stop(&mut self) -> bool {
+        if let Some(status) = self.exited() {
+            return status.success();
+        }
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "run: the {} did not stop within {STOP:?}; killing it",
+            self.name
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            self.stop();
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Unsets this process's login uid (and with it its audit session), as root may.
+fn leave_login_session() {
+    const UNSET: &[u8] = b"4294967295";
+    // SAFETY: open, write and close on a static path; async-signal-safe.
+    unsafe {
+        let fd = libc::open(c"/proc/self/loginuid".as_ptr(), libc::O_WRONLY);
+        if fd >= 0 {
+            libc::write(fd, UNSET.as_ptr().cast(), UNSET.len());
+            libc::close(fd);
+        }
+    }
 }

@@ -26,10 +26,9 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     }
     setup::setup()?;
     ensure_packages(&TEST_PACKAGES)?;
-    let root = cmd::workspace_root();
     // The default members: every host binary (the eBPF crate is built by the agent's build.rs).
     cmd::run(cmd::cargo().args(["build", "--bins"]))?;
-    let bin_dir = root.join("target").join("debug");
+    let bin_dir = cmd::target_dir().join("debug");
 
     let mut unit = cmd::cargo();
     unit.args(["test", "--workspace", "--exclude", "custos-tests"]);
@@ -47,6 +46,9 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
         e2e.arg(filter);
     }
     cmd::run(&mut e2e)?;
+    if filter.is_none() {
+        crate::pkgtest::test_packages()?;
+    }
     println!("test: all passed");
     Ok(())
 }

@@ -7,7 +7,7 @@ pub mod assemble;
 pub mod decode;
 pub mod drops;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -18,6 +18,7 @@ use tracing::warn;
 
 use self::{assemble::Assembler, drops::DropMonitor};
 pub use self::{assemble::Captured, drops::SessionLoss};
+use crate::metrics::AgentMetrics;
 
 /// What capture hands to the session tracker.
 #[derive(Debug)]
@@ -117,9 +118,11 @@ pub async fn watch_losses(
     tx: mpsc::Sender<Capture>,
     mut stop: watch::Receiver<bool>,
     period: Duration,
+    metrics: Arc<AgentMetrics>,
 ) -> DropMonitor {
     let mut tick = tokio::time::interval(period);
     let mut last_errors = Vec::new();
+    let mut last_dropped = 0;
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
@@ -131,6 +134,11 @@ pub async fn watch_losses(
             }
         }
         let counters = monitor.counters();
+        let dropped = counters.dropped_records();
+        metrics
+            .kernel_dropped_records
+            .inc_by(dropped.saturating_sub(last_dropped));
+        last_dropped = dropped;
         if counters.errors != last_errors {
             for (error, count) in &counters.errors {
                 if *count > 0 {

@@ -119,9 +119,18 @@ fn log_verifier_cost(
     }
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the cgroup. Raising the
-/// limit can fail without CAP_SYS_RESOURCE, which only matters on old kernels.
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the cgroup, and need
+/// nothing (nor CAP_SYS_RESOURCE, which the unit does not grant).
 fn raise_memlock_limit() {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    if (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (5, 11) {
+        return;
+    }
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,

@@ -9,8 +9,13 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Mounts tracefs at /sys/kernel/tracing when it is not there.
 pub fn ensure_mounted() -> anyhow::Result<()> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
+    match std::fs::metadata(Path::new(TRACEFS).join("events")) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "cannot read {TRACEFS}: permission denied (the agent needs root, or \
+             CAP_DAC_READ_SEARCH as its unit grants)"
+        ),
+        _ => {}
     }
     nix::mount::mount(
         Some("tracefs"),

@@ -88,6 +88,11 @@ impl Tracker {
         }
     }
 
+    /// Sessions being recorded now.
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
     pub fn boot_id(&self) -> &custos_proto::BootId {
         &self.host.boot_id
     }

@@ -8,6 +8,7 @@
 //! batch leaves the spool only when the collector acknowledged it (durably stored). A batch refused for
 //! good (malformed, too large) is moved aside to `rejected/` in the spool directory and logged:
 //! resending it could never succeed, and it must not block the rest.
+use crate::metrics::{AgentMetrics, ShipMetrics};
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
@@ -39,17 +40,6 @@ const MAX_RESPONSE: usize = 1024 * 1024;
 /// How long one request (send a frame, get the answer) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Counters of what shipping did (for logs and metrics).
-#[derive(Debug, Default)]
-pub struct ShipMetrics {
-    pub batches_acked: std::sync::atomic::AtomicU64,
-    pub batches_rejected: std::sync::atomic::AtomicU64,
-    pub connects: std::sync::atomic::AtomicU64,
-    pub connect_failures: std::sync::atomic::AtomicU64,
-    /// Milliseconds from sending a batch to its acknowledgement, last one.
-    pub last_ack_ms: std::sync::atomic::AtomicU64,
-}
-
 pub struct Shipping {
     pub collector: CollectorConfig,
     pub options: ShippingConfig,
@@ -75,8 +65,9 @@ pub async fn run(
     wake: Arc<Notify>,
     reconnect: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
-    metrics: Arc<ShipMetrics>,
+    metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
+    let metrics = &metrics.ship;
     let mut endpoint = quinn::Endpoint::client("[::]:0".parse().expect("valid address"))
         .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address")))
         .context("opening a UDP socket")?;
@@ -103,9 +94,8 @@ pub async fn run(
         };
         match connection {
             Ok(connection) => {
-                metrics
-                    .connects
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.connects.inc();
+                metrics.connected.set(1);
                 backoff = shipping.options.reconnect_min;
                 let reason = send_loop(
                     &connection,
@@ -114,10 +104,11 @@ pub async fn run(
                     (&wake, &reconnect),
                     &mut stop,
                     &mut deadline,
-                    &metrics,
+                    metrics,
                 )
                 .await;
                 connection.close(0u32.into(), b"agent reconnecting or stopping");
+                metrics.connected.set(0);
                 match reason {
                     Ok(()) => {}
                     Err(err) => {
@@ -126,9 +117,7 @@ pub async fn run(
                 }
             }
             Err(err) => {
-                metrics
-                    .connect_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.connect_failures.inc();
                 let jitter: f64 = rand::random_range(0.5..1.5);
                 let wait = backoff.mul_f64(jitter);
                 warn!(
@@ -377,9 +366,9 @@ async fn send_loop(
                 match result {
                     Ok(()) => {
                         lock(spool).ack(seq);
-                        metrics.batches_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        metrics.batches_acked.inc();
                         if let Some(batch) = outstanding {
-                            metrics.last_ack_ms.store(batch.at.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+                            metrics.ack_latency.observe(batch.at.elapsed().as_secs_f64());
                             debug!(
                                 seq = seq.0,
                                 session = batch.key.1,
@@ -390,7 +379,7 @@ async fn send_loop(
                         }
                     }
                     Err(SendError::Rejected(code, message)) => {
-                        metrics.batches_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        metrics.batches_rejected.inc();
                         reject(shipping, spool, seq, code, &message);
                     }
                     Err(SendError::Retry(message)) => {

@@ -84,6 +84,7 @@ impl ApiState {
             target: target.to_owned(),
             result: result.to_owned(),
         };
+        self.metrics.query(action, result);
         tracing::info!(
             who = entry.who,
             role = entry.role,

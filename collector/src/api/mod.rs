@@ -40,6 +40,7 @@ pub struct ApiState {
     pub writer: StoreHandle,
     /// Recordings are kept this long after their last activity.
     pub retention: Duration,
+    pub metrics: Arc<crate::metrics::CollectorMetrics>,
 }
 
 /// Roles that may connect at all.

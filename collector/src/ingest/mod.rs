@@ -7,13 +7,7 @@
 //! code, is logged and counted, and disturbs nothing else.
 mod stream;
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use custos_pki::{Identity, Role, tls::TlsFiles};
@@ -22,27 +16,8 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use crate::metrics::IngestMetrics;
 use crate::{config::Config, writer::StoreHandle};
-
-/// Counters of what ingest did (exported as metrics).
-#[derive(Debug, Default)]
-pub struct IngestMetrics {
-    pub connections_accepted: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub connected_agents: AtomicU64,
-    pub batches_stored: AtomicU64,
-    pub batches_duplicate: AtomicU64,
-    pub batches_failed: AtomicU64,
-    pub frames_malformed: AtomicU64,
-    pub frames_too_large: AtomicU64,
-    pub identity_mismatches: AtomicU64,
-}
-
-impl IngestMetrics {
-    pub fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// Limits applied to every stream.
 #[derive(Clone, Copy, Debug)]
@@ -101,7 +76,7 @@ pub async fn serve(
                     handle_connection(connection, remote, store, limits, metrics).await;
                 }
                 Err(err) => {
-                    IngestMetrics::add(&metrics.connections_refused);
+                    metrics.connections_refused.inc();
                     warn!(peer = %remote, reason = %err, "refused a connection");
                 }
             }
@@ -131,14 +106,14 @@ async fn handle_connection(
                 Some(Err(err)) => err.to_string(),
                 _ => "no client certificate".to_owned(),
             };
-            IngestMetrics::add(&metrics.connections_refused);
+            metrics.connections_refused.inc();
             warn!(peer = %remote, reason, "refused a connection");
             connection.close(1u32.into(), b"no usable identity");
             return;
         }
     };
-    IngestMetrics::add(&metrics.connections_accepted);
-    metrics.connected_agents.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_accepted.inc();
+    metrics.connected_agents.inc();
     info!(agent = %identity.name, peer = %remote, "agent connected");
     let peer = Arc::new(stream::Peer {
         identity,
@@ -153,6 +128,6 @@ async fn handle_connection(
             Err(err) => break err,
         }
     };
-    metrics.connected_agents.fetch_sub(1, Ordering::Relaxed);
+    metrics.connected_agents.dec();
     info!(agent = %peer.identity.name, peer = %remote, reason = %reason, "agent disconnected");
 }

@@ -52,11 +52,11 @@ pub async fn handle(
         Ok(Ok(frame)) => frame,
         Ok(Err(ReadError::Wire(err))) => {
             let code = err.code();
-            IngestMetrics::add(if code == ErrorCode::TooLarge {
-                &metrics.frames_too_large
+            if code == ErrorCode::TooLarge {
+                metrics.frames_too_large.inc();
             } else {
-                &metrics.frames_malformed
-            });
+                metrics.frames_malformed.inc();
+            }
             warn!(agent, peer = %peer.address, error = %err, "bad frame: stream reset");
             let _ = recv.stop(code.stream_code().into());
             let _ = send.reset(code.stream_code().into());
@@ -75,7 +75,7 @@ pub async fn handle(
     let response = match frame {
         Frame::Hello(hello) => {
             if hello.host != peer.identity.name {
-                IngestMetrics::add(&metrics.identity_mismatches);
+                metrics.identity_mismatches.inc();
                 warn!(
                     agent,
                     claimed = hello.host,
@@ -103,7 +103,7 @@ pub async fn handle(
         }
         Frame::Batch(batch) => batch_response(batch, &peer, &store, &metrics).await,
         other => {
-            IngestMetrics::add(&metrics.frames_malformed);
+            metrics.frames_malformed.inc();
             warn!(agent, kind = other.kind(), "unexpected frame");
             error_frame(
                 ErrorCode::Malformed,
@@ -133,7 +133,7 @@ async fn batch_response(
     let agent = peer.identity.name.as_str();
     let header = &batch.header;
     if header.host != peer.identity.name {
-        IngestMetrics::add(&metrics.identity_mismatches);
+        metrics.identity_mismatches.inc();
         warn!(
             agent,
             claimed = header.host,
@@ -148,6 +148,8 @@ async fn batch_response(
         );
     }
     let (spool, seq) = (header.spool.clone(), header.seq);
+    let (events, raw_len) = (u64::from(header.events), header.raw_len);
+    let arrived = std::time::Instant::now();
     store.contact(Contact {
         host: peer.identity.name.clone(),
         version: None,
@@ -157,7 +159,12 @@ async fn batch_response(
     });
     match store.append(batch).await {
         Ok(Appended::Stored { recording, chunk }) => {
-            IngestMetrics::add(&metrics.batches_stored);
+            metrics.batches_stored.inc();
+            metrics.events_stored.inc_by(events);
+            metrics.bytes_stored.inc_by(raw_len);
+            metrics
+                .store_latency
+                .observe(arrived.elapsed().as_secs_f64());
             debug!(agent, %spool, %seq, recording, chunk, "batch stored");
             Frame::Ack(Ack {
                 spool,
@@ -166,7 +173,7 @@ async fn batch_response(
             })
         }
         Ok(Appended::Duplicate { recording }) => {
-            IngestMetrics::add(&metrics.batches_duplicate);
+            metrics.batches_duplicate.inc();
             debug!(agent, %spool, %seq, recording, "batch already stored");
             Frame::Ack(Ack {
                 spool,
@@ -175,12 +182,12 @@ async fn batch_response(
             })
         }
         Err(StoreError::Refused(why)) => {
-            IngestMetrics::add(&metrics.frames_malformed);
+            metrics.frames_malformed.inc();
             warn!(agent, %spool, %seq, why, "batch refused");
             error_frame(ErrorCode::Malformed, why)
         }
         Err(err) => {
-            IngestMetrics::add(&metrics.batches_failed);
+            metrics.batches_failed.inc();
             warn!(agent, %spool, %seq, error = %err, "batch not stored");
             error_frame(
                 ErrorCode::Unavailable,

@@ -1,0 +1,138 @@
+//! What the agent counts for its Prometheus endpoint (`[metrics] listen`): events per kind,
+//! records the kernel dropped, the spool, and shipping to the collector.
+use std::collections::HashMap;
+
+use custos_daemon::metrics::Registry;
+use custos_proto::Event;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Default)]
+pub struct AgentMetrics {
+    /// Events produced, per kind (session_start, output, input, exec, open, ...).
+    pub events: Family<KindLabel, Counter>,
+    /// Records the kernel could not put in the ring buffer (each is also a gap record).
+    pub kernel_dropped_records: Counter,
+    /// Sessions being recorded now.
+    pub sessions_active: Gauge,
+    /// Bytes the spool holds (acknowledged data included until its segment is deleted).
+    pub spool_bytes: Gauge,
+    /// Batches waiting for the collector's acknowledgement.
+    pub spool_pending_batches: Gauge,
+    /// Events lost from the spool (full, or damaged on disk), each also a gap record.
+    pub spool_lost_events: Counter,
+    pub ship: ShipMetrics,
+}
+
+pub struct ShipMetrics {
+    pub batches_acked: Counter,
+    pub batches_rejected: Counter,
+    pub connects: Counter,
+    pub connect_failures: Counter,
+    /// 1 while connected to the collector.
+    pub connected: Gauge,
+    /// Seconds from sending a batch to its acknowledgement (durable at the collector).
+    pub ack_latency: Histogram,
+}
+
+impl Default for ShipMetrics {
+    fn default() -> Self {
+        Self {
+            batches_acked: Counter::default(),
+            batches_rejected: Counter::default(),
+            connects: Counter::default(),
+            connect_failures: Counter::default(),
+            connected: Gauge::default(),
+            // 1 ms to about 33 s.
+            ack_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
+}
+
+impl AgentMetrics {
+    /// A registry with every metric, named `custos_agent_*`.
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::with_prefix("custos_agent");
+        registry.register("events", "Events produced, per kind", self.events.clone());
+        registry.register(
+            "kernel_dropped_records",
+            "Records the kernel could not queue (recorded as gaps)",
+            self.kernel_dropped_records.clone(),
+        );
+        registry.register(
+            "sessions_active",
+            "Login sessions being recorded",
+            self.sessions_active.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes in the spool",
+            self.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_pending_batches",
+            "Batches waiting for the collector's acknowledgement",
+            self.spool_pending_batches.clone(),
+        );
+        registry.register(
+            "spool_lost_events",
+            "Events lost from the spool, full or damaged (recorded as gaps)",
+            self.spool_lost_events.clone(),
+        );
+        let ship = &self.ship;
+        registry.register(
+            "batches_acked",
+            "Batches the collector stored",
+            ship.batches_acked.clone(),
+        );
+        registry.register(
+            "batches_rejected",
+            "Batches the collector refused for good",
+            ship.batches_rejected.clone(),
+        );
+        registry.register(
+            "connects",
+            "Connections made to the collector",
+            ship.connects.clone(),
+        );
+        registry.register(
+            "connect_failures",
+            "Failed attempts to connect to the collector",
+            ship.connect_failures.clone(),
+        );
+        registry.register(
+            "connected",
+            "1 while connected to the collector",
+            ship.connected.clone(),
+        );
+        registry.register(
+            "send_latency_seconds",
+            "From sending a batch to the collector's acknowledgement",
+            ship.ack_latency.clone(),
+        );
+        registry
+    }
+
+    /// Counts events about to be written, per kind.
+    pub fn count(&self, events: &[Event]) {
+        let mut tally: HashMap<&'static str, u64> = HashMap::new();
+        for event in events {
+            *tally.entry(event.kind()).or_default() += 1;
+        }
+        for (kind, n) in tally {
+            self.events.get_or_create(&KindLabel { kind }).inc_by(n);
+        }
+    }
+}

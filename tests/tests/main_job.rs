@@ -1,0 +1,165 @@
+//! README's first command, as a new user runs it: `cargo xtask run` in a clean clone reaches
+//! "recording", a login session is then listed by `custos sessions` and replays, Ctrl-C stops
+//! everything cleanly, and a second run picks up the same data.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use custos_proto::{AuditSessionId, BootId, api::SessionList};
+use custos_tests::{daemon::Daemon, deployment::hostname, login_shell, marker, users, wait_until};
+
+/// The release build of a fresh clone dominates.
+const BUILD: Duration = Duration::from_secs(40 * 60);
+const DELIVERY: Duration = Duration::from_secs(60);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port_block() -> u16 {
+    // Four consecutive ports, UDP and TCP, free now.
+    (20000..60000)
+        .step_by(97)
+        .find(|base| {
+            (0..4).all(|i| {
+                std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                    && std::net::UdpSocket::bind(("127.0.0.1", base + i)).is_ok()
+            })
+        })
+        .expect("four free ports")
+}
+
+/// `cargo xtask run` in `clone`, its output (stdout and stderr) as the daemon's log.
+fn xtask_run(clone: &Path, ports: u16) -> Daemon {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("exec \"$0\" xtask run --ports \"$1\" 1>&2")
+        .arg(cargo)
+        .arg(ports.to_string())
+        .current_dir(clone)
+        // Its own build directory: the suite's cargo holds the lock on the workspace's.
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace_root().join("target/clean-clone"),
+        )
+        .env_remove("CUSTOS_BIN_DIR");
+    let (daemon, _) = Daemon::spawn("cargo xtask run", command, false);
+    daemon
+}
+
+fn custos(clone: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(workspace_root().join("target/clean-clone/release/custos"))
+        .arg("--config")
+        .arg(clone.join("custos-data/cli.toml"))
+        .args(args)
+        .output()
+        .expect("running custos")
+}
+
+fn listed(clone: &Path, user: &str) -> Vec<custos_proto::api::SessionSummary> {
+    let out = custos(clone, &["sessions", "--user", user, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<SessionList>(&out.stdout)
+        .expect("JSON session list")
+        .sessions
+}
+
+fn recording_id(session: AuditSessionId) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    custos_collector::store::chunk::RecordingKey {
+        host: hostname(),
+        boot_id: BootId(boot.trim().to_owned()),
+        session,
+    }
+    .id()
+}
+
+#[test]
+fn cargo_xtask_run_from_a_clean_clone_records_a_session_that_custos_lists_and_replays() {
+    users::ensure("custos-alice");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clone = dir.path().join("custos");
+    let cloned = Command::new("git")
+        .args(["clone", "--quiet", "--no-hardlinks"])
+        .arg(workspace_root())
+        .arg(&clone)
+        .status()
+        .expect("git");
+    assert!(cloned.success(), "git clone of the workspace");
+    let ports = free_port_block();
+
+    let mut run = xtask_run(&clone, ports);
+    run.wait_log(&["run: recording"], BUILD);
+    let printed = run.log_text();
+    assert!(
+        printed.contains("custos-data/cli.toml sessions"),
+        "{printed}"
+    );
+
+    let (mut shell, session) = login_shell("custos-alice");
+    let mark = marker("RUN-");
+    let (head, tail) = mark.split_at(4);
+    shell.line(&format!("echo \"{head}\"\"{tail}\""));
+    shell.expect(&format!("{mark}\r\n"));
+    shell.expect("custos$ ");
+    shell.line("exit 0");
+    shell.wait_exit();
+    let id = recording_id(session);
+    wait_until("the session to be listed, sealed", DELIVERY, || {
+        listed(&clone, "custos-alice")
+            .iter()
+            .any(|s| s.id == id && s.sealed)
+            .then_some(())
+    });
+    let replay = custos(&clone, &["replay", &id, "--speed", "1000"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&replay.stdout).contains(&mark),
+        "the replay shows what the terminal showed"
+    );
+
+    // Ctrl-C: both daemons stop cleanly.
+    run.signal(libc::SIGINT);
+    let status = run.wait_exit(Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "cargo xtask run after Ctrl-C: {status}\n{}",
+        run.log_text()
+    );
+    assert!(run.log_text().contains("run: stopped"));
+    for daemon in ["custos-agent", "custos-collector"] {
+        let left = Command::new("pgrep")
+            .args(["-f", &format!("clean-clone/release/{daemon}")])
+            .output()
+            .expect("pgrep");
+        assert!(
+            left.stdout.is_empty(),
+            "{daemon} still running after Ctrl-C"
+        );
+    }
+
+    // A second run reuses the deployment: same CA, same recordings.
+    let ca = std::fs::read(clone.join("custos-data/pki/ca.pem")).expect("CA");
+    let mut again = xtask_run(&clone, ports);
+    again.wait_log(&["run: recording"], BUILD);
+    assert!(!again.log_text().contains("creating a development CA"));
+    assert_eq!(
+        std::fs::read(clone.join("custos-data/pki/ca.pem")).expect("CA"),
+        ca
+    );
+    assert!(listed(&clone, "custos-alice").iter().any(|s| s.id == id));
+    again.signal(libc::SIGINT);
+    assert!(again.wait_exit(Duration::from_secs(120)).success());
+}
