@@ -7,7 +7,10 @@
 //! below its instruction limit on every kernel.
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_probe_read_user},
+    helpers::{
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user},
+    },
     macros::map,
     maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
@@ -44,6 +47,9 @@ static SESSION_DROPS: LruPerCpuHashMap<u32, SessionDrops> =
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProbeError::SLOTS, 0);
 
 pub const HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
+
+/// A [`custos_send_piece`] flag (above the 16 header flag bits): the source is kernel memory.
+pub const PIECE_FROM_KERNEL: u64 = 1 << 32;
 
 #[inline(always)]
 pub fn count_error(error: ProbeError) {
@@ -106,6 +112,8 @@ pub fn submit(buf: *const u8, size: usize, kind: RecordKind, sessionid: u32) {
 /// copies `len` (1..=CHUNK_MAX) bytes from user address `src` and submits.
 ///
 /// Returns the bytes sent, or a negative number when reading `src` failed (nothing is sent).
+/// `flags` holds the record's header flags, and [`PIECE_FROM_KERNEL`] when `src` is a kernel
+/// address.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn custos_send_piece(src: u64, len: u64, offset: u64, flags: u64) -> i64 {
@@ -131,8 +139,17 @@ pub extern "C" fn custos_send_piece(src: u64, len: u64, offset: u64, flags: u64)
             (RecordKind::ExecArgv, core::mem::size_of::<ExecArgv>())
         };
         let data = buf.add(HEADER_SIZE + payload_size);
-        if bpf_probe_read_user(data as *mut c_void, n as u32, src as *const c_void) < 0 {
-            count_error(ProbeError::UserRead);
+        let read = if flags & PIECE_FROM_KERNEL != 0 {
+            bpf_probe_read_kernel(data as *mut c_void, n as u32, src as *const c_void)
+        } else {
+            bpf_probe_read_user(data as *mut c_void, n as u32, src as *const c_void)
+        };
+        if read < 0 {
+            count_error(if flags & PIECE_FROM_KERNEL != 0 {
+                ProbeError::KernelRead
+            } else {
+                ProbeError::UserRead
+            });
             return -1;
         }
         (*header).flags = flags as u16;

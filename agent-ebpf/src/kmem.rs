@@ -45,3 +45,11 @@ pub fn read_or_zero<T: Copy>(base: *const u8, offset: usize) -> T {
         value.assume_init()
     }
 }
+
+/// `value`, with its range hidden from the compiler, so that a mask applied to the result stays
+/// in the program for the verifier even where the compiler could prove it redundant.
+#[inline(always)]
+pub fn opaque(value: usize) -> usize {
+    // SAFETY: reading a local through a valid reference.
+    unsafe { core::ptr::read_volatile(&value) }
+}

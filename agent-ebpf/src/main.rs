@@ -3,9 +3,9 @@
 //! leaves each program after a few instructions.
 //!
 //! Layout, along an event's path:
-//! - [`hooks`]: the attach points (one file per hook kind). Today: classic syscall tracepoints
-//!   and BTF tracepoints, the hooks every kernel from 5.8 allows. A cheaper backend for kernels
-//!   that allow fentry would be a sibling file calling the same capture functions.
+//! - [`hooks`]: the attach points, one file per backend: classic syscall tracepoints and BTF
+//!   tracepoints, which every kernel from 5.8 allows, and fexit programs on the tty and open
+//!   paths where the kernel allows BPF trampolines. The agent chooses at start.
 //! - [`capture`]: one module per event family (tty, exec, open, process), independent of how it
 //!   was hooked.
 //! - [`scope`]: the in-kernel filter (which tasks are captured at all).

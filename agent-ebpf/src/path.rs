@@ -4,7 +4,7 @@
 //! the kernel side to forward writes at bounded offsets, which the verifier accepts. The walk is
 //! a global function ([`custos_walk_path`]) so that the verifier checks its loop once.
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_kernel_str};
-use custos_agent_abi::{MAX_PATH_DEPTH, NAME_MAX_NUL, PATH_AREA};
+use custos_agent_abi::{MAX_PATH_DEPTH, NAME_MAX_NUL, PATH_AREA, SCRATCH_SIZE};
 
 use crate::{
     emit,
@@ -20,6 +20,13 @@ pub struct Walk {
 
 /// Largest offset of a path area in the scratch buffer (header + payload).
 const AREA_OFFSET_MASK: u64 = 0xff;
+/// Every name is copied to `scratch + (offset & SCRATCH_OFFSET_MASK)`: one mask applied last
+/// (kept by [`kmem::opaque`]), which every verifier, 6.1's included, reads as a bound from 0 with
+/// room for a whole name after it. Bounds learned from comparisons are not enough there: 6.1
+/// loses them when the compiler spills the offset to the stack.
+const SCRATCH_OFFSET_MASK: usize = 0x3fff;
+const _: () = assert!(SCRATCH_OFFSET_MASK + NAME_MAX_NUL <= SCRATCH_SIZE);
+const _: () = assert!(AREA_OFFSET_MASK as usize + PATH_AREA <= SCRATCH_OFFSET_MASK + 1);
 const COMPLETE: u64 = 1 << 32;
 const FAILED: u64 = u64::MAX;
 
@@ -45,7 +52,7 @@ pub extern "C" fn custos_walk_path(path: u64, area_offset: u64, start: u64) -> u
     let Some(buf) = emit::scratch() else {
         return FAILED;
     };
-    let area = buf.wrapping_add((area_offset & AREA_OFFSET_MASK) as usize);
+    let area_offset = (area_offset & AREA_OFFSET_MASK) as usize;
     let path = path as *const u8;
     let Ok(vfsmount) = kmem::read_ptr(path, off!(path_mnt)) else {
         return FAILED;
@@ -53,7 +60,13 @@ pub extern "C" fn custos_walk_path(path: u64, area_offset: u64, start: u64) -> u
     let Ok(dentry) = kmem::read_ptr(path, off!(path_dentry)) else {
         return FAILED;
     };
-    match walk(vfsmount, dentry, area, (start as usize) & (PATH_AREA - 1)) {
+    match walk(
+        vfsmount,
+        dentry,
+        buf,
+        area_offset,
+        (start as usize) & (PATH_AREA - 1),
+    ) {
         Ok(walk) => walk.len as u64 | if walk.complete { COMPLETE } else { 0 },
         Err(Fault) => FAILED,
     }
@@ -63,7 +76,8 @@ pub extern "C" fn custos_walk_path(path: u64, area_offset: u64, start: u64) -> u
 fn walk(
     vfsmount: *const u8,
     mut dentry: *const u8,
-    area: *mut u8,
+    scratch: *mut u8,
+    area_offset: usize,
     start: usize,
 ) -> Result<Walk, Fault> {
     let mut mount = vfsmount.wrapping_sub(off!(mount_mnt));
@@ -95,11 +109,11 @@ fn walk(
             break;
         }
         let name = kmem::read_ptr(dentry, off!(dentry_d_name) + off!(qstr_name))?;
-        // SAFETY: the destination is inside the area (offset masked below PATH_AREA, the area is
-        // PATH_AREA + NAME_MAX_NUL long) and the helper bounds the copy by NAME_MAX_NUL.
+        // SAFETY: the destination is inside the scratch buffer (offset masked, with room for
+        // NAME_MAX_NUL bytes after it) and the helper bounds the copy by NAME_MAX_NUL.
         let copied = unsafe {
             bpf_probe_read_kernel_str(
-                area.add(pos & (PATH_AREA - 1)) as *mut c_void,
+                scratch.add(kmem::opaque(area_offset + pos) & SCRATCH_OFFSET_MASK) as *mut c_void,
                 NAME_MAX_NUL as u32,
                 name as *const c_void,
             )

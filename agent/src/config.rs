@@ -136,10 +136,26 @@ pub enum Scope {
     LoginSessionsAndTerminals,
 }
 
+/// Which kernel hooks capture terminal data and opens (exec, fork and exit always use the
+/// scheduler's BTF tracepoints).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hooks {
+    /// fentry where the kernel allows it, tracepoints otherwise (with a warning saying why).
+    #[default]
+    Auto,
+    /// Syscall exit tracepoints: every kernel from 5.8, but every syscall pays a little.
+    Tracepoint,
+    /// fexit on n_tty_write and do_sys_openat2; refuse to start where the kernel does not allow
+    /// it.
+    Fentry,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     pub scope: Scope,
+    pub hooks: Hooks,
     /// Kernel ring buffer between the programs and the agent. A power of two, 64 KiB to 1 GiB
     /// (the largest record is a little over 16 KiB).
     pub ring_buffer_size: ByteSize,
@@ -156,6 +172,7 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
             scope: Scope::default(),
+            hooks: Hooks::default(),
             ring_buffer_size: ByteSize::mib(8),
             argv_max: ByteSize::kib(16),
             tty_write_max: ByteSize::kib(64),
@@ -166,6 +183,12 @@ impl Default for CaptureConfig {
 
 /// Largest value of `argv_max` and `tty_write_max` (the programs' loop bounds).
 pub const CAPTURE_MAX: u64 = 256 * 1024;
+
+/// A valid configuration this host cannot honour (found once the kernel is asked), such as
+/// `hooks = "fentry"` on a kernel without BPF trampolines: the agent exits with status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhonoured(pub String);
 
 /// A configuration the agent cannot honour.
 #[derive(Debug, thiserror::Error)]

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(config, shipping)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<config::Unhonoured>().is_some() => refuse(err),
         Err(err) => {
             eprintln!("custos-agent: {err:#}");
             ExitCode::FAILURE
@@ -153,8 +154,10 @@ async fn run(
     shipping: Option<(Shipping, Spool, spool::Recovered)>,
 ) -> anyhow::Result<()> {
     let agent_tgid = std::process::id();
-    load::check_kernel()?;
-    let mut probes = load::load(&config.capture, agent_tgid)?;
+    // A kernel the agent cannot capture on will not change by restarting: status 2, one line.
+    let mut probes = load::check_kernel()
+        .and_then(|()| load::load(&config.capture, agent_tgid))
+        .map_err(|err| config::Unhonoured(format!("{err:#}")))?;
     let ring = RingBuf::try_from(
         probes
             .ebpf
@@ -165,6 +168,15 @@ async fn run(
     let mut host = HostIdentity::read()?;
     let mut events = Vec::new();
     let metrics = Arc::new(AgentMetrics::default());
+    for (capture, backend) in ["terminal", "opens"].into_iter().zip(probes.backends) {
+        metrics
+            .hooks
+            .get_or_create(&metrics::HookLabels {
+                capture,
+                backend: backend.name(),
+            })
+            .set(1);
+    }
 
     // Where events go: JSON lines, or batches on the spool for the sender.
     let (output, sender, mut tracker) = match shipping {

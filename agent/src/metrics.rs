@@ -19,8 +19,16 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub capture: &'static str,
+    pub backend: &'static str,
+}
+
 #[derive(Default)]
 pub struct AgentMetrics {
+    /// 1 for the hook backend each capture uses (terminal, opens).
+    pub hooks: Family<HookLabels, Gauge>,
     /// Events produced, per kind (session_start, output, input, exec, open, ...).
     pub events: Family<KindLabel, Counter>,
     /// Records the kernel could not put in the ring buffer (each is also a gap record).
@@ -65,6 +73,11 @@ impl AgentMetrics {
     /// A registry with every metric, named `custos_agent_*`.
     pub fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("custos_agent");
+        registry.register(
+            "hooks",
+            "The kernel hook backend of each capture",
+            self.hooks.clone(),
+        );
         registry.register("events", "Events produced, per kind", self.events.clone());
         registry.register(
             "kernel_dropped_records",

@@ -6,7 +6,8 @@
 //! - [`terminal`]: a program driven through pipes like a person at a terminal (expect/send),
 //!   with every byte it showed kept;
 //! - [`users`]: test users (created once, idempotently);
-//! - [`sshd`]: a real OpenSSH server on a loopback port.
+//! - [`sshd`]: a real OpenSSH server on a loopback port;
+//! - [`kernels`]: the capture scenario every kernel must pass (`cargo xtask vm-test`).
 //!
 //! Every wait is bounded and ends on an event (a line of output, a process exit), never on a
 //! sleep.
@@ -15,6 +16,7 @@ pub mod bpf;
 pub mod daemon;
 pub mod deployment;
 pub mod https;
+pub mod kernels;
 pub mod netns;
 pub mod quic;
 pub mod sshd;

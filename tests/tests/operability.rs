@@ -214,3 +214,81 @@ fn metrics_count_what_each_daemon_does() {
     );
     drop(agent);
 }
+
+/// A kernel the agent cannot capture on stops it at start with one line naming what is missing
+/// (status 2): here, BTF hidden behind an empty file in a private mount namespace, and fentry
+/// asked for on a kernel that refuses BPF trampolines.
+#[test]
+fn an_agent_on_a_kernel_it_cannot_use_says_what_is_missing_in_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").expect("write");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[metrics]\nlisten = \"off\"\n").expect("write");
+    let no_btf = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1\" /sys/kernel/btf/vmlinux && exec \"$2\" --stdout --config \"$3\"")
+        .arg("sh")
+        .arg(&empty)
+        .arg(bin("custos-agent"))
+        .arg(&config)
+        .output()
+        .expect("unshare");
+    let stderr = String::from_utf8_lossy(&no_btf.stderr);
+    assert_eq!(no_btf.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("custos-agent: cannot read kernel BTF from /sys/kernel/btf/vmlinux"),
+        "{stderr}"
+    );
+
+    // Where the kernel refuses fentry (this development kernel: EPERM), `hooks = "fentry"`
+    // refuses to start; where it allows it (the VMs of cargo xtask vm-test), the agent runs.
+    std::fs::write(
+        &config,
+        "[capture]\nhooks = \"fentry\"\n[metrics]\nlisten = \"off\"\n",
+    )
+    .expect("write");
+    let mut forced = Command::new(bin("custos-agent"))
+        .args(["--stdout", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let exited = wait_until(
+        "the agent to exit or record",
+        Duration::from_secs(60),
+        || match forced.try_wait().expect("wait") {
+            Some(status) => Some(Some(status)),
+            None if fentry_allowed() => Some(None),
+            None => None,
+        },
+    );
+    match exited {
+        Some(status) => {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut forced.stderr.take().expect("stderr"), &mut stderr)
+                .expect("read");
+            assert_eq!(status.code(), Some(2), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.contains("capture.hooks = \"fentry\"")
+                    && stderr.contains("refuses BPF trampoline programs"),
+                "{stderr}"
+            );
+        }
+        None => {
+            let _ = forced.kill();
+            let _ = forced.wait();
+        }
+    }
+}
+
+/// Whether this kernel loads fentry programs: it lists BPF trampolines' attach points only
+/// when it does (a trampoline is attached while an fentry agent runs).
+fn fentry_allowed() -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .map(|s| s.contains("bpf_trampoline_"))
+        .unwrap_or(false)
+}

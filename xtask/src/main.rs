@@ -6,6 +6,7 @@
 //! - `run`: the main job on this machine.
 //! - `test`: the whole suite, as root, on the real kernel.
 //! - `package`: .deb and .rpm packages of the agent and the collector.
+//! - `vm-test`: the capture scenario on Debian's kernels under qemu, with each hook backend.
 //! - `lint`: rustfmt and clippy, as CI runs them.
 mod cmd;
 mod package;
@@ -13,6 +14,7 @@ mod pkgtest;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,9 @@ enum Task {
     },
     /// Build the .deb and .rpm packages into target/packages/.
     Package,
+    /// Run the capture scenario on Debian's 6.1 and 6.12 kernels under qemu (each hook
+    /// backend) and on this host.
+    VmTest,
     /// Check formatting and clippy lints (the eBPF crate included).
     Lint,
 }
@@ -51,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { packages: true, .. } => pkgtest::test_packages(),
         Task::Test { filter, .. } => test::test(filter.as_deref()),
         Task::Package => package::package().map(|_| ()),
+        Task::VmTest => vm::vm_test(),
         Task::Lint => test::lint(),
     }
 }

@@ -47,6 +47,7 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     }
     cmd::run(&mut e2e)?;
     if filter.is_none() {
+        crate::vm::vm_test()?;
         crate::pkgtest::test_packages()?;
     }
     println!("test: all passed");

@@ -29,6 +29,67 @@ pub struct OpenArgs {
     pub mode: u32,
 }
 
+impl OpenArgs {
+    /// The arguments of `syscall` from the task's saved user registers (x86_64 syscall ABI:
+    /// di, si, dx, r10), as the program sees them whichever hook fired.
+    #[inline(always)]
+    pub fn from_regs(syscall: OpenSyscall, regs: *const u8) -> Self {
+        let arg = |offset: usize| -> u64 { kmem::read(regs, offset).unwrap_or(0) };
+        match syscall {
+            OpenSyscall::Open => Self {
+                syscall,
+                dirfd: AT_FDCWD,
+                path: arg(off!(pt_regs_di)) as *const u8,
+                flags: arg(off!(pt_regs_si)) as u32,
+                mode: arg(off!(pt_regs_dx)) as u32,
+            },
+            OpenSyscall::Openat => Self {
+                syscall,
+                dirfd: arg(off!(pt_regs_di)) as i32,
+                path: arg(off!(pt_regs_si)) as *const u8,
+                flags: arg(off!(pt_regs_dx)) as u32,
+                mode: arg(off!(pt_regs_r10)) as u32,
+            },
+            OpenSyscall::Creat => Self {
+                syscall,
+                dirfd: AT_FDCWD,
+                path: arg(off!(pt_regs_di)) as *const u8,
+                flags: O_CREAT_WRONLY_TRUNC,
+                mode: arg(off!(pt_regs_si)) as u32,
+            },
+            OpenSyscall::Openat2 => {
+                // struct open_how { u64 flags; u64 mode; u64 resolve; } in user memory.
+                let how = arg(off!(pt_regs_dx)) as *const [u64; 2];
+                // SAFETY: bpf_probe_read_user checks the address.
+                let [flags, mode] =
+                    unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or([0, 0]);
+                Self {
+                    syscall,
+                    dirfd: arg(off!(pt_regs_di)) as i32,
+                    path: arg(off!(pt_regs_si)) as *const u8,
+                    flags: flags as u32,
+                    mode: mode as u32,
+                }
+            }
+        }
+    }
+}
+
+/// What creat(2) means: open(path, O_CREAT | O_WRONLY | O_TRUNC, mode).
+const O_CREAT_WRONLY_TRUNC: u32 = 0o1101;
+
+/// The open syscall with x86_64 number `nr`, if it is one.
+#[inline(always)]
+pub fn syscall_from_nr(nr: i64) -> Option<OpenSyscall> {
+    match nr {
+        2 => Some(OpenSyscall::Open),
+        85 => Some(OpenSyscall::Creat),
+        257 => Some(OpenSyscall::Openat),
+        437 => Some(OpenSyscall::Openat2),
+        _ => None,
+    }
+}
+
 #[inline(always)]
 pub fn on_open(task: &Task, args: OpenArgs, ret: i64) {
     let ids = task::ids(task);

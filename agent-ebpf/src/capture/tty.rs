@@ -22,10 +22,12 @@ const ECHO: u32 = 0o000010;
 
 /// Where the bytes of a write come from.
 pub enum Source {
-    /// `write(fd, buf, count)`.
-    Buffer(*const u8),
-    /// `writev(fd, iov, iovcnt)`.
+    /// `write(fd, buf, count)`: a user buffer.
+    User(*const u8),
+    /// `writev(fd, iov, iovcnt)`: user buffers.
     Iovecs { iov: *const u8, count: u64 },
+    /// A kernel buffer (the line discipline's copy of user data).
+    Kernel(*const u8),
 }
 
 enum Direction {
@@ -35,8 +37,16 @@ enum Direction {
 
 /// A write of `written` bytes (the syscall's result) to `fd` by `task`.
 #[inline(always)]
-pub fn on_write(task: &Task, fd: u64, source: Source, written: u64) {
-    let Ok(Some((tty, direction))) = classify(task.ptr, fd) else {
+pub fn on_fd_write(task: &Task, fd: u64, source: Source, written: u64) {
+    if let Ok(Some(tty)) = fd_tty(task.ptr, fd) {
+        on_tty_write(task, tty, source, written);
+    }
+}
+
+/// A write of `written` bytes to the terminal `tty` (a `struct tty_struct`) by `task`.
+#[inline(always)]
+pub fn on_tty_write(task: &Task, tty: *const u8, source: Source, written: u64) {
+    let Ok((tty, direction)) = side(tty) else {
         return;
     };
     let ids = task::ids(task);
@@ -82,9 +92,9 @@ pub fn on_write(task: &Task, fd: u64, source: Source, written: u64) {
     capture(&target, source, written);
 }
 
-/// Is `fd` a terminal, and which one, and which side?
+/// The terminal (`struct tty_struct`) `fd` writes to, if it is one.
 #[inline(always)]
-fn classify(task: *const u8, fd: u64) -> Result<Option<(u32, Direction)>, Fault> {
+fn fd_tty(task: *const u8, fd: u64) -> Result<Option<*const u8>, Fault> {
     let file = task::fd_file(task, fd)?;
     let inode = kmem::read_ptr(file, off!(file_f_inode))?;
     let rdev: u32 = kmem::read(inode, off!(inode_i_rdev))?;
@@ -98,15 +108,21 @@ fn classify(task: *const u8, fd: u64) -> Result<Option<(u32, Direction)>, Fault>
     // Every terminal file (the pty master from /dev/ptmx, /dev/tty, /dev/console included) keeps
     // its real tty in file->private_data (struct tty_file_private).
     let private = kmem::read_ptr(file, off!(file_private_data))?;
-    let tty = kmem::read_ptr(private, off!(tty_file_private_tty))?;
+    kmem::read_ptr(private, off!(tty_file_private_tty)).map(Some)
+}
+
+/// Which terminal device (the slave's, for a pty) and which side: a pty master receives
+/// keystrokes, anything else shows output.
+#[inline(always)]
+fn side(tty: *const u8) -> Result<(u32, Direction), Fault> {
     let driver_major = task::tty_driver_major(tty)?;
     if (tty_major::PTY_MASTER_FIRST..=tty_major::PTY_MASTER_LAST).contains(&driver_major) {
         let slave = kmem::read_ptr(tty, off!(tty_link))?;
         let lflag: u32 = kmem::read(slave, off!(tty_termios_lflag))?;
-        Ok(Some((task::tty_dev(slave)?, Direction::Input { lflag })))
+        Ok((task::tty_dev(slave)?, Direction::Input { lflag }))
     } else {
         let oflag: u32 = kmem::read(tty, off!(tty_termios_oflag))?;
-        Ok(Some((task::tty_dev(tty)?, Direction::Output { oflag })))
+        Ok((task::tty_dev(tty)?, Direction::Output { oflag }))
     }
 }
 
@@ -146,7 +162,11 @@ fn capture(target: &Target, source: Source, written: u64) {
     let mut captured = 0u64;
     match source {
         // One buffer: as many pieces as the limit allows.
-        Source::Buffer(ptr) => {
+        Source::User(ptr) | Source::Kernel(ptr) => {
+            let read = match source {
+                Source::Kernel(_) => emit::PIECE_FROM_KERNEL,
+                _ => 0,
+            };
             for _ in 0..MAX_CHUNKS {
                 if captured >= total {
                     break;
@@ -156,7 +176,7 @@ fn capture(target: &Target, source: Source, written: u64) {
                     n = CHUNK_MAX as u64;
                 }
                 let src = ptr as u64 + captured;
-                if emit::custos_send_piece(src, n, captured, flags as u64) < 0 {
+                if emit::custos_send_piece(src, n, captured, flags as u64 | read) < 0 {
                     break;
                 }
                 captured += n;

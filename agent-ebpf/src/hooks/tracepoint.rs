@@ -68,7 +68,7 @@ pub fn sys_exit_write(ctx: TracePointContext) {
     }
     let fd = exit.arg(off!(pt_regs_di));
     let buf = exit.arg(off!(pt_regs_si)) as *const u8;
-    tty::on_write(&exit.task, fd, Source::Buffer(buf), exit.ret as u64);
+    tty::on_fd_write(&exit.task, fd, Source::User(buf), exit.ret as u64);
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_writev")]
@@ -82,7 +82,7 @@ pub fn sys_exit_writev(ctx: TracePointContext) {
     let fd = exit.arg(off!(pt_regs_di));
     let iov = exit.arg(off!(pt_regs_si)) as *const u8;
     let count = exit.arg(off!(pt_regs_dx));
-    tty::on_write(
+    tty::on_fd_write(
         &exit.task,
         fd,
         Source::Iovecs { iov, count },
@@ -92,67 +92,34 @@ pub fn sys_exit_writev(ctx: TracePointContext) {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn sys_exit_openat(ctx: TracePointContext) {
-    let Some(exit) = syscall_exit(&ctx) else {
-        return;
-    };
-    let args = OpenArgs {
-        syscall: OpenSyscall::Openat,
-        dirfd: exit.arg(off!(pt_regs_di)) as i32,
-        path: exit.arg(off!(pt_regs_si)) as *const u8,
-        flags: exit.arg(off!(pt_regs_dx)) as u32,
-        mode: exit.arg(off!(pt_regs_r10)) as u32,
-    };
-    open::on_open(&exit.task, args, exit.ret);
+    if let Some(exit) = syscall_exit(&ctx) {
+        let args = OpenArgs::from_regs(OpenSyscall::Openat, exit.regs);
+        open::on_open(&exit.task, args, exit.ret);
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_open")]
 pub fn sys_exit_open(ctx: TracePointContext) {
-    let Some(exit) = syscall_exit(&ctx) else {
-        return;
-    };
-    let args = OpenArgs {
-        syscall: OpenSyscall::Open,
-        dirfd: -100,
-        path: exit.arg(off!(pt_regs_di)) as *const u8,
-        flags: exit.arg(off!(pt_regs_si)) as u32,
-        mode: exit.arg(off!(pt_regs_dx)) as u32,
-    };
-    open::on_open(&exit.task, args, exit.ret);
+    if let Some(exit) = syscall_exit(&ctx) {
+        let args = OpenArgs::from_regs(OpenSyscall::Open, exit.regs);
+        open::on_open(&exit.task, args, exit.ret);
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_creat")]
 pub fn sys_exit_creat(ctx: TracePointContext) {
-    let Some(exit) = syscall_exit(&ctx) else {
-        return;
-    };
-    const O_CREAT_WRONLY_TRUNC: u32 = 0o1101;
-    let args = OpenArgs {
-        syscall: OpenSyscall::Creat,
-        dirfd: -100,
-        path: exit.arg(off!(pt_regs_di)) as *const u8,
-        flags: O_CREAT_WRONLY_TRUNC,
-        mode: exit.arg(off!(pt_regs_si)) as u32,
-    };
-    open::on_open(&exit.task, args, exit.ret);
+    if let Some(exit) = syscall_exit(&ctx) {
+        let args = OpenArgs::from_regs(OpenSyscall::Creat, exit.regs);
+        open::on_open(&exit.task, args, exit.ret);
+    }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
 pub fn sys_exit_openat2(ctx: TracePointContext) {
-    let Some(exit) = syscall_exit(&ctx) else {
-        return;
-    };
-    // struct open_how { u64 flags; u64 mode; u64 resolve; } in user memory.
-    let how = exit.arg(off!(pt_regs_dx)) as *const [u64; 2];
-    // SAFETY: bpf_probe_read_user checks the address.
-    let [flags, mode] = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or([0, 0]);
-    let args = OpenArgs {
-        syscall: OpenSyscall::Openat2,
-        dirfd: exit.arg(off!(pt_regs_di)) as i32,
-        path: exit.arg(off!(pt_regs_si)) as *const u8,
-        flags: flags as u32,
-        mode: mode as u32,
-    };
-    open::on_open(&exit.task, args, exit.ret);
+    if let Some(exit) = syscall_exit(&ctx) {
+        let args = OpenArgs::from_regs(OpenSyscall::Openat2, exit.regs);
+        open::on_open(&exit.task, args, exit.ret);
+    }
 }
 
 #[btf_tracepoint(function = "sched_process_exec")]

@@ -1,8 +1,12 @@
 //! Loading the kernel side: check the kernel's prerequisites, read struct offsets from BTF, load
-//! the eBPF object with the agent's settings, attach every program.
+//! the eBPF object with the agent's settings, choose a hook backend per capture, attach.
 //!
-//! The hook backend today is tracepoints (syscall exits and BTF scheduler tracepoints), which
-//! every kernel from 5.8 allows; see agent-ebpf/src/hooks.
+//! Two backends (agent-ebpf/src/hooks, docs/hooks.md): fexit programs on `n_tty_write` and
+//! `do_sys_openat2` where the kernel allows BPF trampolines (only the captured work pays), and
+//! syscall exit tracepoints everywhere else (every syscall of every process pays the tracing
+//! slow path). exec, fork and exit use BTF scheduler tracepoints in both. With
+//! `hooks = "auto"` each capture tries fentry first and falls back to tracepoints with a
+//! warning saying why.
 pub mod btf;
 mod tracefs;
 
@@ -11,40 +15,76 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, TracePoint},
+    maps::MapType,
+    programs::{BtfTracePoint, FExit, ProgramError, TracePoint},
 };
 use custos_agent_abi::{SETTING_CAPTURE_TTY_TASKS, SETTING_SUPPRESS_ECHO_OFF_INPUT, Settings};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::{CaptureConfig, Scope};
+use crate::config::{CaptureConfig, Hooks, Scope, Unhonoured};
 
 /// The compiled programs, embedded at build time by build.rs.
 static PROGRAMS: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/custos-agent-ebpf"));
 
-/// Syscalls hooked at their exit tracepoint (`syscalls/sys_exit_<name>`).
-const SYSCALL_EXITS: [&str; 6] = ["write", "writev", "open", "openat", "openat2", "creat"];
-/// BTF tracepoints on the scheduler.
+/// BTF tracepoints on the scheduler (both backends).
 const SCHED_TRACEPOINTS: [&str; 3] = [
     "sched_process_exec",
     "sched_process_fork",
     "sched_process_exit",
 ];
 
+/// What each backend hooks for one capture.
+struct Capture {
+    name: &'static str,
+    /// Syscalls hooked at their exit tracepoint (`syscalls/sys_exit_<name>`).
+    syscall_exits: &'static [&'static str],
+    /// (program, kernel function) of the fexit hook.
+    fexit: (&'static str, &'static str),
+}
+
+const CAPTURES: [Capture; 2] = [
+    Capture {
+        name: "terminal",
+        syscall_exits: &["write", "writev"],
+        fexit: ("fexit_n_tty_write", "n_tty_write"),
+    },
+    Capture {
+        name: "opens",
+        syscall_exits: &["open", "openat", "openat2", "creat"],
+        fexit: ("fexit_do_sys_openat2", "do_sys_openat2"),
+    },
+];
+
+/// The hook kind a capture ended up with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Tracepoint,
+    Fentry,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tracepoint => "tracepoint",
+            Backend::Fentry => "fentry",
+        }
+    }
+}
+
 /// The loaded, attached programs and their maps. Dropping it detaches everything.
 pub struct Probes {
     pub ebpf: Ebpf,
+    /// The backend of the terminal capture and of the open capture.
+    pub backends: [Backend; 2],
 }
 
 /// Loads and attaches the programs for `capture`, never capturing the process `agent_tgid`.
 pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> {
     #[cfg(not(target_arch = "x86_64"))]
-    compile_error!("the tracepoint backend reads x86_64 syscall registers; port hooks first");
+    compile_error!("the programs read x86_64 syscall registers; port capture/open first");
 
-    tracefs::ensure_mounted()?;
-    tracefs::check_syscall_exit_layout(&SYSCALL_EXITS)?;
     raise_memlock_limit();
-
     let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?;
     debug!(?offsets, "kernel struct offsets from BTF");
     let mut flags = 0;
@@ -76,32 +116,123 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
             .try_into()?;
         program
             .load(name, &kernel_btf)
-            .with_context(|| format!("loading {name} (the verifier refused it)"))?;
+            .map_err(|err| load_failure(name, err))?;
         program
             .attach()
             .with_context(|| format!("attaching BTF tracepoint {name}"))?;
         log_verifier_cost(name, program.info());
     }
-    for syscall in SYSCALL_EXITS {
+    let mut backends = [Backend::Tracepoint; 2];
+    for (hooked, backend) in CAPTURES.iter().zip(&mut backends) {
+        *backend = attach_capture(&mut ebpf, &kernel_btf, hooked, capture.hooks)?;
+    }
+    info!(
+        ring_buffer_bytes = ring_size,
+        terminal = backends[0].name(),
+        opens = backends[1].name(),
+        "kernel capture attached"
+    );
+    Ok(Probes { ebpf, backends })
+}
+
+/// Attaches one capture with the backend `hooks` asks for: fentry, tracepoints, or fentry
+/// when the kernel takes it and tracepoints otherwise.
+fn attach_capture(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    capture: &Capture,
+    hooks: Hooks,
+) -> anyhow::Result<Backend> {
+    if hooks != Hooks::Tracepoint {
+        match attach_fexit(ebpf, btf, capture.fexit) {
+            Ok(()) => return Ok(Backend::Fentry),
+            Err(err) if hooks == Hooks::Fentry => {
+                return Err(Unhonoured(format!(
+                    "capture.hooks = \"fentry\", but the {} capture cannot use it: {err:#}",
+                    capture.name
+                ))
+                .into());
+            }
+            Err(err) => warn!(
+                capture = capture.name,
+                reason = %format!("{err:#}"),
+                "fentry not usable on this kernel; using syscall tracepoints"
+            ),
+        }
+    }
+    attach_tracepoints(ebpf, capture.syscall_exits)
+        .with_context(|| format!("attaching the {} capture", capture.name))?;
+    Ok(Backend::Tracepoint)
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, (name, function): (&str, &str)) -> anyhow::Result<()> {
+    let program: &mut FExit = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?;
+    program.load(function, btf).map_err(|err| {
+        let refused = matches!(&err, ProgramError::LoadError { io_error, verifier_log }
+            if io_error.raw_os_error() == Some(libc::EPERM) && verifier_log.to_string().trim().is_empty());
+        if refused {
+            anyhow::anyhow!(
+                "the kernel refuses BPF trampoline programs (fexit on {function}: EPERM)"
+            )
+        } else {
+            load_failure(&format!("fexit on {function}"), err)
+        }
+    })?;
+    let attached = program
+        .attach()
+        .with_context(|| format!("attaching fexit on {function}"));
+    if attached.is_err() {
+        let _ = program.unload();
+    }
+    attached?;
+    log_verifier_cost(name, program.info());
+    Ok(())
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf, syscalls: &[&str]) -> anyhow::Result<()> {
+    tracefs::ensure_mounted()?;
+    tracefs::check_syscall_exit_layout(syscalls)?;
+    for syscall in syscalls {
         let name = format!("sys_exit_{syscall}");
         let program: &mut TracePoint = ebpf
             .program_mut(&name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?
             .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("loading {name} (the verifier refused it)"))?;
+        program.load().map_err(|err| load_failure(&name, err))?;
         program
             .attach("syscalls", &name)
             .with_context(|| format!("attaching tracepoint syscalls/{name}"))?;
         log_verifier_cost(&name, program.info());
     }
-    info!(
-        ring_buffer_bytes = ring_size,
-        hooks = SCHED_TRACEPOINTS.len() + SYSCALL_EXITS.len(),
-        "kernel capture attached"
-    );
-    Ok(Probes { ebpf })
+    Ok(())
+}
+
+/// A program the kernel would not load, as one line; the verifier's log, which can run to
+/// thousands of lines, goes to the log just before.
+fn load_failure(what: &str, err: ProgramError) -> anyhow::Error {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            if log.trim().is_empty() {
+                anyhow::anyhow!("the kernel refused to load {what}: {io_error}")
+            } else {
+                error!(
+                    program = what,
+                    "the verifier refused a program; its log:\n{log}"
+                );
+                anyhow::anyhow!(
+                    "the kernel's verifier refused {what} ({io_error}); its log is above"
+                )
+            }
+        }
+        other => anyhow::Error::new(other).context(format!("loading {what}")),
+    }
 }
 
 /// The verifier's work per program (its limit is 1,000,000 instructions): a number creeping up
@@ -144,13 +275,20 @@ fn raise_memlock_limit() {
     }
 }
 
-/// Fails with a clear message when the kernel cannot run the agent.
+/// Fails with one clear line when the kernel cannot run the agent at all.
 pub fn check_kernel() -> anyhow::Result<()> {
     if !Path::new(btf::VMLINUX_BTF).exists() {
         bail!(
             "{} is missing: the kernel was built without BTF (CONFIG_DEBUG_INFO_BTF=y is required)",
             btf::VMLINUX_BTF
         );
+    }
+    match aya::sys::is_map_supported(MapType::RingBuf) {
+        Ok(true) => {}
+        Ok(false) => bail!("this kernel has no BPF ring buffers (Linux 5.8 or later is required)"),
+        Err(err) => bail!(
+            "cannot create BPF maps ({err}): the agent needs CAP_BPF and CAP_PERFMON, or root"
+        ),
     }
     Ok(())
 }

@@ -8,6 +8,8 @@
 //!   `session=N` and `pty=/dev/pts/N` on stderr first.
 //! - `no-session -- CMD...`: runs CMD outside any login session and without a controlling
 //!   terminal (clears the login uid, which root may do, and calls setsid).
+//! - `exit-with CODE -- ARGS...`: prints ARGS joined by `|` and exits with CODE (a real exec
+//!   with a known argv and exit code, where a shell's builtins would not exec).
 //! - `udp-relay LISTEN UPSTREAM DELAY_MS --`: relays UDP datagrams between one client and
 //!   UPSTREAM, holding each one DELAY_MS milliseconds in each direction (a slow network, since
 //!   the kernel has no netem).
@@ -42,7 +44,8 @@ fn run() -> anyhow::Result<i32> {
         .position(|a| a == "--")
         .context("usage: custos-testkit MODE [OPTIONS] -- CMD...")?;
     let (opts, command) = (&args[..split], &args[split + 1..]);
-    if command.is_empty() && opts.first().map(String::as_str) != Some("udp-relay") {
+    let mode = opts.first().map(String::as_str);
+    if command.is_empty() && !matches!(mode, Some("udp-relay" | "exit-with")) {
         bail!("no command after --");
     }
     match opts.first().map(String::as_str) {
@@ -54,11 +57,18 @@ fn run() -> anyhow::Result<i32> {
             login_pty(&user, command)
         }
         Some("no-session") => no_session(command),
+        Some("exit-with") => match opts {
+            [_, code] => {
+                println!("{}", command.join("|"));
+                Ok(code.parse().context("exit-with CODE: not a number")?)
+            }
+            _ => bail!("usage: custos-testkit exit-with CODE -- ARGS..."),
+        },
         Some("udp-relay") => match opts {
             [_, listen, upstream, delay] => udp_relay(listen, upstream, delay.parse()?),
             _ => bail!("usage: custos-testkit udp-relay LISTEN UPSTREAM DELAY_MS --"),
         },
-        _ => bail!("unknown mode; use login-pty, no-session or udp-relay"),
+        _ => bail!("unknown mode; use login-pty, no-session, exit-with or udp-relay"),
     }
 }
 

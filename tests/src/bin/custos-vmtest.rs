@@ -1,0 +1,101 @@
+//! `custos-vmtest`: the capture scenario of [`custos_tests::kernels`], on both sides of a VM.
+//!
+//! - `guest HOOKS RESULTS`: runs the scenario with an agent using HOOKS (auto, tracepoint,
+//!   fentry) and writes the report to RESULTS (a serial port in the VMs, set to raw mode), as
+//!   one JSON line followed by an end line.
+//! - `judge RESULTS`: checks a report and prints one line: kernel, hook backends, and `passed`
+//!   or the first failing check (then the agent's log). Exit status 1 when it failed.
+use std::{io::Write as _, os::fd::AsFd as _};
+
+use anyhow::{Context as _, bail};
+use custos_tests::kernels::{self, Report};
+
+const END: &str = "CUSTOS-VMTEST-END";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["guest", hooks, results] => guest(hooks, results),
+        ["judge", results] => judge(results),
+        _ => Err(anyhow::anyhow!(
+            "usage: custos-vmtest guest HOOKS RESULTS | judge RESULTS"
+        )),
+    };
+    match result {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(err) => {
+            eprintln!("custos-vmtest: {err:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn guest(hooks: &str, results: &str) -> anyhow::Result<bool> {
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(results)
+        .with_context(|| format!("opening {results}"))?;
+    // A serial port: no output processing, so the JSON arrives byte for byte.
+    if let Ok(mut termios) = nix::sys::termios::tcgetattr(out.as_fd()) {
+        nix::sys::termios::cfmakeraw(&mut termios);
+        nix::sys::termios::tcsetattr(out.as_fd(), nix::sys::termios::SetArg::TCSANOW, &termios)?;
+    }
+    let report = kernels::run(hooks);
+    let mut text = serde_json::to_string(&report)?;
+    text.push('\n');
+    text.push_str(END);
+    text.push('\n');
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    let _ = nix::sys::termios::tcdrain(out.as_fd());
+    Ok(true)
+}
+
+fn judge(results: &str) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(results).with_context(|| format!("reading {results}"))?;
+    let Some(json) = text
+        .lines()
+        .take_while(|l| *l != END)
+        .find(|l| l.starts_with('{'))
+    else {
+        bail!("no report in {results} (the scenario did not finish; see the console log)");
+    };
+    if !text.lines().any(|l| l == END) {
+        bail!("the report in {results} is cut short");
+    }
+    let report: Report = serde_json::from_str(json).context("parsing the report")?;
+    let backends = kernels::backends(&report.agent_log)
+        .map(|(terminal, opens)| {
+            if terminal == opens {
+                terminal
+            } else {
+                format!("terminal {terminal}, opens {opens}")
+            }
+        })
+        .unwrap_or_else(|| "unknown".into());
+    match kernels::judge(&report) {
+        Ok(()) => {
+            println!(
+                "kernel {}: hooks = {} -> {backends}: passed",
+                report.kernel, report.hooks
+            );
+            Ok(true)
+        }
+        Err(failed) => {
+            println!(
+                "kernel {}: hooks = {} -> {backends}: FAILED: {failed}",
+                report.kernel, report.hooks
+            );
+            println!("agent log:\n{}", report.agent_log);
+            Ok(false)
+        }
+    }
+}
