@@ -323,6 +323,9 @@ impl ProbeError {
 
 /// Capture tasks that have a controlling terminal even outside an audit login session.
 pub const SETTING_CAPTURE_TTY_TASKS: u32 = 1 << 0;
+
+/// Login uids the kernel can be told to skip (the agent's scope policy).
+pub const SCOPE_EXCLUDED_MAX: u32 = 65536;
 /// Do not record keystrokes typed while the terminal has ECHO off (password prompts).
 pub const SETTING_SUPPRESS_ECHO_OFF_INPUT: u32 = 1 << 1;
 

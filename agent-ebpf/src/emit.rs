@@ -42,6 +42,10 @@ static DROPS: PerCpuArray<DropCount> = PerCpuArray::with_max_entries(RecordKind:
 static SESSION_DROPS: LruPerCpuHashMap<u32, SessionDrops> =
     LruPerCpuHashMap::with_max_entries(16384, 0);
 
+/// Records written to the ring buffer, per [`RecordKind`].
+#[map]
+static SUBMITTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(RecordKind::SLOTS, 0);
+
 /// Failed reads, per [`ProbeError`].
 #[map]
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProbeError::SLOTS, 0);
@@ -103,6 +107,9 @@ pub fn submit(buf: *const u8, size: usize, kind: RecordKind, sessionid: u32) {
     let data = unsafe { core::slice::from_raw_parts(buf, size) };
     if EVENTS.output::<[u8]>(data, 0).is_err() {
         count_drop(kind, size as u64, sessionid);
+    } else if let Some(count) = SUBMITTED.get_ptr_mut(kind as u32) {
+        // SAFETY: per-CPU slot of this program run.
+        unsafe { *count += 1 };
     }
 }
 

@@ -1,13 +1,25 @@
 //! The in-kernel filter: which tasks are captured at all. It runs first in every program and
 //! costs one helper call and one kernel read for a task outside a login session, which is every
 //! service on a server.
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task};
-use custos_agent_abi::{AUDIT_UNSET, OFFSETS_MAGIC, SETTING_CAPTURE_TTY_TASKS};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use custos_agent_abi::{AUDIT_UNSET, OFFSETS_MAGIC, SCOPE_EXCLUDED_MAX, SETTING_CAPTURE_TTY_TASKS};
 
 use crate::{
     globals::{off, setting},
     kmem,
 };
+
+/// Login uids whose sessions are out of scope (the agent's policy decides; the value is unused).
+#[map]
+static SCOPE_EXCLUDED_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(SCOPE_EXCLUDED_MAX, 0);
+
+/// Program runs that left because the task's login uid is out of scope.
+#[map]
+static SCOPE_SKIPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// A task inside the capture scope.
 pub struct Task {
@@ -35,6 +47,15 @@ pub fn current() -> Option<Task> {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid == setting!(agent_tgid) {
+        return None;
+    }
+    let loginuid: u32 = kmem::read_or_zero(task, off!(task_loginuid));
+    // SAFETY: a lookup in a map of plain integers.
+    if unsafe { SCOPE_EXCLUDED_UIDS.get(&loginuid) }.is_some() {
+        if let Some(skipped) = SCOPE_SKIPPED.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot of this program run.
+            unsafe { *skipped += 1 };
+        }
         return None;
     }
     Some(Task {

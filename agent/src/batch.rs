@@ -107,6 +107,7 @@ mod tests {
                 tty: Tty(0),
                 data: ByteString(vec![b'x'; len]),
                 uncaptured: 0,
+                redacted: Default::default(),
             }),
         )
     }
@@ -124,7 +125,10 @@ mod tests {
             .add(event(
                 2,
                 2,
-                EventBody::SessionEnd(SessionEnd { duration_secs: 1.0 }),
+                EventBody::SessionEnd(SessionEnd {
+                    duration_secs: 1.0,
+                    ..Default::default()
+                }),
             ))
             .expect("the end flushes");
         assert_eq!(

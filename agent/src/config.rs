@@ -20,8 +20,156 @@ pub struct Config {
     pub collector: CollectorConfig,
     pub spool: SpoolConfig,
     pub shipping: ShippingConfig,
+    /// Who is recorded.
+    pub scope: ScopeConfig,
+    /// File opens left out, PHI paths always kept.
+    pub files: FileFilterConfig,
+    /// Commands left out.
+    pub commands: CommandFilterConfig,
+    /// Values de-identified before they leave the host.
+    pub redaction: RedactionConfig,
+    /// Telling users their sessions are recorded.
+    pub notice: NoticeConfig,
     /// The Prometheus endpoint (default 127.0.0.1:9464).
     pub metrics: custos_daemon::metrics::MetricsConfig<9464>,
+}
+
+/// Include and exclude rules by user and group (like SSSD's session recording scope).
+/// Exclusions win; with no include list, everyone else is recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeConfig {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+    pub exclude_users: Vec<String>,
+    pub exclude_groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileFilterConfig {
+    /// When not empty, only opens of matching paths are recorded (and PHI paths).
+    pub include: Vec<String>,
+    /// Opens of matching paths are left out (unless under a PHI path).
+    pub exclude: Vec<String>,
+    /// Always recorded, every time.
+    pub phi_paths: Vec<String>,
+    /// A process reading the same file again: recorded once, with the count of repeats when it
+    /// exits.
+    pub dedup_read_only: bool,
+}
+
+impl Default for FileFilterConfig {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            exclude: [
+                "/proc/**",
+                "/sys/**",
+                "/dev/**",
+                "/etc/ld.so.cache",
+                "/{lib,lib64,usr/lib,usr/lib64,usr/local/lib}/**/*.so",
+                "/{lib,lib64,usr/lib,usr/lib64,usr/local/lib}/**/*.so.*",
+            ]
+            .map(String::from)
+            .to_vec(),
+            phi_paths: Vec::new(),
+            dedup_read_only: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandFilterConfig {
+    /// Executable path globs whose commands (exec, exit and their opens outside PHI paths) are
+    /// left out. Their terminal output never is.
+    pub exclude: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedactionAction {
+    #[default]
+    Mask,
+    #[serde(alias = "pseudonymize")]
+    Pseudonymise,
+    Drop,
+}
+
+/// One redaction rule: a built-in (`builtin = "ssn"`) or a named pattern.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: Option<String>,
+    pub builtin: Option<String>,
+    pub pattern: Option<String>,
+    /// The capture group replaced (0: the whole match; built-ins name their own).
+    pub group: Option<usize>,
+    #[serde(default)]
+    pub action: RedactionAction,
+    /// With `mask`: how many trailing letters and digits stay visible.
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    #[serde(default = "all_streams")]
+    pub applies_to: Vec<String>,
+}
+
+fn default_keep_last() -> usize {
+    4
+}
+
+fn all_streams() -> Vec<String> {
+    ["output", "input", "argv"].map(String::from).to_vec()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    pub rules: Vec<RuleConfig>,
+    /// The pattern of the `mrn` built-in (its group 1 is replaced).
+    pub mrn_pattern: String,
+    /// The deployment's pseudonym key: random bytes, the same file on every host.
+    pub key_file: Option<PathBuf>,
+    /// Raw bytes each terminal stream holds back so that a value split across writes is still
+    /// matched...
+    pub window: ByteSize,
+    /// ...for at most this long.
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub hold: Duration,
+}
+
+impl Default for RedactionConfig {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            mrn_pattern: crate::policy::redact::builtin("mrn")
+                .map(|(p, _)| p.to_owned())
+                .unwrap_or_default(),
+            key_file: None,
+            window: ByteSize::b(256),
+            hold: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoticeConfig {
+    /// Show users a notice at login (pam_motd and sshd's pre-login banner).
+    pub enabled: bool,
+    pub text: String,
+}
+
+impl Default for NoticeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            text: "NOTICE: this session is recorded (terminal, commands and files opened) for \
+                   security and compliance auditing."
+                .into(),
+        }
+    }
 }
 
 /// Where recordings go, and the agent's certificate for it.
@@ -231,6 +379,11 @@ impl Config {
                 key,
                 reason,
             })?;
+        // The policy's regexes, globs and key file: checked now, compiled again when used.
+        crate::policy::Rules::compile(&config).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -295,6 +448,12 @@ impl Config {
         }
         if shipping.keep_alive.is_zero() {
             return Err(("shipping.keep_alive", "must be more than 0".into()));
+        }
+        if self.redaction.window.as_u64() > 64 * 1024 {
+            return Err(("redaction.window", "must be at most 64 KiB".into()));
+        }
+        if self.redaction.hold > Duration::from_secs(10) {
+            return Err(("redaction.hold", "must be at most 10s".into()));
         }
         Ok(())
     }
@@ -367,6 +526,7 @@ mod tests {
         // The example collector is not a default.
         documented.collector.address.clear();
         documented.collector.server_name = None;
+        documented.redaction.key_file = None;
         assert_eq!(format!("{documented:?}"), format!("{defaults:?}"));
     }
 }

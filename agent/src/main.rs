@@ -9,7 +9,9 @@ mod capture;
 mod config;
 mod load;
 mod metrics;
+mod notice;
 mod pipeline;
+mod policy;
 mod session;
 mod ship;
 mod spool;
@@ -54,6 +56,12 @@ struct Cli {
     /// Check the configuration (and the certificates it names) and exit.
     #[arg(long)]
     check_config: bool,
+    /// Write (or, with the notice off, remove) the login notice files of [notice] and exit.
+    #[arg(long)]
+    apply_notice: bool,
+    /// With --apply-notice: the root the files go under.
+    #[arg(long, default_value = "/", requires = "apply_notice")]
+    root: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +71,20 @@ fn main() -> ExitCode {
         Ok(loaded) => loaded,
         Err(err) => return refuse(err),
     };
+    if cli.apply_notice {
+        return match notice::apply(&config.notice, &cli.root) {
+            Ok(done) => {
+                for line in done {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("custos-agent: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let shipping = if cli.stdout {
         None
     } else {
@@ -86,7 +108,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, shipping)) {
+    match runtime.block_on(run(config, config_path, shipping)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.downcast_ref::<config::Unhonoured>().is_some() => refuse(err),
         Err(err) => {
@@ -151,6 +173,7 @@ fn prepare_shipping(
 
 async fn run(
     config: Config,
+    config_path: PathBuf,
     shipping: Option<(Shipping, Spool, spool::Recovered)>,
 ) -> anyhow::Result<()> {
     let agent_tgid = std::process::id();
@@ -223,6 +246,12 @@ async fn run(
             )
         }
     };
+    // The policy first: sessions already running are in scope or not like new ones.
+    let rules = policy::Rules::compile(&config).map_err(config::Unhonoured)?;
+    tracker.set_policy(
+        policy::Policy::new(rules, Some(metrics.clone())),
+        Some(load::ScopeFilter::take(&mut probes.ebpf)?),
+    );
     // Sessions already running; their events wait in the ring buffer meanwhile.
     tracker.seed(agent_tgid, &mut events);
 
@@ -236,7 +265,15 @@ async fn run(
         Duration::from_millis(250),
         metrics.clone(),
     ));
-    let pipeline = tokio::spawn(pipeline::run(rx, tracker, output, events, metrics.clone()));
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let pipeline = tokio::spawn(pipeline::run(
+        rx,
+        reload_rx,
+        tracker,
+        output,
+        events,
+        metrics.clone(),
+    ));
     let (ship_stop, ship_stop_rx) = watch::channel(false);
     let reconnect = Arc::new(Notify::new());
     let ship_task = sender.map(|(shipping, spool, wake)| {
@@ -256,6 +293,22 @@ async fn run(
 
     let mut signals = custos_daemon::Signals::new()?;
     while signals.next().await != custos_daemon::Signal::Shutdown {
+        // SIGHUP: the policy sections again (a configuration that does not load leaves the
+        // running policy in place), and the certificate files as they are now.
+        match Config::load(&config_path)
+            .map_err(|err| err.to_string())
+            .and_then(|new| policy::Rules::compile(&new))
+        {
+            Ok(rules) => {
+                if reload_tx.send(rules).await.is_ok() {
+                    info!(config = %config_path.display(), "SIGHUP: policy reloaded");
+                }
+            }
+            Err(err) => warn!(
+                error = %err,
+                "SIGHUP: the configuration does not load; keeping the running policy"
+            ),
+        }
         info!("SIGHUP: reconnecting with the certificate files as they are now");
         reconnect.notify_one();
     }

@@ -25,14 +25,27 @@ pub struct HookLabels {
     pub backend: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+}
+
 #[derive(Default)]
 pub struct AgentMetrics {
+    /// Events left out by the policy, per rule (scope, files.exclude GLOB, ...).
+    pub filtered: Family<RuleLabel, Counter>,
+    /// Values replaced by redaction, per rule.
+    pub redacted: Family<RuleLabel, Counter>,
     /// 1 for the hook backend each capture uses (terminal, opens).
     pub hooks: Family<HookLabels, Gauge>,
     /// Events produced, per kind (session_start, output, input, exec, open, ...).
     pub events: Family<KindLabel, Counter>,
     /// Records the kernel could not put in the ring buffer (each is also a gap record).
     pub kernel_dropped_records: Counter,
+    /// Records the kernel wrote to the ring buffer.
+    pub kernel_records: Counter,
+    /// Program runs the kernel ended early because the login uid is out of scope.
+    pub kernel_scope_skipped: Counter,
     /// Sessions being recorded now.
     pub sessions_active: Gauge,
     /// Bytes the spool holds (acknowledged data included until its segment is deleted).
@@ -74,6 +87,16 @@ impl AgentMetrics {
     pub fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("custos_agent");
         registry.register(
+            "filtered",
+            "Events the policy left out, per rule",
+            self.filtered.clone(),
+        );
+        registry.register(
+            "redacted",
+            "Values redaction replaced, per rule",
+            self.redacted.clone(),
+        );
+        registry.register(
             "hooks",
             "The kernel hook backend of each capture",
             self.hooks.clone(),
@@ -83,6 +106,16 @@ impl AgentMetrics {
             "kernel_dropped_records",
             "Records the kernel could not queue (recorded as gaps)",
             self.kernel_dropped_records.clone(),
+        );
+        registry.register(
+            "kernel_records",
+            "Records the kernel wrote to the ring buffer",
+            self.kernel_records.clone(),
+        );
+        registry.register(
+            "kernel_scope_skipped",
+            "Hook runs the kernel ended early: login uid out of scope",
+            self.kernel_scope_skipped.clone(),
         );
         registry.register(
             "sessions_active",

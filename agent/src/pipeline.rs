@@ -20,6 +20,7 @@ use crate::{
     batch::Batcher,
     capture::Capture,
     metrics::AgentMetrics,
+    policy::Rules,
     session::{Tracker, TrackerState},
     spool::Spool,
 };
@@ -204,6 +205,7 @@ const CHECKPOINT: Duration = Duration::from_secs(5);
 /// Runs until capture ends (its channel closes), then flushes everything.
 pub async fn run(
     mut rx: mpsc::Receiver<Capture>,
+    mut reload: mpsc::Receiver<Rules>,
     mut tracker: Tracker,
     mut output: Output,
     mut events: Vec<Event>,
@@ -226,7 +228,11 @@ pub async fn run(
                     }
                 }
             }
+            Some(rules) = reload.recv() => {
+                tracker.replace_rules(rules, &mut events);
+            }
             _ = tick.tick() => {
+                tracker.flush_policy(&mut events);
                 if last_sweep.elapsed() >= Duration::from_secs(1) {
                     tracker.sweep(&mut events);
                     last_sweep = Instant::now();

@@ -91,6 +91,7 @@ mod tests {
                 tty: Tty(0),
                 data: ByteString::from(data),
                 uncaptured: 0,
+                redacted: Default::default(),
             }),
         })
     }

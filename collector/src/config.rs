@@ -19,6 +19,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub store: StoreSection,
     pub retention: RetentionConfig,
+    /// Real-time alerts on the live stream.
+    pub alerts: crate::alerts::AlertsConfig,
     /// The Prometheus endpoint (default 127.0.0.1:9465).
     pub metrics: custos_daemon::metrics::MetricsConfig<9465>,
 }
@@ -165,6 +167,11 @@ impl Config {
                 key,
                 reason,
             })?;
+        // Alert rules: their messages name the key (alerts.rules[2].argv: ...).
+        config.alerts.compile().map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -235,8 +242,13 @@ mod tests {
             reference::config_keys(&format!("{defaults:?}")),
             "packaging/collector.toml and Config disagree on the keys"
         );
-        let documented = Config::parse(Path::new("collector.toml"), &reference::uncomment(text))
-            .expect("the reference parses");
+        let mut documented =
+            Config::parse(Path::new("collector.toml"), &reference::uncomment(text))
+                .expect("the reference parses");
+        // The examples of optional sinks are not defaults.
+        documented.alerts.json_log = None;
+        documented.alerts.syslog = None;
+        documented.alerts.webhook = None;
         assert_eq!(format!("{documented:?}"), format!("{defaults:?}"));
     }
 }

@@ -4,6 +4,7 @@
 //! batches to the [`writer`] thread, which owns the [`store`] (per-session chunk files,
 //! encrypted and hash-chained, and their index). [`api`] serves auditors (HTTPS, client
 //! certificates, every access in the [`audit`] log). [`pki`] holds the `pki` subcommands.
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod config;

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
                 println!("configuration ok");
                 return ExitCode::SUCCESS;
             }
-            run(config)
+            run(config, cli.config.clone())
         }
     };
     match result {
@@ -162,15 +162,15 @@ fn check(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, path))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let (server_config, identity) = ingest::server_config(&config)?;
     let api_tls = api::tls_config(&config)?;
     let store_config = store_config(&config);
@@ -188,12 +188,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_batch_raw: config.ingest.max_batch_size.as_u64() as usize,
     };
     let metrics = Arc::new(CollectorMetrics::default());
+    let alerts =
+        custos_collector::alerts::start(&config.alerts, store_config.clone(), metrics.clone())?;
+    let alert_rules = alerts.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ingest_task = tokio::spawn(ingest::serve(
         endpoint.clone(),
-        store.clone(),
-        limits,
-        metrics.ingest.clone(),
+        Arc::new(ingest::Ingest {
+            store: store.clone(),
+            limits,
+            metrics: metrics.ingest.clone(),
+            alerts,
+        }),
         stop_rx.clone(),
     ));
     let api_state = Arc::new(ApiState {
@@ -226,6 +232,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut signals = Signals::new()?;
     while let Signal::Reload = signals.next().await {
+        // The alert rules from the file as it is now; an invalid file keeps those running.
+        match load_config(path.as_deref())
+            .map_err(|err| format!("{err:#}"))
+            .and_then(|new| alert_rules.reload(&new.alerts))
+        {
+            Ok(()) => info!("reloaded the alert rules"),
+            Err(err) => warn!(error = %err, "reload failed; keeping the running alert rules"),
+        }
         match ingest::server_config(&config)
             .and_then(|ingest| Ok((ingest, api::tls_config(&config)?)))
         {

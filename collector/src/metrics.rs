@@ -58,11 +58,26 @@ pub struct QueryLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+}
+
 #[derive(Default)]
 pub struct CollectorMetrics {
     pub ingest: Arc<IngestMetrics>,
     /// Auditors' requests, per action and outcome.
     pub queries: Family<QueryLabels, Counter>,
+    /// Alerts sent, per rule.
+    pub alerts_fired: Family<RuleLabel, Counter>,
+    /// Alerts over their rule's rate limit, per rule.
+    pub alerts_suppressed: Family<RuleLabel, Counter>,
+    /// Alerts the webhook receiver accepted, and those it never did (or that its full queue
+    /// pushed out).
+    pub alerts_delivered: Counter,
+    pub alerts_failed: Counter,
+    /// Events not evaluated for alerts because the engine was behind.
+    pub alert_events_skipped: Counter,
 }
 
 impl CollectorMetrics {
@@ -130,6 +145,27 @@ impl CollectorMetrics {
             "store_latency_seconds",
             "From a batch's arrival to its acknowledgement (stored, fsynced)",
             i.store_latency.clone(),
+        );
+        registry.register("alerts_fired", "Alerts sent, per rule", self.alerts_fired.clone());
+        registry.register(
+            "alerts_suppressed",
+            "Alerts over their rule's rate limit, per rule",
+            self.alerts_suppressed.clone(),
+        );
+        registry.register(
+            "alerts_webhook_delivered",
+            "Alerts the webhook accepted",
+            self.alerts_delivered.clone(),
+        );
+        registry.register(
+            "alerts_webhook_failed",
+            "Alerts the webhook never accepted, or its full queue pushed out",
+            self.alerts_failed.clone(),
+        );
+        registry.register(
+            "alert_events_skipped",
+            "Events not evaluated for alerts: the engine was behind",
+            self.alert_events_skipped.clone(),
         );
         registry.register(
             "queries",

@@ -3,6 +3,8 @@
 //! An event is an envelope (when, which host, boot and session, its place in the session's
 //! stream, and which process did it) around an [`EventBody`] whose `type` says what happened.
 //! The field list is documented for users in docs/events.md.
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{AuditSessionId, BootId, ByteString, Gid, Pid, Seq, Timestamp, Tty, Uid};
@@ -68,6 +70,7 @@ pub enum EventBody {
     InputSuppressed(InputSuppressed),
     Exec(Exec),
     Open(Open),
+    OpenRepeated(OpenRepeated),
     Fork(Fork),
     Exit(Exit),
     Gap(Gap),
@@ -83,6 +86,7 @@ impl EventBody {
             EventBody::InputSuppressed(_) => "input_suppressed",
             EventBody::Exec(_) => "exec",
             EventBody::Open(_) => "open",
+            EventBody::OpenRepeated(_) => "open_repeated",
             EventBody::Fork(_) => "fork",
             EventBody::Exit(_) => "exit",
             EventBody::Gap(_) => "gap",
@@ -122,11 +126,20 @@ pub struct SessionStart {
     pub found_running: bool,
 }
 
+/// Per rule name, how many times it applied.
+pub type RuleCounts = BTreeMap<String, u64>;
+
 /// The last record of a session: its last process exited.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionEnd {
     /// Seconds since the session's start record.
     pub duration_secs: f64,
+    /// Events the agent's filters left out of this session's recording, per filter rule.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filtered: RuleCounts,
+    /// Values the agent's redaction rules replaced in this session, per rule.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redacted: RuleCounts,
 }
 
 /// Bytes a program wrote to the terminal: what the user saw.
@@ -137,6 +150,9 @@ pub struct Output {
     /// Bytes of the same write that were not captured (beyond the per-write limit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub uncaptured: u64,
+    /// Redaction rules that replaced values in `data`, and how many times (never the values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redacted: RuleCounts,
 }
 
 /// Bytes written to the terminal's master side: keystrokes, as sshd or a terminal emulator
@@ -151,6 +167,9 @@ pub struct Input {
     pub echoed: bool,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub uncaptured: u64,
+    /// Redaction rules that replaced values in `data`, and how many times.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redacted: RuleCounts,
 }
 
 /// Keystrokes typed while the terminal had ECHO off (a password prompt): not recorded.
@@ -174,6 +193,9 @@ pub struct Exec {
     pub cwd: ByteString,
     #[serde(default, skip_serializing_if = "is_false")]
     pub cwd_truncated: bool,
+    /// Redaction rules that replaced values in `argv`, and how many times.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redacted: RuleCounts,
 }
 
 /// How a file was opened.
@@ -234,6 +256,14 @@ pub struct Open {
     /// The path could not be read completely or made absolute.
     #[serde(default, skip_serializing_if = "is_false")]
     pub path_incomplete: bool,
+}
+
+/// A process opened a file read-only again, `count` more times after the `open` record of its
+/// first time (the agent reports repeats once, when the process exits or the session ends).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenRepeated {
+    pub path: ByteString,
+    pub count: u64,
 }
 
 /// A process created a new process.
@@ -330,6 +360,7 @@ mod tests {
                 argv_truncated: false,
                 cwd: "/root".into(),
                 cwd_truncated: false,
+                redacted: Default::default(),
             }),
         }
     }

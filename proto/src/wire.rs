@@ -317,7 +317,10 @@ mod tests {
             session: AuditSessionId(4),
             seq: Seq(seq),
             process: None,
-            event: EventBody::SessionEnd(SessionEnd { duration_secs: 1.0 }),
+            event: EventBody::SessionEnd(SessionEnd {
+                    duration_secs: 1.0,
+                    ..Default::default()
+                }),
         }
     }
 

@@ -179,6 +179,11 @@ impl Agent {
         }
     }
 
+    /// The configuration file the agent was started with (rewrite it, then SIGHUP).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("agent.toml")
+    }
+
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
     }

@@ -7,7 +7,8 @@
 //!   with every byte it showed kept;
 //! - [`users`]: test users (created once, idempotently);
 //! - [`sshd`]: a real OpenSSH server on a loopback port;
-//! - [`kernels`]: the capture scenario every kernel must pass (`cargo xtask vm-test`).
+//! - [`kernels`]: the capture scenario every kernel must pass (`cargo xtask vm-test`);
+//! - [`webhook`]: an HTTPS receiver for alerts.
 //!
 //! Every wait is bounded and ends on an event (a line of output, a process exit), never on a
 //! sleep.
@@ -22,6 +23,7 @@ pub mod quic;
 pub mod sshd;
 pub mod terminal;
 pub mod users;
+pub mod webhook;
 
 use std::{
     os::unix::fs::OpenOptionsExt,

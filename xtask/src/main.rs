@@ -7,7 +7,9 @@
 //! - `test`: the whole suite, as root, on the real kernel.
 //! - `package`: .deb and .rpm packages of the agent and the collector.
 //! - `vm-test`: the capture scenario on Debian's kernels under qemu, with each hook backend.
+//! - `bench`: every benchmark, written into BENCHMARKS.md.
 //! - `lint`: rustfmt and clippy, as CI runs them.
+mod bench;
 mod cmd;
 mod package;
 mod pkgtest;
@@ -44,6 +46,8 @@ enum Task {
     /// Run the capture scenario on Debian's 6.1 and 6.12 kernels under qemu (each hook
     /// backend) and on this host.
     VmTest,
+    /// Run the benchmarks and write BENCHMARKS.md (needs root).
+    Bench(bench::BenchOptions),
     /// Check formatting and clippy lints (the eBPF crate included).
     Lint,
 }
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { filter, .. } => test::test(filter.as_deref()),
         Task::Package => package::package().map(|_| ()),
         Task::VmTest => vm::vm_test(),
+        Task::Bench(options) => bench::bench(options),
         Task::Lint => test::lint(),
     }
 }

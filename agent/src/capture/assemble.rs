@@ -124,12 +124,14 @@ impl Assembler {
                         data: ByteString(data),
                         echoed: lflag & ECHO != 0,
                         uncaptured,
+                        redacted: Default::default(),
                     })
                 } else {
                     EventBody::Output(event::Output {
                         tty,
                         data: ByteString(as_displayed(data, oflag)),
                         uncaptured,
+                        redacted: Default::default(),
                     })
                 }
             }
@@ -155,6 +157,7 @@ impl Assembler {
                         argv_truncated: flags & (EXEC_ARGV_TRUNCATED | EXEC_ARGV_FAULT) != 0,
                         cwd: ByteString(components_to_path(&cwd)),
                         cwd_truncated: flags & (EXEC_CWD_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0,
+                        redacted: Default::default(),
                     }),
                 };
                 if argv_wanted == 0 {

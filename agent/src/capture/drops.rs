@@ -23,6 +23,10 @@ pub struct SessionLoss {
 pub struct KernelCounters {
     pub dropped: Vec<(RecordKind, DropCount)>,
     pub errors: Vec<(ProbeError, u64)>,
+    /// Records written to the ring buffer.
+    pub submitted: u64,
+    /// Program runs that left because the login uid is out of scope.
+    pub scope_skipped: u64,
 }
 
 impl KernelCounters {
@@ -35,6 +39,8 @@ pub struct DropMonitor {
     sessions: PerCpuHashMap<MapData, u32, SessionDrops>,
     drops: PerCpuArray<MapData, DropCount>,
     errors: PerCpuArray<MapData, u64>,
+    submitted: PerCpuArray<MapData, u64>,
+    scope_skipped: PerCpuArray<MapData, u64>,
     /// Per session, the per-CPU values already reported.
     reported: HashMap<u32, Vec<SessionDrops>>,
 }
@@ -49,6 +55,8 @@ impl DropMonitor {
             sessions: PerCpuHashMap::try_from(take("SESSION_DROPS")?)?,
             drops: PerCpuArray::try_from(take("DROPS")?)?,
             errors: PerCpuArray::try_from(take("ERRORS")?)?,
+            submitted: PerCpuArray::try_from(take("SUBMITTED")?)?,
+            scope_skipped: PerCpuArray::try_from(take("SCOPE_SKIPPED")?)?,
             reported: HashMap::new(),
         })
     }
@@ -93,6 +101,14 @@ impl DropMonitor {
             if let Ok(values) = self.errors.get(&(error as u32), 0) {
                 counters.errors.push((error, values.iter().sum()));
             }
+        }
+        for kind in RecordKind::ALL {
+            if let Ok(values) = self.submitted.get(&(kind as u32), 0) {
+                counters.submitted += values.iter().sum::<u64>();
+            }
+        }
+        if let Ok(values) = self.scope_skipped.get(&0, 0) {
+            counters.scope_skipped = values.iter().sum();
         }
         counters
     }

@@ -122,7 +122,7 @@ pub async fn watch_losses(
 ) -> DropMonitor {
     let mut tick = tokio::time::interval(period);
     let mut last_errors = Vec::new();
-    let mut last_dropped = 0;
+    let mut last = (0, 0, 0);
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
@@ -134,11 +134,19 @@ pub async fn watch_losses(
             }
         }
         let counters = monitor.counters();
-        let dropped = counters.dropped_records();
+        let now = (
+            counters.dropped_records(),
+            counters.submitted,
+            counters.scope_skipped,
+        );
         metrics
             .kernel_dropped_records
-            .inc_by(dropped.saturating_sub(last_dropped));
-        last_dropped = dropped;
+            .inc_by(now.0.saturating_sub(last.0));
+        metrics.kernel_records.inc_by(now.1.saturating_sub(last.1));
+        metrics
+            .kernel_scope_skipped
+            .inc_by(now.2.saturating_sub(last.2));
+        last = now;
         if counters.errors != last_errors {
             for (error, count) in &counters.errors {
                 if *count > 0 {

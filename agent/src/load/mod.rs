@@ -72,6 +72,43 @@ impl Backend {
     }
 }
 
+/// The kernel's filter of login uids out of scope (map `SCOPE_EXCLUDED_UIDS`): a task of an
+/// excluded uid leaves every program after the scope check.
+pub struct ScopeFilter {
+    map: aya::maps::HashMap<aya::maps::MapData, u32, u8>,
+}
+
+impl ScopeFilter {
+    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map("SCOPE_EXCLUDED_UIDS")
+            .context("map SCOPE_EXCLUDED_UIDS missing from the eBPF object")?;
+        Ok(Self {
+            map: aya::maps::HashMap::try_from(map)?,
+        })
+    }
+
+    pub fn exclude(&mut self, uid: u32) -> anyhow::Result<()> {
+        self.map
+            .insert(uid, 1, 0)
+            .with_context(|| format!("excluding login uid {uid} in the kernel"))
+    }
+
+    /// Makes the excluded uids exactly `uids`.
+    pub fn reset(&mut self, uids: &[u32]) -> anyhow::Result<()> {
+        let current: Vec<u32> = self.map.keys().filter_map(Result::ok).collect();
+        for uid in current {
+            if !uids.contains(&uid) {
+                let _ = self.map.remove(&uid);
+            }
+        }
+        for uid in uids {
+            self.exclude(*uid)?;
+        }
+        Ok(())
+    }
+}
+
 /// The loaded, attached programs and their maps. Dropping it detaches everything.
 pub struct Probes {
     pub ebpf: Ebpf,

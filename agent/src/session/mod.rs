@@ -4,6 +4,11 @@
 //! has (from forks, execs and exits, seeded from /proc at start), writes a `session_start` record
 //! before a session's first event and a `session_end` record when its last process exits,
 //! numbers each session's events, and turns kernel losses into `gap` records.
+//!
+//! The customer's [`Policy`] applies here, between attribution and numbering: a session out of
+//! scope is never started (its login uid goes to the kernel's filter), events left out leave no
+//! hole in the numbering, and terminal data a redaction window holds back is numbered when it
+//! is released.
 pub mod host;
 pub mod procfs;
 pub mod users;
@@ -23,7 +28,11 @@ use self::{
     host::{BootClock, HostIdentity},
     users::UserNames,
 };
-use crate::capture::{Captured, SessionLoss};
+use crate::{
+    capture::{Captured, SessionLoss},
+    load::ScopeFilter,
+    policy::{Passed, Policy, Rules},
+};
 
 /// Sessions of tasks outside an audit login, captured for their terminal
 /// (`scope = "login_sessions_and_terminals"`), get this bit and their terminal's dev_t as id.
@@ -74,6 +83,11 @@ pub struct Tracker {
     ended: HashMap<u32, EndedSession>,
     /// Sessions restored from a previous run, not yet found again in /proc.
     resumed: HashMap<u32, SessionSnapshot>,
+    policy: Policy,
+    /// Sessions out of scope, and when they were last seen (forgotten after a quiet while).
+    out_of_scope: HashMap<u32, Instant>,
+    /// The kernel's filter of login uids out of scope.
+    kernel_scope: Option<ScopeFilter>,
 }
 
 impl Tracker {
@@ -85,6 +99,78 @@ impl Tracker {
             sessions: HashMap::new(),
             ended: HashMap::new(),
             resumed: HashMap::new(),
+            policy: Policy::new(Rules::defaults(), None),
+            out_of_scope: HashMap::new(),
+            kernel_scope: None,
+        }
+    }
+
+    /// Applies `policy` from now on, with the kernel's login uid filter kept in step with its
+    /// scope (every local user out of scope is in it before any session of theirs starts).
+    pub fn set_policy(&mut self, policy: Policy, kernel_scope: Option<ScopeFilter>) {
+        self.policy = policy;
+        self.kernel_scope = kernel_scope;
+        self.sync_kernel_scope();
+    }
+
+    /// Replaces the policy's rules (SIGHUP); what redaction windows held is released first.
+    pub fn replace_rules(&mut self, rules: Rules, out: &mut Vec<Event>) {
+        let mut released = Vec::new();
+        self.policy.replace(rules, &mut released);
+        for (session, passed) in released {
+            self.push(session, passed, out);
+        }
+        self.sync_kernel_scope();
+    }
+
+    fn sync_kernel_scope(&mut self) {
+        let excluded = self.policy.scope().excluded_local_uids();
+        if let Some(filter) = &mut self.kernel_scope
+            && let Err(err) = filter.reset(&excluded)
+        {
+            tracing::warn!(error = %err, "cannot update the kernel's scope filter; out-of-scope sessions are dropped in the agent instead");
+        }
+    }
+
+    /// Whether a new session of `uid` is recorded; if not, the kernel is told to skip the uid.
+    fn in_scope(&mut self, sessionid: u32, uid: u32) -> bool {
+        if self.policy.scope().records(uid) {
+            return true;
+        }
+        self.out_of_scope.insert(sessionid, Instant::now());
+        if let Some(filter) = &mut self.kernel_scope
+            && let Err(err) = filter.exclude(uid)
+        {
+            tracing::warn!(uid, error = %err, "cannot add a login uid to the kernel's scope filter");
+        }
+        tracing::info!(session = sessionid, uid, "session out of scope: not recorded");
+        false
+    }
+
+    /// Numbers an event the policy passed and appends it.
+    fn push(&mut self, sessionid: u32, passed: Passed, out: &mut Vec<Event>) {
+        let Some(state) = self.sessions.get_mut(&sessionid) else {
+            return;
+        };
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        out.push(Event {
+            time: passed.time,
+            host: self.host.hostname.clone(),
+            boot_id: self.host.boot_id.clone(),
+            session: AuditSessionId(sessionid),
+            seq: Seq(seq),
+            process: passed.process,
+            event: passed.body,
+        });
+    }
+
+    /// Releases terminal data redaction windows have held long enough.
+    pub fn flush_policy(&mut self, out: &mut Vec<Event>) {
+        let mut released = Vec::new();
+        self.policy.flush_due(&mut released);
+        for (session, passed) in released {
+            self.push(session, passed, out);
         }
     }
 
@@ -173,6 +259,9 @@ impl Tracker {
                 );
                 continue;
             }
+            if !self.in_scope(sessionid, leader.loginuid) {
+                continue;
+            }
             let tty = procfs::tty_of(leader.tgid).filter(|tty| *tty != 0);
             let start = self.start_event(sessionid, now, leader.tgid, leader.loginuid, tty, true);
             let state = self.sessions.get_mut(&sessionid);
@@ -249,6 +338,12 @@ impl Tracker {
             body,
         } = captured;
         let sessionid = session_key(&task);
+        if let Some(seen) = self.out_of_scope.get_mut(&sessionid) {
+            // Reached userspace before the kernel's filter knew the uid.
+            *seen = Instant::now();
+            self.policy.count_out_of_scope();
+            return;
+        }
         let time = self.clock.wall(ts_boot_ns);
         if !self.sessions.contains_key(&sessionid) {
             if let Some(ended) = self.ended.remove(&sessionid) {
@@ -264,6 +359,15 @@ impl Tracker {
                     },
                 );
             } else {
+                let uid = if task.loginuid != AUDIT_UNSET {
+                    task.loginuid
+                } else {
+                    task.uid
+                };
+                if !self.in_scope(sessionid, uid) {
+                    self.policy.count_out_of_scope();
+                    return;
+                }
                 // The process that did the session's first event (for a fork: the parent).
                 let leader = task.tgid;
                 let tty = (task.tty != 0).then_some(task.tty);
@@ -289,18 +393,13 @@ impl Tracker {
                 state.processes.insert(task.tgid);
             }
         }
-        let seq = state.next_seq;
-        state.next_seq += 1;
         let finished = state.processes.is_empty();
-        out.push(Event {
-            time,
-            host: self.host.hostname.clone(),
-            boot_id: self.host.boot_id.clone(),
-            session: AuditSessionId(sessionid),
-            seq: Seq(seq),
-            process: Some(process),
-            event: body,
-        });
+        let mut passed = Vec::new();
+        self.policy
+            .apply(sessionid, &process, time, body, &mut passed);
+        for event in passed {
+            self.push(sessionid, event, out);
+        }
         if finished {
             self.end(sessionid, time, out);
         }
@@ -336,6 +435,9 @@ impl Tracker {
         to: Timestamp,
         out: &mut Vec<Event>,
     ) {
+        if self.out_of_scope.contains_key(&sessionid) {
+            return;
+        }
         if !self.sessions.contains_key(&sessionid) {
             if let Some(ended) = self.ended.remove(&sessionid) {
                 self.sessions.insert(
@@ -374,6 +476,8 @@ impl Tracker {
         let now = Instant::now();
         self.ended
             .retain(|_, ended| now.duration_since(ended.ended_at) < ENDED_MEMORY);
+        self.out_of_scope
+            .retain(|_, seen| now.duration_since(*seen) < ENDED_MEMORY);
         let mut finished = Vec::new();
         for (sessionid, state) in &mut self.sessions {
             if now.duration_since(state.last_activity) < IDLE_BEFORE_SWEEP {
@@ -393,6 +497,14 @@ impl Tracker {
     }
 
     fn end(&mut self, sessionid: u32, time: Timestamp, out: &mut Vec<Event>) {
+        if !self.sessions.contains_key(&sessionid) {
+            return;
+        }
+        let mut released = Vec::new();
+        let (filtered, redacted) = self.policy.end_session(sessionid, time, &mut released);
+        for passed in released {
+            self.push(sessionid, passed, out);
+        }
         let Some(state) = self.sessions.remove(&sessionid) else {
             return;
         };
@@ -405,6 +517,8 @@ impl Tracker {
             process: None,
             event: EventBody::SessionEnd(SessionEnd {
                 duration_secs: time.seconds_since(state.start).max(0.0),
+                filtered,
+                redacted,
             }),
         });
         self.ended.insert(

@@ -418,6 +418,7 @@ mod tests {
             process: None,
             event: EventBody::SessionEnd(SessionEnd {
                 duration_secs: padding as f64,
+                ..Default::default()
             }),
         };
         let mut batch = make_batch(spool.id(), seq, &[event]).unwrap();

@@ -142,6 +142,7 @@ mod tests {
                 tty: Tty(0),
                 data: ByteString(data.to_vec()),
                 uncaptured: 0,
+                redacted: Default::default(),
             }),
         }
     }

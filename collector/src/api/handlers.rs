@@ -642,25 +642,20 @@ pub async fn agents(
     let outcome = async {
         state.require_admin(&caller, "listing agents")?;
         with_store(&state, |store| {
-            let mut stmt = store
-                .index()
-                .connection()
-                .prepare("SELECT host, version, boot_id, address, first_contact_ns, last_contact_ns FROM agents ORDER BY host")
-                .map_err(internal)?;
-            let agents: Vec<serde_json::Value> = stmt
-                .query_map([], |r| {
-                    Ok(serde_json::json!({
-                        "host": r.get::<_, String>(0)?,
-                        "version": r.get::<_, Option<String>>(1)?,
-                        "boot_id": r.get::<_, Option<String>>(2)?,
-                        "address": r.get::<_, Option<String>>(3)?,
-                        "first_contact": Timestamp(r.get(4)?),
-                        "last_contact": Timestamp(r.get(5)?),
-                    }))
-                })
+            let agents: Vec<serde_json::Value> = query::agents(store.index().connection())
                 .map_err(internal)?
-                .collect::<Result<_, _>>()
-                .map_err(internal)?;
+                .into_iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "host": a.host,
+                        "version": a.version,
+                        "boot_id": a.boot_id,
+                        "address": a.address,
+                        "first_contact": a.first_contact,
+                        "last_contact": a.last_contact,
+                    })
+                })
+                .collect();
             Ok(Json(serde_json::json!({ "agents": agents })))
         })
         .await

@@ -19,6 +19,15 @@ use tracing::{info, warn};
 pub use crate::metrics::IngestMetrics;
 use crate::{config::Config, writer::StoreHandle};
 
+/// What every connection and stream of ingest shares.
+pub struct Ingest {
+    pub store: StoreHandle,
+    pub limits: Limits,
+    pub metrics: Arc<IngestMetrics>,
+    /// Stored batches go on to the alert engine.
+    pub alerts: crate::alerts::AlertFeed,
+}
+
 /// Limits applied to every stream.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -52,13 +61,7 @@ pub fn server_config(config: &Config) -> anyhow::Result<(quinn::ServerConfig, Id
 }
 
 /// Accepts connections until `stop` turns true.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    store: StoreHandle,
-    limits: Limits,
-    metrics: Arc<IngestMetrics>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve(endpoint: quinn::Endpoint, ingest: Arc<Ingest>, mut stop: watch::Receiver<bool>) {
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => match incoming {
@@ -67,16 +70,15 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
-        let store = store.clone();
-        let metrics = metrics.clone();
+        let ingest = ingest.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(connection) => {
-                    handle_connection(connection, remote, store, limits, metrics).await;
+                    handle_connection(connection, remote, ingest).await;
                 }
                 Err(err) => {
-                    metrics.connections_refused.inc();
+                    ingest.metrics.connections_refused.inc();
                     warn!(peer = %remote, reason = %err, "refused a connection");
                 }
             }
@@ -85,13 +87,8 @@ pub async fn serve(
     endpoint.close(0u32.into(), b"collector stopping");
 }
 
-async fn handle_connection(
-    connection: quinn::Connection,
-    remote: SocketAddr,
-    store: StoreHandle,
-    limits: Limits,
-    metrics: Arc<IngestMetrics>,
-) {
+async fn handle_connection(connection: quinn::Connection, remote: SocketAddr, ingest: Arc<Ingest>) {
+    let metrics = &ingest.metrics;
     let identity = match connection
         .peer_identity()
         .and_then(|any| {
@@ -122,8 +119,7 @@ async fn handle_connection(
     let reason = loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
-                let (peer, store, metrics) = (peer.clone(), store.clone(), metrics.clone());
-                tokio::spawn(stream::handle(send, recv, peer, store, limits, metrics));
+                tokio::spawn(stream::handle(send, recv, peer.clone(), ingest.clone()));
             }
             Err(err) => break err,
         }

@@ -6,10 +6,10 @@ use custos_proto::wire::{self, Ack, ErrorCode, ErrorFrame, Frame, Welcome};
 use quinn::{RecvStream, SendStream};
 use tracing::{debug, warn};
 
-use super::{IngestMetrics, Limits};
+use super::{Ingest, Limits};
 use crate::{
     store::{Appended, StoreError},
-    writer::{Contact, StoreHandle},
+    writer::Contact,
 };
 
 /// Who is on the other end of a connection.
@@ -39,14 +39,8 @@ async fn read_frame(recv: &mut RecvStream, limits: Limits) -> Result<Frame, Read
     wire::decode_frame(&body).map_err(ReadError::Wire)
 }
 
-pub async fn handle(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    peer: Arc<Peer>,
-    store: StoreHandle,
-    limits: Limits,
-    metrics: Arc<IngestMetrics>,
-) {
+pub async fn handle(mut send: SendStream, mut recv: RecvStream, peer: Arc<Peer>, ingest: Arc<Ingest>) {
+    let (metrics, limits) = (&ingest.metrics, ingest.limits);
     let agent = peer.identity.name.as_str();
     let frame = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, limits)).await {
         Ok(Ok(frame)) => frame,
@@ -82,7 +76,7 @@ pub async fn handle(
                     "hello names another host than the certificate"
                 );
             }
-            store.contact(Contact {
+            ingest.store.contact(Contact {
                 host: peer.identity.name.clone(),
                 version: Some(hello.agent_version),
                 boot_id: Some(hello.boot_id.0),
@@ -101,7 +95,7 @@ pub async fn handle(
                 })
             }
         }
-        Frame::Batch(batch) => batch_response(batch, &peer, &store, &metrics).await,
+        Frame::Batch(batch) => batch_response(batch, &peer, &ingest).await,
         other => {
             metrics.frames_malformed.inc();
             warn!(agent, kind = other.kind(), "unexpected frame");
@@ -124,12 +118,8 @@ fn error_frame(code: ErrorCode, message: String) -> Frame {
     Frame::Error(ErrorFrame { code, message })
 }
 
-async fn batch_response(
-    batch: wire::Batch,
-    peer: &Peer,
-    store: &StoreHandle,
-    metrics: &IngestMetrics,
-) -> Frame {
+async fn batch_response(batch: wire::Batch, peer: &Peer, ingest: &Ingest) -> Frame {
+    let (store, metrics) = (&ingest.store, &ingest.metrics);
     let agent = peer.identity.name.as_str();
     let header = &batch.header;
     if header.host != peer.identity.name {
@@ -157,8 +147,12 @@ async fn batch_response(
         spool: Some(spool.0.clone()),
         address: peer.address.to_string(),
     });
+    let for_alerts = ingest.alerts.wants().then(|| batch.clone());
     match store.append(batch).await {
         Ok(Appended::Stored { recording, chunk }) => {
+            if let Some(batch) = for_alerts {
+                ingest.alerts.offer(batch);
+            }
             metrics.batches_stored.inc();
             metrics.events_stored.inc_by(events);
             metrics.bytes_stored.inc_by(raw_len);

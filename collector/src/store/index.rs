@@ -247,7 +247,7 @@ impl Summary {
                         summary.exits.push((process.tgid.0, exit.code, exit.signal));
                     }
                 }
-                EventBody::InputSuppressed(_) | EventBody::Fork(_) => {}
+                EventBody::InputSuppressed(_) | EventBody::Fork(_) | EventBody::OpenRepeated(_) => {}
             }
         }
         summary

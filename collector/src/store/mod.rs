@@ -735,6 +735,7 @@ mod tests {
                 tty: Tty::from_parts(136, 1),
                 data: ByteString::from(text),
                 uncaptured: 0,
+                redacted: Default::default(),
             }),
         )
     }
@@ -777,7 +778,10 @@ mod tests {
                 recording: id.clone()
             }
         );
-        let end = event(3, EventBody::SessionEnd(SessionEnd { duration_secs: 2.0 }));
+        let end = event(3, EventBody::SessionEnd(SessionEnd {
+                    duration_secs: 2.0,
+                    ..Default::default()
+                }));
         store.append(&batch(2, std::slice::from_ref(&end))).unwrap();
         let events = store.read_events(&id).unwrap();
         assert_eq!(

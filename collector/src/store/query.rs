@@ -267,3 +267,31 @@ fn group(
     hits.truncate(limit);
     Ok((hits, truncated))
 }
+
+/// An agent that ever connected, and when.
+#[derive(Clone, Debug)]
+pub struct AgentRow {
+    pub host: String,
+    pub version: Option<String>,
+    pub boot_id: Option<String>,
+    pub address: Option<String>,
+    pub first_contact: Timestamp,
+    pub last_contact: Timestamp,
+}
+
+pub fn agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT host, version, boot_id, address, first_contact_ns, last_contact_ns FROM agents ORDER BY host",
+    )?;
+    stmt.query_map([], |r| {
+        Ok(AgentRow {
+            host: r.get(0)?,
+            version: r.get(1)?,
+            boot_id: r.get(2)?,
+            address: r.get(3)?,
+            first_contact: Timestamp(r.get(4)?),
+            last_contact: Timestamp(r.get(5)?),
+        })
+    })?
+    .collect()
+}

@@ -1,0 +1,463 @@
+//! Real-time alerts on the live stream: every batch ingest stores is offered to the engine
+//! (never waited on: when the engine falls behind, batches are skipped and counted, and ingest
+//! goes on), which matches its events against the rules, limits each rule's rate, and hands
+//! alerts to the sinks.
+//! - [`rules`]: what fires (the customer's rules and the built-ins);
+//! - [`sinks`]: where alerts go (JSON lines, syslog, HTTPS webhook).
+pub mod rules;
+pub mod sinks;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    },
+    time::{Duration, Instant},
+};
+
+use custos_proto::{BootId, Event, EventBody, Timestamp, wire};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use self::{
+    rules::{BuiltinConfig, Builtins, Rule, RuleConfig, SessionContext},
+    sinks::{Alert, JsonLog, Sink, Syslog, Webhook, WebhookConfig},
+};
+use crate::{
+    metrics::{CollectorMetrics, RuleLabel},
+    store::{StoreConfig, chunk::RecordingKey},
+};
+
+/// `[alerts]` in collector.toml.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// A JSON lines file alerts are appended to.
+    pub json_log: Option<PathBuf>,
+    /// `unix:/dev/log` or `udp:HOST:PORT` (RFC 5424).
+    pub syslog: Option<String>,
+    pub webhook: Option<WebhookConfig>,
+    /// At most this many alerts per rule per `rate_window`; the rest are counted and reported
+    /// in one notice when the window ends.
+    pub rate_limit: u32,
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub rate_window: Duration,
+    pub builtin: BuiltinConfig,
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            json_log: None,
+            syslog: None,
+            webhook: None,
+            rate_limit: 20,
+            rate_window: Duration::from_secs(60),
+            builtin: BuiltinConfig::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Compiles the rules; the error names the key.
+    pub fn compile(&self) -> Result<(Vec<Rule>, Builtins), String> {
+        let rules = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| Rule::compile(index, rule))
+            .collect::<Result<Vec<_>, _>>()?;
+        let builtins = Builtins::compile(&self.builtin)?;
+        if self.rate_limit == 0 {
+            return Err("alerts.rate_limit: must be at least 1".into());
+        }
+        if let Some(syslog) = &self.syslog {
+            Syslog::new(syslog)?;
+        }
+        Ok((rules, builtins))
+    }
+
+    /// Whether any rule can fire.
+    fn active(&self) -> bool {
+        let b = &self.builtin;
+        !self.rules.is_empty()
+            || b.phi_write
+            || b.shadow_read
+            || b.exfiltration_after_phi
+            || b.agent_silent.is_some()
+    }
+}
+
+/// What the engine is sent.
+enum Message {
+    Batch(wire::Batch),
+    Rules(Box<CompiledRules>),
+}
+
+/// Everything a reload can change.
+struct CompiledRules {
+    rules: Vec<Rule>,
+    builtins: Builtins,
+    limit: u32,
+    window: Duration,
+}
+
+/// Ingest's side: offers stored batches to the engine without ever waiting.
+#[derive(Clone)]
+pub struct AlertFeed {
+    sender: SyncSender<Message>,
+    /// Some rule can fire (otherwise batches are not even copied).
+    active: Arc<AtomicBool>,
+    metrics: Arc<CollectorMetrics>,
+}
+
+impl AlertFeed {
+    pub fn wants(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn offer(&self, batch: wire::Batch) {
+        let events = u64::from(batch.header.events);
+        match self.sender.try_send(Message::Batch(batch)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.alert_events_skipped.inc_by(events);
+            }
+        }
+    }
+
+    /// New rules (SIGHUP); sinks stay as they were at start. An invalid configuration changes
+    /// nothing and says why.
+    pub fn reload(&self, config: &AlertsConfig) -> Result<(), String> {
+        let (rules, builtins) = config.compile()?;
+        self.active.store(config.active(), Ordering::Relaxed);
+        self.sender
+            .send(Message::Rules(Box::new(CompiledRules {
+                rules,
+                builtins,
+                limit: config.rate_limit,
+                window: config.rate_window,
+            })))
+            .map_err(|_| "the alert engine has stopped".to_owned())
+    }
+}
+
+/// Batches waiting for the engine at most (then ingest skips alerting on new ones).
+const FEED_DEPTH: usize = 4096;
+
+/// Starts the engine (a thread); it idles until a rule is configured.
+pub fn start(
+    config: &AlertsConfig,
+    store: StoreConfig,
+    metrics: Arc<CollectorMetrics>,
+) -> anyhow::Result<AlertFeed> {
+    let (rules, builtins) = config.compile().map_err(anyhow::Error::msg)?;
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(path) = &config.json_log {
+        sinks.push(Box::new(JsonLog::new(path.clone())));
+    }
+    if let Some(target) = &config.syslog {
+        sinks.push(Box::new(Syslog::new(target).map_err(anyhow::Error::msg)?));
+    }
+    if let Some(webhook) = &config.webhook {
+        sinks.push(Box::new(
+            Webhook::start(webhook, metrics.clone()).map_err(anyhow::Error::msg)?,
+        ));
+    }
+    if sinks.is_empty() && config.active() {
+        warn!("alert rules are configured but no sink ([alerts] json_log, syslog or webhook): alerts only go to this log");
+    }
+    let (sender, receiver) = sync_channel(FEED_DEPTH);
+    let mut engine = Engine {
+        rules,
+        builtins,
+        sinks,
+        sessions: HashMap::new(),
+        windows: HashMap::new(),
+        limit: config.rate_limit,
+        window: config.rate_window,
+        silent: HashMap::new(),
+        store,
+        metrics: metrics.clone(),
+    };
+    std::thread::Builder::new()
+        .name("alerts".into())
+        .spawn(move || engine.run(receiver))?;
+    if config.active() {
+        info!(rules = config.rules.len(), "alert rules active");
+    }
+    Ok(AlertFeed {
+        sender,
+        active: Arc::new(AtomicBool::new(config.active())),
+        metrics,
+    })
+}
+
+/// One rule's rate window.
+struct Window {
+    start: Instant,
+    sent: u32,
+    suppressed: u64,
+    /// The last suppressed alert, for the notice's session and host.
+    last: Option<Alert>,
+}
+
+struct Engine {
+    rules: Vec<Rule>,
+    builtins: Builtins,
+    sinks: Vec<Box<dyn Sink>>,
+    /// Per recording id.
+    sessions: HashMap<String, SessionContext>,
+    windows: HashMap<String, Window>,
+    limit: u32,
+    window: Duration,
+    /// Agents already reported silent, by host.
+    silent: HashMap<String, Timestamp>,
+    store: StoreConfig,
+    metrics: Arc<CollectorMetrics>,
+}
+
+/// Sessions remembered at most (ended ones are forgotten at their end record).
+const SESSIONS_MAX: usize = 200_000;
+
+impl Engine {
+    fn run(&mut self, receiver: Receiver<Message>) {
+        let mut last_check = Instant::now();
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(500)) {
+                Ok(Message::Batch(batch)) => self.batch(batch),
+                Ok(Message::Rules(new)) => {
+                    self.rules = new.rules;
+                    self.builtins = new.builtins;
+                    self.limit = new.limit;
+                    self.window = new.window;
+                    info!(rules = self.rules.len(), "alert rules reloaded");
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.close_windows();
+            let check_silence = self
+                .builtins
+                .agent_silent
+                .map(|s| (s / 4).clamp(Duration::from_secs(1), Duration::from_secs(30)));
+            if let Some(every) = check_silence
+                && last_check.elapsed() >= every
+            {
+                self.agents_silent();
+                last_check = Instant::now();
+            }
+        }
+    }
+
+    fn batch(&mut self, batch: wire::Batch) {
+        let limit = 1 << 30;
+        let events = match wire::decode_events(&batch.events, batch.header.raw_len, limit) {
+            Ok(events) => events,
+            Err(err) => {
+                warn!(error = %err, "alerts: undecodable batch skipped");
+                return;
+            }
+        };
+        for event in &events {
+            self.event(event);
+        }
+    }
+
+    fn event(&mut self, event: &Event) {
+        let id = RecordingKey {
+            host: event.host.clone(),
+            boot_id: BootId(event.boot_id.0.clone()),
+            session: event.session,
+        }
+        .id();
+        if self.sessions.len() > SESSIONS_MAX {
+            self.sessions.clear();
+        }
+        let context = self.sessions.entry(id.clone()).or_default().clone();
+        let minute = {
+            let zoned = event.time.to_jiff().to_zoned(jiff::tz::TimeZone::system());
+            u32::from(zoned.hour().unsigned_abs()) * 60 + u32::from(zoned.minute().unsigned_abs())
+        };
+        let mut fired: Vec<String> = self
+            .builtins
+            .fired(event, &context)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        fired.extend(
+            self.rules
+                .iter()
+                .filter(|r| r.matches(event, &context, minute))
+                .map(|r| r.name.clone()),
+        );
+        // The session's context after this event.
+        match &event.event {
+            EventBody::SessionStart(start) => {
+                let c = self.sessions.entry(id.clone()).or_default();
+                c.user = start.login_user.clone();
+                c.remote = start.remote.clone();
+            }
+            EventBody::Open(open) if self.builtins.is_phi(&open.path.to_string()) => {
+                self.sessions.entry(id.clone()).or_default().touched_phi = true;
+            }
+            EventBody::SessionEnd(_) => {
+                self.sessions.remove(&id);
+            }
+            _ => {}
+        }
+        let user = context
+            .user
+            .clone()
+            .or_else(|| event.process.as_ref().and_then(|p| p.login_user.clone()));
+        for rule in fired {
+            let alert = Alert {
+                time: Timestamp::now(),
+                summary: summary(&rule, event, user.as_deref()),
+                rule,
+                host: event.host.clone(),
+                show: format!("custos show {id}"),
+                session: id.clone(),
+                user: user.clone(),
+                event: Some(event.clone()),
+                suppressed: None,
+            };
+            self.raise(alert);
+        }
+    }
+
+    /// Sends `alert` unless its rule is over its rate.
+    fn raise(&mut self, alert: Alert) {
+        let label = RuleLabel {
+            rule: alert.rule.clone(),
+        };
+        let window = self.windows.entry(alert.rule.clone()).or_insert(Window {
+            start: Instant::now(),
+            sent: 0,
+            suppressed: 0,
+            last: None,
+        });
+        if window.sent >= self.limit {
+            window.suppressed += 1;
+            window.last = Some(alert);
+            self.metrics.alerts_suppressed.get_or_create(&label).inc();
+            return;
+        }
+        window.sent += 1;
+        self.metrics.alerts_fired.get_or_create(&label).inc();
+        self.deliver(&alert);
+    }
+
+    fn deliver(&mut self, alert: &Alert) {
+        warn!(
+            rule = alert.rule,
+            host = alert.host,
+            session = alert.session,
+            user = alert.user.as_deref().unwrap_or("-"),
+            "alert: {}",
+            alert.summary
+        );
+        for sink in &mut self.sinks {
+            sink.send(alert);
+        }
+    }
+
+    /// Ends rate windows that are over, sending one notice per rule that suppressed alerts.
+    fn close_windows(&mut self) {
+        let now = Instant::now();
+        let over: Vec<String> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.start) >= self.window)
+            .map(|(rule, _)| rule.clone())
+            .collect();
+        for rule in over {
+            let Some(window) = self.windows.remove(&rule) else {
+                continue;
+            };
+            if let (n, Some(last)) = (window.suppressed, window.last)
+                && n > 0
+            {
+                let notice = Alert {
+                    time: Timestamp::now(),
+                    summary: format!(
+                        "{n} more alerts of rule {rule} in {:?} were not sent (rate limit {} per window); the last one was: {}",
+                        self.window, self.limit, last.summary
+                    ),
+                    rule: rule.clone(),
+                    suppressed: Some(n),
+                    event: None,
+                    ..last
+                };
+                self.deliver(&notice);
+            }
+        }
+    }
+
+    /// The built-in rule for agents that stopped reporting.
+    fn agents_silent(&mut self) {
+        let Some(silence) = self.builtins.agent_silent else {
+            return;
+        };
+        let agents = crate::store::Store::open_read_only(&self.store)
+            .ok()
+            .and_then(|store| crate::store::query::agents(store.index().connection()).ok())
+            .unwrap_or_default();
+        let now = Timestamp::now();
+        for agent in agents {
+            let quiet = now.seconds_since(agent.last_contact);
+            if quiet < silence.as_secs_f64() {
+                self.silent.remove(&agent.host);
+                continue;
+            }
+            if self.silent.get(&agent.host) == Some(&agent.last_contact) {
+                continue;
+            }
+            self.silent.insert(agent.host.clone(), agent.last_contact);
+            let alert = Alert {
+                time: now,
+                rule: "agent_silent".into(),
+                summary: format!(
+                    "the agent on {} has not reported since {} ({:.0} minutes)",
+                    agent.host,
+                    agent.last_contact,
+                    quiet / 60.0
+                ),
+                show: format!("custos sessions --host {}", agent.host),
+                host: agent.host,
+                session: String::new(),
+                user: None,
+                event: None,
+                suppressed: None,
+            };
+            self.raise(alert);
+        }
+    }
+}
+
+/// What happened, in one line.
+fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
+    let who = user.unwrap_or("an unknown user");
+    let what = match &event.event {
+        EventBody::Exec(exec) => {
+            let argv: Vec<String> = exec.argv.iter().map(|a| a.to_string()).collect();
+            format!("ran {}", argv.join(" "))
+        }
+        EventBody::Open(open) => {
+            let access = match open.access {
+                custos_proto::event::Access::Read => "reading",
+                custos_proto::event::Access::Write => "writing",
+                custos_proto::event::Access::ReadWrite => "reading and writing",
+                custos_proto::event::Access::Path => "its path only",
+            };
+            format!("opened {} for {access}", open.path)
+        }
+        other => format!("{} event", other.kind()),
+    };
+    format!("[{rule}] {who} {what} on {}", event.host)
+}

@@ -1,0 +1,6 @@
+//! Benchmark family `vmcost` (to be written).
+use super::{Context, Section};
+
+pub fn run(_ctx: &Context) -> anyhow::Result<Vec<Section>> {
+    Ok(Vec::new())
+}
