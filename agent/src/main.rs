@@ -288,10 +288,11 @@ async fn run(
     });
     let metrics_server =
         custos_daemon::metrics::serve(&config.metrics, metrics.registry(), stop_rx).await?;
+    // Signal handlers before saying ready: a SIGHUP right after must reload, not kill.
+    let mut signals = custos_daemon::Signals::new()?;
     info!(host = %HostIdentity::read()?.hostname, "recording login sessions");
     custos_daemon::metrics::notify_ready();
 
-    let mut signals = custos_daemon::Signals::new()?;
     while signals.next().await != custos_daemon::Signal::Shutdown {
         // SIGHUP: the policy sections again (a configuration that does not load leaves the
         // running policy in place), and the certificate files as they are now.
@@ -301,7 +302,7 @@ async fn run(
         {
             Ok(rules) => {
                 if reload_tx.send(rules).await.is_ok() {
-                    info!(config = %config_path.display(), "SIGHUP: policy reloaded");
+                    info!(config = %config_path.display(), "SIGHUP: configuration loaded; handing the new policy to the pipeline");
                 }
             }
             Err(err) => warn!(

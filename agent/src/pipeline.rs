@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use custos_proto::{Event, event::GapReason, wire::BatchHeader};
 use tokio::sync::{Notify, mpsc};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     batch::Batcher,
@@ -230,6 +230,7 @@ pub async fn run(
             }
             Some(rules) = reload.recv() => {
                 tracker.replace_rules(rules, &mut events);
+                info!("policy reloaded: the new rules are in force");
             }
             _ = tick.tick() => {
                 tracker.flush_policy(&mut events);

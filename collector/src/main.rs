@@ -223,6 +223,8 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     ));
     let metrics_task =
         custos_daemon::metrics::serve(&config.metrics, metrics.registry(), stop_rx).await?;
+    // Signal handlers before saying ready: a SIGHUP right after must reload, not kill.
+    let mut signals = Signals::new()?;
     info!(
         address = %endpoint.local_addr()?,
         name = %identity.name,
@@ -230,7 +232,6 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     );
     custos_daemon::metrics::notify_ready();
 
-    let mut signals = Signals::new()?;
     while let Signal::Reload = signals.next().await {
         // The alert rules from the file as it is now; an invalid file keeps those running.
         match load_config(path.as_deref())

@@ -7,6 +7,7 @@
 //!   with every byte it showed kept;
 //! - [`users`]: test users (created once, idempotently);
 //! - [`sshd`]: a real OpenSSH server on a loopback port;
+//! - [`metrics`]: a daemon's Prometheus endpoint, scraped;
 //! - [`kernels`]: the capture scenario every kernel must pass (`cargo xtask vm-test`);
 //! - [`webhook`]: an HTTPS receiver for alerts.
 //!
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod deployment;
 pub mod https;
 pub mod kernels;
+pub mod metrics;
 pub mod netns;
 pub mod quic;
 pub mod sshd;

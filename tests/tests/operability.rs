@@ -3,7 +3,14 @@
 //! do.
 use std::{process::Command, time::Duration};
 
-use custos_tests::{agent::Agent, bin, deployment::Deployment, login_shell, users, wait_until};
+use custos_tests::{
+    agent::Agent,
+    bin,
+    deployment::Deployment,
+    login_shell,
+    metrics::{sample, scrape},
+    users, wait_until,
+};
 
 /// Runs `daemon --config FILE [extra]` with `config` in FILE; returns (status, stderr lines).
 fn run_with(
@@ -112,29 +119,6 @@ fn each_daemon_refuses_a_broken_configuration_in_one_documented_line() {
             format!("{daemon} {}", env!("CARGO_PKG_VERSION"))
         );
     }
-}
-
-/// The endpoint a daemon logged (`metrics at http://ADDR/metrics`), scraped.
-fn scrape(log: &str) -> String {
-    let url = log
-        .lines()
-        .find_map(|l| l.split("metrics at ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the metrics address in the log")
-        .to_owned();
-    let out = Command::new("curl")
-        .args(["-sf", &url])
-        .output()
-        .expect("curl");
-    assert!(out.status.success(), "GET {url}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
 #[test]

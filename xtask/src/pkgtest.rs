@@ -146,6 +146,36 @@ pub fn test_packages() -> anyhow::Result<()> {
         ),
     );
 
+    // The login notice: one line turns it on (the unit's ExecStartPre writes it), turning it
+    // off removes what the agent wrote and nothing else.
+    root.sh("mkdir -p /etc/ssh/sshd_config.d /etc/motd.d && echo 'site motd' > /etc/motd.d/site")?;
+    let on = root.sh(
+        "sed -i 's/^# enabled = false/enabled = true/' /etc/custos/agent.toml && \
+         custos-agent --config /etc/custos/agent.toml --apply-notice && \
+         grep -x 'Banner /etc/custos/notice' /etc/ssh/sshd_config.d/custos-notice.conf && \
+         grep -q 'session is recorded' /etc/custos/notice /etc/motd.d/custos",
+    )?;
+    check(
+        on.ok,
+        format!(
+            "[notice] enabled = true installs the sshd banner and the motd snippet{}",
+            on.why()
+        ),
+    );
+    let off = root.sh(
+        "sed -i 's/^enabled = true/# enabled = false/' /etc/custos/agent.toml && \
+         custos-agent --config /etc/custos/agent.toml --apply-notice && \
+         test ! -e /etc/ssh/sshd_config.d/custos-notice.conf && test ! -e /etc/motd.d/custos && \
+         test -e /etc/motd.d/site",
+    )?;
+    check(
+        off.ok,
+        format!(
+            "turning the notice off removes only its own files{}",
+            off.why()
+        ),
+    );
+
     // Upgrade (the same package again) keeps a local configuration.
     root.sh("echo '# local edit' >> /etc/custos/agent.toml")?;
     let again = root.sh(&format!("dpkg -i {}", debs[0]))?;
