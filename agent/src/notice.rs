@@ -65,11 +65,15 @@ fn write(path: &Path, text: &str, done: &mut Vec<String>) -> anyhow::Result<()> 
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if path.exists() && !is_ours(path) {
-        done.push(format!("{}: exists and is not ours; left alone", path.display()));
+        done.push(format!(
+            "{}: exists and is not ours; left alone",
+            path.display()
+        ));
         return Ok(());
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::write(ledger(path), MARK).with_context(|| format!("writing {}", ledger(path).display()))?;
+    std::fs::write(ledger(path), MARK)
+        .with_context(|| format!("writing {}", ledger(path).display()))?;
     done.push(format!("wrote {}", path.display()));
     Ok(())
 }
@@ -101,7 +105,8 @@ mod tests {
             ..NoticeConfig::default()
         };
         apply(&config, root.path()).expect("apply");
-        let banner = std::fs::read_to_string(root.path().join("etc/custos/notice")).expect("banner");
+        let banner =
+            std::fs::read_to_string(root.path().join("etc/custos/notice")).expect("banner");
         assert!(banner.starts_with("NOTICE: this session is recorded"));
         let dropin =
             std::fs::read_to_string(root.path().join("etc/ssh/sshd_config.d/custos-notice.conf"))

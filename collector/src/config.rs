@@ -168,10 +168,13 @@ impl Config {
                 reason,
             })?;
         // Alert rules: their messages name the key (alerts.rules[2].argv: ...).
-        config.alerts.compile().map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
+        config
+            .alerts
+            .compile()
+            .map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?;
         Ok(config)
     }
 

@@ -146,7 +146,11 @@ impl CollectorMetrics {
             "From a batch's arrival to its acknowledgement (stored, fsynced)",
             i.store_latency.clone(),
         );
-        registry.register("alerts_fired", "Alerts sent, per rule", self.alerts_fired.clone());
+        registry.register(
+            "alerts_fired",
+            "Alerts sent, per rule",
+            self.alerts_fired.clone(),
+        );
         registry.register(
             "alerts_suppressed",
             "Alerts over their rule's rate limit, per rule",

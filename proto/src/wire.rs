@@ -318,9 +318,9 @@ mod tests {
             seq: Seq(seq),
             process: None,
             event: EventBody::SessionEnd(SessionEnd {
-                    duration_secs: 1.0,
-                    ..Default::default()
-                }),
+                duration_secs: 1.0,
+                ..Default::default()
+            }),
         }
     }
 

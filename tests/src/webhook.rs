@@ -66,11 +66,20 @@ impl Receiver {
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.received.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.received
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until `check` holds for what arrived, at most `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let (lock, changed) = &*self.received;
         let deadline = Instant::now() + timeout;
         let mut received = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,7 +89,10 @@ impl Receiver {
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!("timed out after {timeout:?} waiting for {what}; received {:?}", *received);
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; received {:?}",
+                    *received
+                );
             }
             received = changed
                 .wait_timeout(received, deadline - now)
@@ -121,7 +133,9 @@ fn serve(stream: impl Read + Write, shared: &Shared) {
         let at = SystemTime::now();
         if let Ok(body) = serde_json::from_slice(&body) {
             let (lock, changed) = &**shared;
-            lock.lock().unwrap_or_else(|e| e.into_inner()).push(Received { at, body });
+            lock.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Received { at, body });
             changed.notify_all();
         }
         let stream = reader.get_mut();

@@ -20,9 +20,7 @@ impl Globs {
             builder.add(glob);
         }
         Ok(Self {
-            set: builder
-                .build()
-                .map_err(|err| format!("{key}: {err}"))?,
+            set: builder.build().map_err(|err| format!("{key}: {err}"))?,
             names: patterns.to_vec(),
         })
     }
@@ -122,15 +120,24 @@ mod tests {
             filter.judge(b"/proc/self/status"),
             OpenVerdict::Drop("files.exclude /proc/**".into())
         );
-        assert!(matches!(filter.judge(b"/usr/lib/x86_64-linux-gnu/libc.so.6"), OpenVerdict::Drop(_)));
-        assert!(matches!(filter.judge(b"/etc/ld.so.cache"), OpenVerdict::Drop(_)));
+        assert!(matches!(
+            filter.judge(b"/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            OpenVerdict::Drop(_)
+        ));
+        assert!(matches!(
+            filter.judge(b"/etc/ld.so.cache"),
+            OpenVerdict::Drop(_)
+        ));
         let only_etc = FileFilter::new(&FileFilterConfig {
             include: vec!["/etc/**".into()],
             ..defaults
         })
         .expect("filter");
         assert_eq!(only_etc.judge(b"/etc/passwd"), OpenVerdict::Keep);
-        assert_eq!(only_etc.judge(b"/tmp/x"), OpenVerdict::Drop("files.include".into()));
+        assert_eq!(
+            only_etc.judge(b"/tmp/x"),
+            OpenVerdict::Drop("files.include".into())
+        );
         let err = FileFilter::new(&FileFilterConfig {
             exclude: vec!["/a/[".into()],
             ..FileFilterConfig::default()

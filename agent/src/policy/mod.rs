@@ -85,9 +85,16 @@ fn compile_rule(index: usize, rule: &RuleConfig, mrn_pattern: &str) -> Result<Ru
         (Some(builtin), None) => {
             let (pattern, group) = redact::builtin(builtin).ok_or_else(|| {
                 let known: Vec<&str> = redact::BUILTINS.iter().map(|(n, _, _)| *n).collect();
-                format!("{key}.builtin: {builtin:?} is not one of {}", known.join(", "))
+                format!(
+                    "{key}.builtin: {builtin:?} is not one of {}",
+                    known.join(", ")
+                )
             })?;
-            let pattern = if builtin == "mrn" { mrn_pattern } else { pattern };
+            let pattern = if builtin == "mrn" {
+                mrn_pattern
+            } else {
+                pattern
+            };
             (
                 rule.name.clone().unwrap_or_else(|| builtin.clone()),
                 pattern.to_owned(),
@@ -103,8 +110,12 @@ fn compile_rule(index: usize, rule: &RuleConfig, mrn_pattern: &str) -> Result<Ru
         ),
         _ => return Err(format!("{key}: give either builtin or pattern")),
     };
-    let regex = regex::bytes::Regex::new(&pattern)
-        .map_err(|err| format!("{key}.pattern: not a valid regex: {}", one_line(&err.to_string())))?;
+    let regex = regex::bytes::Regex::new(&pattern).map_err(|err| {
+        format!(
+            "{key}.pattern: not a valid regex: {}",
+            one_line(&err.to_string())
+        )
+    })?;
     if group >= regex.captures_len() {
         return Err(format!("{key}.group: the pattern has no group {group}"));
     }
@@ -141,7 +152,8 @@ fn one_line(text: &str) -> String {
 fn read_key(path: &Path) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::PermissionsExt as _;
     let key = "redaction.key_file";
-    let meta = std::fs::metadata(path).map_err(|err| format!("{key}: {}: {err}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|err| format!("{key}: {}: {err}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!(
             "{key}: {} is readable by group or others; run chmod 600 on it",
@@ -281,11 +293,29 @@ impl Policy {
         match body {
             EventBody::Output(output) if !self.rules.redactor.is_empty() => {
                 let data = output.data.0;
-                self.stream(state, (output.tty.0, false), process, time, &data, false, output.uncaptured, out);
+                self.stream(
+                    state,
+                    (output.tty.0, false),
+                    process,
+                    time,
+                    &data,
+                    false,
+                    output.uncaptured,
+                    out,
+                );
             }
             EventBody::Input(input) if !self.rules.redactor.is_empty() => {
                 let data = input.data.0;
-                self.stream(state, (input.tty.0, true), process, time, &data, input.echoed, input.uncaptured, out);
+                self.stream(
+                    state,
+                    (input.tty.0, true),
+                    process,
+                    time,
+                    &data,
+                    input.echoed,
+                    input.uncaptured,
+                    out,
+                );
             }
             EventBody::Exec(mut exec) => {
                 if let Some(rule) = self.rules.commands.excluded(&exec.filename.0) {
@@ -297,7 +327,10 @@ impl Policy {
                 if !self.rules.redactor.is_empty() {
                     let mut counts = Counts::new();
                     for arg in &mut exec.argv {
-                        arg.0 = self.rules.redactor.redact(&arg.0, Stream::Argv, &mut counts);
+                        arg.0 = self
+                            .rules
+                            .redactor
+                            .redact(&arg.0, Stream::Argv, &mut counts);
                     }
                     self.add_redacted(state, &counts);
                     exec.redacted = counts;
@@ -373,15 +406,25 @@ impl Policy {
         held.uncaptured += uncaptured;
         let stream = if key.1 { Stream::Input } else { Stream::Output };
         let mut counts = Counts::new();
-        let released = held
-            .window
-            .push(&self.rules.redactor, stream, data, self.rules.window, &mut counts);
+        let released = held.window.push(
+            &self.rules.redactor,
+            stream,
+            data,
+            self.rules.window,
+            &mut counts,
+        );
         let release_time = held.time;
         if !held.window.is_empty() {
             held.time = time;
         }
         if !released.is_empty() || held.uncaptured > 0 {
-            let body = terminal_body(key, released, held.echoed, std::mem::take(&mut held.uncaptured), counts.clone());
+            let body = terminal_body(
+                key,
+                released,
+                held.echoed,
+                std::mem::take(&mut held.uncaptured),
+                counts.clone(),
+            );
             out.push(Passed {
                 time: release_time,
                 process: Some(held.process.clone()),
@@ -431,7 +474,13 @@ impl Policy {
             out.push(Passed {
                 time: held.time,
                 process: Some(held.process.clone()),
-                body: terminal_body(*key, data, held.echoed, std::mem::take(&mut held.uncaptured), counts),
+                body: terminal_body(
+                    *key,
+                    data,
+                    held.echoed,
+                    std::mem::take(&mut held.uncaptured),
+                    counts,
+                ),
             });
         }
         self.add_redacted(state, &total);
@@ -472,7 +521,12 @@ impl Policy {
 
     /// The session ended: everything held is released, repeats reported; returns what the
     /// end record says was filtered and redacted.
-    pub fn end_session(&mut self, session: u32, time: Timestamp, out: &mut Vec<Passed>) -> (Counts, Counts) {
+    pub fn end_session(
+        &mut self,
+        session: u32,
+        time: Timestamp,
+        out: &mut Vec<Passed>,
+    ) -> (Counts, Counts) {
         let Some(mut state) = self.sessions.remove(&session) else {
             return (Counts::new(), Counts::new());
         };
@@ -495,7 +549,13 @@ impl Policy {
     }
 }
 
-fn terminal_body(key: (u32, bool), data: Vec<u8>, echoed: bool, uncaptured: u64, redacted: Counts) -> EventBody {
+fn terminal_body(
+    key: (u32, bool),
+    data: Vec<u8>,
+    echoed: bool,
+    uncaptured: u64,
+    redacted: Counts,
+) -> EventBody {
     let tty = custos_proto::Tty(key.0);
     if key.1 {
         EventBody::Input(custos_proto::event::Input {

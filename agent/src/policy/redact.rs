@@ -36,7 +36,11 @@ pub struct Rule {
 /// The built-in rules: (name, pattern, capture group replaced).
 pub const BUILTINS: [(&str, &str, usize); 5] = [
     // 123-45-6789 or 123 45 6789, not part of a longer number.
-    ("ssn", r"(?:^|[^0-9-])([0-9]{3}[- ][0-9]{2}[- ][0-9]{4})(?:[^0-9-]|$)", 1),
+    (
+        "ssn",
+        r"(?:^|[^0-9-])([0-9]{3}[- ][0-9]{2}[- ][0-9]{4})(?:[^0-9-]|$)",
+        1,
+    ),
     // US numbers: (555) 123-4567, 555-123-4567, 555.123.4567, +1 555 123 4567.
     (
         "phone",
@@ -214,7 +218,8 @@ impl Window {
                 cut = r.end;
             }
         }
-        let released: Vec<Replacement> = replacements.into_iter().filter(|r| r.end <= cut).collect();
+        let released: Vec<Replacement> =
+            replacements.into_iter().filter(|r| r.end <= cut).collect();
         let out = redactor.apply(&text[..cut], &released, counts);
         self.pending = text[cut..].to_vec();
         out
@@ -284,13 +289,18 @@ mod tests {
         let other = r.redact(b"123-45-6780", Stream::Input, &mut counts);
         let token = |t: &[u8]| {
             let s = String::from_utf8_lossy(t).into_owned();
-            s[s.find('[').expect("token")..].trim_end_matches('.').to_owned()
+            s[s.find('[').expect("token")..]
+                .trim_end_matches('.')
+                .to_owned()
         };
         assert_eq!(token(&a), token(&b));
         assert_ne!(token(&a), token(&other));
         assert!(!String::from_utf8_lossy(&a).contains("6789"));
         let other_key = Redactor::new(vec![rule("ssn", Action::Pseudonymise)], b"x".to_vec());
-        assert_ne!(token(&other_key.redact(b"123-45-6789", Stream::Output, &mut counts)), token(&a));
+        assert_ne!(
+            token(&other_key.redact(b"123-45-6789", Stream::Output, &mut counts)),
+            token(&a)
+        );
     }
 
     #[test]
@@ -303,12 +313,18 @@ mod tests {
             shown.extend(window.push(&r, Stream::Output, piece, 16, &mut counts));
         }
         shown.extend(window.flush(&r, Stream::Output, &mut counts));
-        assert_eq!(String::from_utf8_lossy(&shown), "patient ***-**-6789 ok\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&shown),
+            "patient ***-**-6789 ok\r\n"
+        );
 
         let mut typed = Vec::new();
         for key in b"987-65-4321\r" {
             typed.extend(window.push(&r, Stream::Input, &[*key], 16, &mut counts));
-            assert!(!String::from_utf8_lossy(&typed).contains("987-6"), "released raw");
+            assert!(
+                !String::from_utf8_lossy(&typed).contains("987-6"),
+                "released raw"
+            );
         }
         typed.extend(window.flush(&r, Stream::Input, &mut counts));
         assert_eq!(String::from_utf8_lossy(&typed), "***-**-4321\r");

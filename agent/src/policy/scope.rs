@@ -27,7 +27,10 @@ impl Scope {
     /// deciding).
     pub fn narrows(&self) -> bool {
         let c = &self.config;
-        !(c.users.is_empty() && c.groups.is_empty() && c.exclude_users.is_empty() && c.exclude_groups.is_empty())
+        !(c.users.is_empty()
+            && c.groups.is_empty()
+            && c.exclude_users.is_empty()
+            && c.exclude_groups.is_empty())
     }
 
     /// Whether sessions of login uid `uid` are recorded. A uid that names no user is recorded:
@@ -90,7 +93,12 @@ fn groups_of(user: &User) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn scope(users: &[&str], groups: &[&str], exclude_users: &[&str], exclude_groups: &[&str]) -> Scope {
+    fn scope(
+        users: &[&str],
+        groups: &[&str],
+        exclude_users: &[&str],
+        exclude_groups: &[&str],
+    ) -> Scope {
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
         Scope::new(ScopeConfig {
             users: names(users),

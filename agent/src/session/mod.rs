@@ -143,7 +143,11 @@ impl Tracker {
         {
             tracing::warn!(uid, error = %err, "cannot add a login uid to the kernel's scope filter");
         }
-        tracing::info!(session = sessionid, uid, "session out of scope: not recorded");
+        tracing::info!(
+            session = sessionid,
+            uid,
+            "session out of scope: not recorded"
+        );
         false
     }
 

@@ -170,7 +170,9 @@ pub fn start(
         ));
     }
     if sinks.is_empty() && config.active() {
-        warn!("alert rules are configured but no sink ([alerts] json_log, syslog or webhook): alerts only go to this log");
+        warn!(
+            "alert rules are configured but no sink ([alerts] json_log, syslog or webhook): alerts only go to this log"
+        );
     }
     let (sender, receiver) = sync_channel(FEED_DEPTH);
     let mut engine = Engine {

@@ -8,10 +8,7 @@ use globset::{Glob, GlobMatcher};
 use regex::Regex;
 use serde::Deserialize;
 
-use custos_proto::{
-    Event, EventBody,
-    event::Access,
-};
+use custos_proto::{Event, EventBody, event::Access};
 
 /// `[[alerts.rules]]` as written.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -78,7 +75,10 @@ fn glob(key: &str, pattern: &Option<String>) -> Result<Option<GlobMatcher>, Stri
 fn regex(key: &str, pattern: &Option<String>) -> Result<Option<Regex>, String> {
     pattern
         .as_ref()
-        .map(|p| Regex::new(p).map_err(|err| format!("{key}: not a valid regex: {}", one_line(&err.to_string()))))
+        .map(|p| {
+            Regex::new(p)
+                .map_err(|err| format!("{key}: not a valid regex: {}", one_line(&err.to_string())))
+        })
         .transpose()
 }
 
@@ -92,8 +92,12 @@ fn minutes(key: &str, text: &str) -> Result<u32, String> {
         .split_once(':')
         .ok_or_else(|| format!("{key}: {text:?} is not HH:MM"))?;
     let (h, m): (u32, u32) = (
-        h.trim().parse().map_err(|_| format!("{key}: {text:?} is not HH:MM"))?,
-        m.trim().parse().map_err(|_| format!("{key}: {text:?} is not HH:MM"))?,
+        h.trim()
+            .parse()
+            .map_err(|_| format!("{key}: {text:?} is not HH:MM"))?,
+        m.trim()
+            .parse()
+            .map_err(|_| format!("{key}: {text:?} is not HH:MM"))?,
     );
     if h > 23 || m > 59 {
         return Err(format!("{key}: {text:?} is not a time of day"));
@@ -102,8 +106,17 @@ fn minutes(key: &str, text: &str) -> Result<u32, String> {
 }
 
 const KINDS: [&str; 11] = [
-    "session_start", "session_end", "output", "input", "input_suppressed", "exec", "open",
-    "open_repeated", "fork", "exit", "gap",
+    "session_start",
+    "session_end",
+    "output",
+    "input",
+    "input_suppressed",
+    "exec",
+    "open",
+    "open_repeated",
+    "fork",
+    "exit",
+    "gap",
 ];
 
 impl Rule {
@@ -115,13 +128,19 @@ impl Rule {
         if let Some(kind) = &c.kind
             && !KINDS.contains(&kind.as_str())
         {
-            return Err(format!("{}: {kind:?} is not one of {}", key("kind"), KINDS.join(", ")));
+            return Err(format!(
+                "{}: {kind:?} is not one of {}",
+                key("kind"),
+                KINDS.join(", ")
+            ));
         }
         let write = match c.access.as_deref() {
             None => None,
             Some("read") => Some(false),
             Some("write") => Some(true),
-            Some(other) => return Err(format!("{}: {other:?} is not read or write", key("access"))),
+            Some(other) => {
+                return Err(format!("{}: {other:?} is not read or write", key("access")));
+            }
         };
         let hours = c
             .hours
@@ -149,7 +168,11 @@ impl Rule {
                 .as_ref()
                 .map(|p| {
                     regex::bytes::Regex::new(p).map_err(|err| {
-                        format!("{}: not a valid regex: {}", key("data"), one_line(&err.to_string()))
+                        format!(
+                            "{}: not a valid regex: {}",
+                            key("data"),
+                            one_line(&err.to_string())
+                        )
                     })
                 })
                 .transpose()?,
@@ -185,7 +208,10 @@ impl Rule {
             }
         }
         if let Some(remote) = &self.remote
-            && !session.remote.as_deref().is_some_and(|r| remote.is_match(r))
+            && !session
+                .remote
+                .as_deref()
+                .is_some_and(|r| remote.is_match(r))
         {
             return false;
         }
@@ -259,14 +285,16 @@ pub struct BuiltinConfig {
     pub agent_silent: Option<std::time::Duration>,
 }
 
-fn silence<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+fn silence<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
     let text = String::deserialize(d)?;
     if text == "off" {
         return Ok(None);
     }
-    humantime::parse_duration(&text)
-        .map(Some)
-        .map_err(|err| serde::de::Error::custom(format!("bad duration {text:?}: {err} (or \"off\")")))
+    humantime::parse_duration(&text).map(Some).map_err(|err| {
+        serde::de::Error::custom(format!("bad duration {text:?}: {err} (or \"off\")"))
+    })
 }
 
 impl Default for BuiltinConfig {
@@ -305,10 +333,14 @@ impl Builtins {
             set.add(Glob::new(p).map_err(|err| format!("alerts.builtin.phi_paths: {p:?}: {err}"))?);
         }
         if (c.phi_write || c.exfiltration_after_phi) && c.phi_paths.is_empty() {
-            return Err("alerts.builtin.phi_paths: needed by phi_write and exfiltration_after_phi".into());
+            return Err(
+                "alerts.builtin.phi_paths: needed by phi_write and exfiltration_after_phi".into(),
+            );
         }
         Ok(Self {
-            phi: set.build().map_err(|err| format!("alerts.builtin.phi_paths: {err}"))?,
+            phi: set
+                .build()
+                .map_err(|err| format!("alerts.builtin.phi_paths: {err}"))?,
             phi_write: c.phi_write,
             shadow_read: c.shadow_read,
             exfiltration: c.exfiltration_after_phi,

@@ -44,7 +44,10 @@ pub struct WebhookConfig {
     pub url: String,
     /// A CA certificate (PEM) to trust besides the system's.
     pub ca: Option<PathBuf>,
-    #[serde(default = "default_timeout", deserialize_with = "custos_daemon::duration")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "custos_daemon::duration"
+    )]
     pub timeout: Duration,
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -120,7 +123,11 @@ impl Syslog {
     /// The message: facility authpriv, severity warning; the alert as structured data and JSON.
     pub fn format(&self, alert: &Alert) -> String {
         const PRI: u32 = 10 * 8 + 4;
-        let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace(']', "\\]");
+        let escape = |v: &str| {
+            v.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace(']', "\\]")
+        };
         let msgid: String = alert
             .rule
             .chars()
@@ -169,7 +176,10 @@ pub struct Webhook {
 impl Webhook {
     pub fn start(config: &WebhookConfig, metrics: Arc<CollectorMetrics>) -> Result<Self, String> {
         if !config.url.starts_with("https://") {
-            return Err(format!("alerts.webhook.url: {:?} is not an https:// URL", config.url));
+            return Err(format!(
+                "alerts.webhook.url: {:?} is not an https:// URL",
+                config.url
+            ));
         }
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(ca) = &config.ca {
@@ -182,7 +192,10 @@ impl Webhook {
                 })
                 .collect();
             if certs.is_empty() {
-                return Err(format!("alerts.webhook.ca: {}: no certificate in it", ca.display()));
+                return Err(format!(
+                    "alerts.webhook.ca: {}: no certificate in it",
+                    ca.display()
+                ));
             }
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }

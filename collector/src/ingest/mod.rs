@@ -61,7 +61,11 @@ pub fn server_config(config: &Config) -> anyhow::Result<(quinn::ServerConfig, Id
 }
 
 /// Accepts connections until `stop` turns true.
-pub async fn serve(endpoint: quinn::Endpoint, ingest: Arc<Ingest>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    ingest: Arc<Ingest>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => match incoming {

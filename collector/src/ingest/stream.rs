@@ -39,7 +39,12 @@ async fn read_frame(recv: &mut RecvStream, limits: Limits) -> Result<Frame, Read
     wire::decode_frame(&body).map_err(ReadError::Wire)
 }
 
-pub async fn handle(mut send: SendStream, mut recv: RecvStream, peer: Arc<Peer>, ingest: Arc<Ingest>) {
+pub async fn handle(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: Arc<Peer>,
+    ingest: Arc<Ingest>,
+) {
     let (metrics, limits) = (&ingest.metrics, ingest.limits);
     let agent = peer.identity.name.as_str();
     let frame = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, limits)).await {

@@ -247,7 +247,8 @@ impl Summary {
                         summary.exits.push((process.tgid.0, exit.code, exit.signal));
                     }
                 }
-                EventBody::InputSuppressed(_) | EventBody::Fork(_) | EventBody::OpenRepeated(_) => {}
+                EventBody::InputSuppressed(_) | EventBody::Fork(_) | EventBody::OpenRepeated(_) => {
+                }
             }
         }
         summary

@@ -778,10 +778,13 @@ mod tests {
                 recording: id.clone()
             }
         );
-        let end = event(3, EventBody::SessionEnd(SessionEnd {
-                    duration_secs: 2.0,
-                    ..Default::default()
-                }));
+        let end = event(
+            3,
+            EventBody::SessionEnd(SessionEnd {
+                duration_secs: 2.0,
+                ..Default::default()
+            }),
+        );
         store.append(&batch(2, std::slice::from_ref(&end))).unwrap();
         let events = store.read_events(&id).unwrap();
         assert_eq!(
