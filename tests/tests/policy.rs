@@ -637,3 +637,87 @@ fn a_reload_with_an_invalid_regex_keeps_the_running_policy() {
     );
     drop(agent);
 }
+
+/// The customer's noise filters: opens under /proc are left out, a command excluded by path
+/// leaves no exec, and a process reading the same file three times is reported once with the
+/// repeat count; each filtered event is counted per rule in the session's end record. Opens
+/// under a PHI path are recorded every time whatever the other rules say.
+#[test]
+fn filters_leave_out_noise_and_count_what_they_left_out() {
+    users::ensure("custos-alice");
+    let phi = tempfile::Builder::new()
+        .prefix("custos-phi-")
+        .tempdir()
+        .expect("phi dir");
+    let record = phi.path().join("chart.txt");
+    std::fs::write(&record, "chart\n").expect("phi file");
+    std::fs::set_permissions(phi.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let agent = Agent::start(&format!(
+        "[files]\nphi_paths = [\"{}/**\"]\n[commands]\nexclude = [\"/usr/bin/true\"]\n",
+        phi.path().display()
+    ));
+    let (mut shell, session) = login_shell("custos-alice");
+    // Builtins, so that one process (the shell) opens each file several times.
+    shell.line(&format!(
+        "read v < /proc/version; for i in 1 2 3; do read h < /etc/hostname; read c < {}; done; /usr/bin/true",
+        record.display()
+    ));
+    shell.expect("custos$ ");
+    shell.line("exit 0");
+    shell.wait_exit();
+    let events = agent.wait_for("the session's end", DELIVERY, |events| {
+        agent::ended(events, session).then(|| events.to_vec())
+    });
+    let events = agent::session(&events, session);
+    let opens = |path: &str| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.event, EventBody::Open(o) if o.path.to_string() == path))
+            .count()
+    };
+    assert_eq!(opens("/proc/version"), 0, "/proc is excluded by default");
+    assert_eq!(opens("/etc/hostname"), 1, "read-only repeats are folded");
+    assert_eq!(
+        opens(&record.to_string_lossy()),
+        3,
+        "PHI opens are all kept"
+    );
+    let repeated: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            EventBody::OpenRepeated(r) if r.path.to_string() == "/etc/hostname" => Some(r.count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        repeated,
+        vec![2],
+        "the two repeats are reported with their count"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(&e.event,
+            EventBody::Exec(x) if x.filename.to_string() == "/usr/bin/true")),
+        "an excluded command leaves no exec"
+    );
+    let filtered = events
+        .iter()
+        .find_map(|e| match &e.event {
+            EventBody::SessionEnd(end) => Some(end.filtered.clone()),
+            _ => None,
+        })
+        .expect("the end record");
+    assert!(
+        filtered
+            .get("files.exclude /proc/**")
+            .is_some_and(|n| *n >= 1),
+        "{filtered:?}"
+    );
+    assert!(
+        filtered
+            .get("commands.exclude /usr/bin/true")
+            .is_some_and(|n| *n >= 1),
+        "{filtered:?}"
+    );
+    assert!(agent.stop().success);
+}
