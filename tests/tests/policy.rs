@@ -108,10 +108,12 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
             let path = entry.path();
             match entry.file_type() {
                 Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_file() => {
-                    if std::fs::read(&path).is_ok_and(|b| custos_tests::contains(&b, needle)) {
-                        found.push(path);
-                    }
+                Ok(t)
+                    if t.is_file()
+                        && std::fs::read(&path)
+                            .is_ok_and(|b| custos_tests::contains(&b, needle)) =>
+                {
+                    found.push(path)
                 }
                 _ => {}
             }
@@ -196,7 +198,7 @@ fn identifiers_are_replaced_before_they_leave_the_host() {
     assert_eq!(echo.redacted.get("ssn"), Some(&1));
     assert_eq!(echo.redacted.get("mrn"), Some(&1));
     assert!(alice_events.iter().any(|e| matches!(&e.event,
-        EventBody::Input(input) if input.redacted.get("ssn").is_some())));
+        EventBody::Input(input) if input.redacted.contains_key("ssn"))));
     // Typed, echoed, argv, printed, and split: five at least.
     let counts = session_end_redacted(&alice_events);
     assert!(counts.get("ssn").is_some_and(|n| *n >= 5), "{counts:?}");
