@@ -134,17 +134,17 @@ fn relative(path: &Path) -> String {
 }
 
 /// The files of a development deployment.
-struct DevDeployment {
-    collector_config: PathBuf,
-    agent_config: PathBuf,
-    cli_config: PathBuf,
-    logs: PathBuf,
+pub(crate) struct DevDeployment {
+    pub(crate) collector_config: PathBuf,
+    pub(crate) agent_config: PathBuf,
+    pub(crate) cli_config: PathBuf,
+    pub(crate) logs: PathBuf,
 }
 
 impl DevDeployment {
     /// Creates what is missing under `data` (keys and certificates only once) and writes the
     /// configurations (every time: they are generated).
-    fn prepare(bin: &Path, data: &Path, ports: u16) -> anyhow::Result<Self> {
+    pub(crate) fn prepare(bin: &Path, data: &Path, ports: u16) -> anyhow::Result<Self> {
         let pki = data.join("pki");
         let logs = data.join("logs");
         for dir in [data, &logs] {
@@ -269,16 +269,20 @@ fn hostname() -> anyhow::Result<String> {
 }
 
 /// A daemon started by `run`, logging to a file.
-struct Daemon {
+pub(crate) struct Daemon {
     name: &'static str,
-    child: Child,
+    pub(crate) child: Child,
     log: PathBuf,
     /// Where this run's lines begin in the log.
     log_start: u64,
 }
 
 impl Daemon {
-    fn start(name: &'static str, command: &mut Command, logs: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        name: &'static str,
+        command: &mut Command,
+        logs: &Path,
+    ) -> anyhow::Result<Self> {
         let log = logs.join(format!("{name}.log"));
         let file = fs::OpenOptions::new()
             .create(true)
@@ -323,7 +327,7 @@ impl Daemon {
     }
 
     /// Waits until this run's log has a line containing `needle`.
-    fn wait_for(
+    pub(crate) fn wait_for(
         &mut self,
         needle: &str,
         timeout: Duration,
@@ -356,12 +360,12 @@ impl Daemon {
         }
     }
 
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// SIGTERM, then waits; SIGKILL after [`STOP`]. True when it stopped cleanly.
-    fn stop(&mut self) -> bool {
+    pub(crate) fn stop(&mut self) -> bool {
         if let Some(status) = self.exited() {
             return status.success();
         }
@@ -399,7 +403,7 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Unsets this process's login uid (and with it its audit session), as root may.
-fn leave_login_session() {
+pub(crate) fn leave_login_session() {
     const UNSET: &[u8] = b"4294967295";
     // SAFETY: open, write and close on a static path; async-signal-safe.
     unsafe {

@@ -108,24 +108,25 @@ pub struct Kernel {
 
 /// What every boot needs: the binaries, the initramfs, a work directory.
 pub struct Vm {
+    /// The initramfs, console logs and reports.
     pub dir: PathBuf,
     pub bin: PathBuf,
     pub initrd: PathBuf,
+    /// Downloaded kernels, shared by every work directory (target/vm/kernels).
+    pub kernels: PathBuf,
 }
 
+/// The last line the guest driver writes to its report.
+const REPORT_END: &str = "CUSTOS-VMTEST-END";
+
 impl Vm {
-    /// Installs qemu and busybox, builds the release binaries and the initramfs.
+    /// Installs qemu and busybox, builds the release binaries and the initramfs in target/vm.
     pub fn prepare() -> anyhow::Result<Self> {
         if !cmd::is_root() {
             bail!(
                 "vm-test runs the scenario on this host too, which loads eBPF programs: run as root"
             );
         }
-        ensure_packages(&[
-            ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
-            ("cpio", "/usr/bin/cpio"),
-            ("busybox-static", "/bin/busybox"),
-        ])?;
         setup::setup()?;
         cmd::run(cmd::cargo().args([
             "build",
@@ -141,23 +142,39 @@ impl Vm {
             "--bin",
             "custos-vmtest",
         ]))?;
-        let dir = cmd::target_dir().join("vm");
-        std::fs::create_dir_all(&dir)?;
+        Self::prepare_in(&cmd::target_dir().join("vm"))
+    }
+
+    /// Installs qemu and busybox and builds the initramfs in `dir` (its console logs and
+    /// reports go there too, so a benchmark and `vm-test` do not share files) from release
+    /// binaries already built: custos-agent, custos-testkit and custos-vmtest.
+    pub fn prepare_in(dir: &Path) -> anyhow::Result<Self> {
+        ensure_packages(&[
+            ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+            ("cpio", "/usr/bin/cpio"),
+            ("busybox-static", "/bin/busybox"),
+        ])?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let bin = cmd::target_dir().join("release");
-        let initrd = build_initramfs(&dir, &bin)?;
-        Ok(Self { dir, bin, initrd })
+        let initrd = build_initramfs(dir, &bin)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            bin,
+            initrd,
+            kernels: cmd::target_dir().join("vm").join("kernels"),
+        })
     }
 
     /// The newest kernel package matching `pattern`, downloaded once.
     pub fn kernel(&self, pattern: &str) -> anyhow::Result<Kernel> {
         let package = newest_package(pattern)?;
-        let cache = self.dir.join("kernels").join(&package);
+        let cache = self.kernels.join(&package);
         let vmlinuz = cache.join("vmlinuz");
         if vmlinuz.exists() {
             return Ok(Kernel { package, vmlinuz });
         }
         println!("vm-test: downloading {package}");
-        let download = tempfile_dir(&self.dir, "download")?;
+        let download = tempfile_dir(&self.dir, &format!("download-{package}"))?;
         cmd::run(
             Command::new("apt-get")
                 .args(["download", "-q", "-o", "APT::Sandbox::User=root", &package])
@@ -197,6 +214,17 @@ impl Vm {
         mode: &str,
         arg: &str,
     ) -> anyhow::Result<Result<PathBuf, String>> {
+        self.boot_with(kernel, mode, arg, &[])
+    }
+
+    /// As [`Vm::boot_mode`], with more qemu arguments.
+    fn boot_with(
+        &self,
+        kernel: &Kernel,
+        mode: &str,
+        arg: &str,
+        qemu_args: &[&str],
+    ) -> anyhow::Result<Result<PathBuf, String>> {
         let base = format!(
             "{}-{}",
             kernel.package,
@@ -211,6 +239,7 @@ impl Vm {
         let mut qemu = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "2048"])
             .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .args(qemu_args)
             .arg("-kernel")
             .arg(&kernel.vmlinuz)
             .arg("-initrd")
@@ -256,6 +285,43 @@ impl Vm {
             started.elapsed()
         );
         Ok(Ok(report))
+    }
+
+    /// Boots `kernel` in bench mode (`custos-vmtest bench ARG`, with `qemu_args` such as
+    /// `-icount`) and returns the report's lines before its end line; an error, with the
+    /// console's last lines, if the VM did not finish the report.
+    pub fn bench(
+        &self,
+        kernel: &Kernel,
+        arg: &str,
+        qemu_args: &[&str],
+    ) -> anyhow::Result<Vec<String>> {
+        let console = self.dir.join(format!("{}-bench.console", kernel.package));
+        let tail = || {
+            let log = std::fs::read_to_string(&console).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        let report = match self.boot_with(kernel, "bench", arg, qemu_args)? {
+            Ok(report) => report,
+            Err(why) => bail!("{}: bench: {why}\nconsole:\n{}", kernel.package, tail()),
+        };
+        let text = std::fs::read_to_string(&report)
+            .with_context(|| format!("reading {}", report.display()))?;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_owned())
+            .take_while(|l| l != REPORT_END)
+            .collect();
+        if !text.lines().any(|l| l.trim_end_matches('\r') == REPORT_END) {
+            bail!(
+                "{}: the bench report ({}) is cut short\nconsole:\n{}",
+                kernel.package,
+                report.display(),
+                tail()
+            );
+        }
+        Ok(lines)
     }
 
     /// Judges a scenario report: (passed, the one line).

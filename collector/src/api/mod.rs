@@ -95,6 +95,11 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        // Small request/response exchanges: without this, Nagle's algorithm and the client's
+        // delayed ACK can hold the last piece of a response for tens of milliseconds.
+        if let Err(err) = stream.set_nodelay(true) {
+            warn!(error = %err, "cannot set TCP_NODELAY on an API connection");
+        }
         let acceptor = TlsAcceptor::from(tls.borrow().clone());
         let app = app.clone();
         tokio::spawn(async move {

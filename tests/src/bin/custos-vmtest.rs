@@ -5,10 +5,16 @@
 //!   one JSON line followed by an end line.
 //! - `judge RESULTS`: checks a report and prints one line: kernel, hook backends, and `passed`
 //!   or the first failing check (then the agent's log). Exit status 1 when it failed.
-use std::{io::Write as _, os::fd::AsFd as _};
+//! - `bench RUNS RESULTS`: times hooked and unhooked calls with no agent and with the agent on
+//!   each backend ([`bench`]), and writes the samples to RESULTS, one per line.
+//! - `bench-loop WORKLOAD WHERE CALLS AGENT_PID`: one timed loop (bench's worker process).
+use std::{fs::File, io::Write as _, os::fd::AsFd as _};
 
 use anyhow::{Context as _, bail};
 use custos_tests::kernels::{self, Report};
+
+#[path = "custos-vmtest/bench.rs"]
+mod bench;
 
 const END: &str = "CUSTOS-VMTEST-END";
 
@@ -22,8 +28,12 @@ fn main() {
     {
         ["guest", hooks, results] => guest(hooks, results),
         ["judge", results] => judge(results),
+        ["bench", runs, results] => bench_report(runs, results),
+        ["bench-loop", workload, place, calls, agent] => {
+            bench::bench_loop(workload, place, calls, agent).map(|()| true)
+        }
         _ => Err(anyhow::anyhow!(
-            "usage: custos-vmtest guest HOOKS RESULTS | judge RESULTS"
+            "usage: custos-vmtest guest HOOKS RESULTS | judge RESULTS | bench RUNS RESULTS"
         )),
     };
     match result {
@@ -36,27 +46,50 @@ fn main() {
     }
 }
 
-fn guest(hooks: &str, results: &str) -> anyhow::Result<bool> {
-    let mut out = std::fs::OpenOptions::new()
+/// Opens the report file, a serial port in the VMs: set to raw mode (no output processing),
+/// so the report arrives byte for byte.
+fn open_results(results: &str) -> anyhow::Result<File> {
+    let out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(results)
         .with_context(|| format!("opening {results}"))?;
-    // A serial port: no output processing, so the JSON arrives byte for byte.
     if let Ok(mut termios) = nix::sys::termios::tcgetattr(out.as_fd()) {
         nix::sys::termios::cfmakeraw(&mut termios);
         nix::sys::termios::tcsetattr(out.as_fd(), nix::sys::termios::SetArg::TCSANOW, &termios)?;
     }
+    Ok(out)
+}
+
+/// Writes the end line and waits until a serial port has sent everything.
+fn finish_results(mut out: File) -> anyhow::Result<()> {
+    out.write_all(format!("{END}\n").as_bytes())?;
+    out.flush()?;
+    let _ = nix::sys::termios::tcdrain(out.as_fd());
+    Ok(())
+}
+
+fn guest(hooks: &str, results: &str) -> anyhow::Result<bool> {
+    let mut out = open_results(results)?;
     let report = kernels::run(hooks);
     let mut text = serde_json::to_string(&report)?;
     text.push('\n');
-    text.push_str(END);
-    text.push('\n');
     out.write_all(text.as_bytes())?;
-    out.flush()?;
-    let _ = nix::sys::termios::tcdrain(out.as_fd());
+    finish_results(out)?;
     Ok(true)
+}
+
+/// The bench mode: samples as they are measured, then an `error` line if one stopped it, then
+/// the end line.
+fn bench_report(runs: &str, results: &str) -> anyhow::Result<bool> {
+    let mut out = open_results(results)?;
+    let result = bench::bench(runs, &mut out);
+    if let Err(err) = &result {
+        out.write_all(format!("{}\n", bench::error_line(err)).as_bytes())?;
+    }
+    finish_results(out)?;
+    result.map(|()| true)
 }
 
 fn judge(results: &str) -> anyhow::Result<bool> {

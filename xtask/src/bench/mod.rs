@@ -92,7 +92,10 @@ impl Stats {
 }
 
 pub fn bench(options: BenchOptions) -> anyhow::Result<()> {
-    anyhow::ensure!(cmd::is_root(), "cargo xtask bench needs root (it loads eBPF programs)");
+    anyhow::ensure!(
+        cmd::is_root(),
+        "cargo xtask bench needs root (it loads eBPF programs)"
+    );
     anyhow::ensure!(options.runs >= 5, "--runs must be at least 5");
     setup::setup()?;
     cmd::run(cmd::cargo().args(["build", "--release", "--bins"]))?;
@@ -125,7 +128,10 @@ fn write_report(path: &Path, sections: &[Section], options: &BenchOptions) -> an
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let mut names: Vec<&str> = Vec::new();
     for line in old.lines() {
-        if let Some(name) = line.strip_prefix("<!-- bench:").and_then(|r| r.strip_suffix(" -->")) {
+        if let Some(name) = line
+            .strip_prefix("<!-- bench:")
+            .and_then(|r| r.strip_suffix(" -->"))
+        {
             names.push(name);
         }
     }
@@ -154,7 +160,10 @@ fn write_report(path: &Path, sections: &[Section], options: &BenchOptions) -> an
                 None => continue,
             },
         };
-        let _ = writeln!(text, "<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->\n");
+        let _ = writeln!(
+            text,
+            "<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->\n"
+        );
     }
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -179,8 +188,5 @@ fn machine_line() -> String {
                 .map(|m| m.trim().to_owned())
         })
         .unwrap_or_default();
-    format!(
-        "Machine: Linux {}, {cpus} CPUs ({model}).",
-        kernel.trim()
-    )
+    format!("Machine: Linux {}, {cpus} CPUs ({model}).", kernel.trim())
 }

@@ -1,0 +1,292 @@
+//! Workloads for `cargo xtask bench --only app`: the loops the application benchmark times,
+//! a pseudo-terminal runner for shell workloads, and the rate-controlled event generator of the
+//! agent capacity test.
+//!
+//! Every subcommand first puts this process inside a login session (`--login-uid UID`: the
+//! uid written to /proc/self/loginuid, which gives it a fresh audit session id, as pam_loginuid
+//! does at login) or outside any (`--no-session`: the login uid unset), so its children are
+//! recorded or not recorded by the agent. Timing is done by the caller around the whole process.
+use std::{
+    ffi::CString,
+    fs::{File, OpenOptions},
+    io::{Read as _, Write as _},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Workloads of the Custos application benchmark")]
+struct Cli {
+    /// Enter a login session as this uid before running the workload.
+    #[arg(long, conflicts_with = "no_session")]
+    login_uid: Option<u32>,
+    /// Leave any login session before running the workload.
+    #[arg(long)]
+    no_session: bool,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand)]
+enum Workload {
+    /// Runs ARGV on a new pseudo-terminal (its controlling terminal, stdin, stdout and stderr)
+    /// and drains what it writes; exits with its status.
+    Pty {
+        #[arg(required = true, trailing_var_arg = true)]
+        argv: Vec<String>,
+    },
+    /// Opens and closes PATH read-only COUNT times.
+    OpenLoop {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        path: PathBuf,
+    },
+    /// Writes 64 bytes to /dev/null COUNT times.
+    WriteLoop {
+        #[arg(long)]
+        count: u64,
+    },
+    /// Calls getppid COUNT times.
+    GetppidLoop {
+        #[arg(long)]
+        count: u64,
+    },
+    /// Generates about RATE recordable events per second for SECONDS: opens for writing of
+    /// files under DIR and 64-byte writes to a pseudo-terminal, alternating, plus 20 runs of
+    /// /bin/true per second. Prints `operations execs seconds` on stdout.
+    Generate {
+        #[arg(long)]
+        rate: u64,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("custos-bench-workload: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(uid) = cli.login_uid {
+        set_login_uid(&uid.to_string())?;
+    } else if cli.no_session {
+        set_login_uid("4294967295")?;
+    }
+    match cli.workload {
+        Workload::Pty { argv } => pty_run(&argv),
+        Workload::OpenLoop { count, path } => {
+            open_loop(count, &path)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Workload::WriteLoop { count } => {
+            write_loop(count)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Workload::GetppidLoop { count } => {
+            for _ in 0..count {
+                // SAFETY: getppid has no preconditions.
+                std::hint::black_box(unsafe { libc::getppid() });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Workload::Generate { rate, seconds, dir } => {
+            generate(rate, seconds, &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes `value` to /proc/self/loginuid (root may change it at any time).
+fn set_login_uid(value: &str) -> anyhow::Result<()> {
+    std::fs::write("/proc/self/loginuid", value)
+        .with_context(|| format!("writing {value} to /proc/self/loginuid"))
+}
+
+fn open_loop(count: u64, path: &std::path::Path) -> anyhow::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{} contains a NUL byte", path.display()))?;
+    for _ in 0..count {
+        // SAFETY: a valid NUL-terminated path; the descriptor is closed right away.
+        let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("opening {}", path.display()));
+        }
+        // SAFETY: fd was just opened by us.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+fn write_loop(count: u64) -> anyhow::Result<()> {
+    let null = OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .context("opening /dev/null")?;
+    let buf = [b'x'; 64];
+    for _ in 0..count {
+        // SAFETY: writing a live buffer to an open descriptor.
+        let n = unsafe { libc::write(null.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error()).context("writing to /dev/null");
+        }
+    }
+    Ok(())
+}
+
+/// A new pseudo-terminal pair (master, slave).
+fn open_pty() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let mut master = -1;
+    let mut slave = -1;
+    // SAFETY: openpty writes two descriptors; the name, termios and winsize are optional.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("openpty");
+    }
+    // SAFETY: both descriptors were just returned by openpty and are ours alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+}
+
+/// Reads `master` until the slave side is gone (EIO), returning the bytes read.
+fn drain(master: OwnedFd) -> u64 {
+    let mut file = File::from(master);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n as u64,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            // EIO: every slave descriptor is closed.
+            Err(_) => return total,
+        }
+    }
+}
+
+fn pty_run(argv: &[String]) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+    let (master, slave) = open_pty()?;
+    let Some((program, args)) = argv.split_first() else {
+        bail!("pty: no command given");
+    };
+    let slave_fd = slave.as_raw_fd();
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(slave.try_clone().context("duplicating the pty slave")?)
+        .stdout(slave.try_clone().context("duplicating the pty slave")?)
+        .stderr(slave.try_clone().context("duplicating the pty slave")?);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() < 0 || libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {program} on a pty"))?;
+    drop(slave);
+    drop(command);
+    drain(master);
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {program}"))?;
+    if status.success() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("custos-bench-workload: {program} ended with {status}");
+    let code = status
+        .code()
+        .or(status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The capacity generator: see [`Workload::Generate`].
+fn generate(rate: u64, seconds: f64, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (master, slave) = open_pty()?;
+    let drainer = std::thread::spawn(move || drain(master));
+    let mut tty = File::from(slave);
+    let paths: Vec<CString> = (0..64)
+        .map(|i| {
+            let path = dir.join(format!("file-{i}"));
+            CString::new(path.as_os_str().as_encoded_bytes()).context("path with a NUL byte")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut line = [b'.'; 64];
+    line[63] = b'\n';
+    let start = Instant::now();
+    let window = Duration::from_secs_f64(seconds);
+    let mut operations = 0u64;
+    let mut execs = 0u64;
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= window {
+            break;
+        }
+        if (execs as f64) < elapsed.as_secs_f64() * 20.0 {
+            Command::new("/bin/true")
+                .status()
+                .context("running /bin/true")?;
+            execs += 1;
+        }
+        let due = (elapsed.as_secs_f64() * rate as f64) as u64;
+        if operations >= due {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        // Catch up in bounded batches so the clock is read often enough.
+        for _ in 0..(due - operations).min(1000) {
+            if operations.is_multiple_of(2) {
+                let path = &paths[(operations / 2 % 64) as usize];
+                // SAFETY: a valid NUL-terminated path; the descriptor is closed right away.
+                let fd = unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                        0o600,
+                    )
+                };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error()).context("opening a file");
+                }
+                // SAFETY: fd was just opened by us.
+                unsafe { libc::close(fd) };
+            } else {
+                tty.write_all(&line).context("writing to the pty")?;
+            }
+            operations += 1;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(tty);
+    let _ = drainer.join();
+    println!("{operations} {execs} {seconds:.3}");
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Custos under test: a development deployment like `cargo xtask run` (CA, certificates,
+//! configurations) in the benchmark's scratch directory, a collector for the whole benchmark,
+//! agents started and stopped around each round, and what the benchmark reads from the agent:
+//! its Prometheus counters and its CPU time and memory from /proc.
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::Command,
+    sync::atomic::AtomicBool,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::run::{Daemon, DevDeployment};
+
+/// First of the four ports of the deployment (QUIC, API, agent metrics, collector metrics);
+/// away from `cargo xtask run`'s 7443 and the tests'.
+const PORTS: u16 = 17480;
+const START: Duration = Duration::from_secs(120);
+
+/// A collector, and the deployment agents are started from.
+pub struct Custos {
+    bin: std::path::PathBuf,
+    dev: DevDeployment,
+    _collector: Daemon,
+}
+
+impl Custos {
+    pub fn start(bin: &Path, data: &Path) -> anyhow::Result<Self> {
+        let dev = DevDeployment::prepare(bin, data, PORTS)?;
+        let mut collector = Daemon::start(
+            "collector",
+            Command::new(bin.join("custos-collector"))
+                .arg("--config")
+                .arg(&dev.collector_config),
+            &dev.logs,
+        )?;
+        collector.wait_for("collector listening", START, &AtomicBool::new(false))?;
+        Ok(Self {
+            bin: bin.to_path_buf(),
+            dev,
+            _collector: collector,
+        })
+    }
+
+    /// Starts an agent and waits until it records.
+    pub fn agent(&self) -> anyhow::Result<Agent> {
+        let mut daemon = Daemon::start(
+            "agent",
+            Command::new(self.bin.join("custos-agent"))
+                .arg("--config")
+                .arg(&self.dev.agent_config),
+            &self.dev.logs,
+        )?;
+        daemon.wait_for("recording login sessions", START, &AtomicBool::new(false))?;
+        Ok(Agent { daemon })
+    }
+
+    pub fn logs(&self) -> &Path {
+        &self.dev.logs
+    }
+}
+
+/// A running agent; stopped (it ships what it holds first) when dropped.
+pub struct Agent {
+    daemon: Daemon,
+}
+
+impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.daemon.child.id()
+    }
+
+    /// Its counters now.
+    pub fn metrics(&self) -> anyhow::Result<Metrics> {
+        scrape(PORTS + 2)
+    }
+
+    /// Waits until the agent has taken in everything (records stop growing) and the
+    /// collector acknowledged it, at most `limit`.
+    pub fn settle(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut last = self.metrics()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.metrics()?;
+            let quiet = now.get(RECORDS) == last.get(RECORDS)
+                && now.get("custos_agent_spool_pending_batches") == 0.0;
+            if quiet || Instant::now() > deadline {
+                return Ok(());
+            }
+            last = now;
+        }
+    }
+
+    /// CPU seconds (user + system) and (VmRSS, VmHWM) in KiB.
+    pub fn usage(&self) -> anyhow::Result<(f64, u64, u64)> {
+        process_usage(self.pid())
+    }
+
+    pub fn stop(mut self) -> bool {
+        self.daemon.stop()
+    }
+}
+
+pub const RECORDS: &str = "custos_agent_kernel_records_total";
+pub const DROPPED: &str = "custos_agent_kernel_dropped_records_total";
+pub const SPOOL_LOST: &str = "custos_agent_spool_lost_events_total";
+
+/// One scrape of a Prometheus endpoint: sample (name with labels) to value.
+pub struct Metrics(HashMap<String, f64>);
+
+impl Metrics {
+    /// The sum of every sample of metric `name` (all label sets).
+    pub fn get(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(key, _)| {
+                key.strip_prefix(name)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// The label sets of `name` whose value is `value`.
+    pub fn labels_with(&self, name: &str, value: f64) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(key, v)| **v == value && key.starts_with(&format!("{name}{{")))
+            .map(|(key, _)| key[name.len()..].to_owned())
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+fn scrape(port: u16) -> anyhow::Result<Metrics> {
+    let address = format!("127.0.0.1:{port}");
+    let mut stream =
+        TcpStream::connect(&address).with_context(|| format!("connecting to {address}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .context("setting a timeout")?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .with_context(|| format!("asking {address} for its metrics"))?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading the metrics of {address}"))?;
+    let mut samples = HashMap::new();
+    for line in text.lines().filter(|l| l.starts_with("custos_")) {
+        if let Some((key, value)) = line.rsplit_once(' ')
+            && let Ok(value) = value.parse::<f64>()
+        {
+            samples.insert(key.to_owned(), value);
+        }
+    }
+    anyhow::ensure!(!samples.is_empty(), "no custos_ metrics at {address}");
+    Ok(Metrics(samples))
+}
+
+/// CPU seconds (utime + stime) and (VmRSS, VmHWM) in KiB of process `pid`.
+pub fn process_usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat =
+        std::fs::read_to_string(&stat_path).with_context(|| format!("reading {stat_path}"))?;
+    // The fields after the command name (which may hold spaces) start with the state.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{stat_path} has no command name"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("{stat_path}: field {} unreadable", i + 3))
+    };
+    // utime and stime are fields 14 and 15 (1-based); `after` starts at field 3.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (ticks(11)? + ticks(12)?) / hz.max(1.0);
+    let status_path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&status_path).with_context(|| format!("reading {status_path}"))?;
+    let kib = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((cpu, kib("VmRSS:"), kib("VmHWM:")))
+}

@@ -1,0 +1,318 @@
+//! The `app` section of BENCHMARKS.md: one table per workload with each configuration's time
+//! and ratios, the issue's targets with whether they are met, the agent's drops, and the
+//! capacity and footprint tables.
+use std::{fmt::Write as _, time::Duration};
+
+use super::{
+    Config, Results, Variant,
+    capacity::{self, Capacity},
+    monitors::{AUDIT_RULE, FLOOR_PROBES},
+    variants,
+    workloads::{self, Kind},
+};
+use crate::bench::{Context, Stats};
+
+pub fn render(ctx: &Context, results: &Results, capacity: &Capacity, took: Duration) -> String {
+    let mut md = String::new();
+    md.push_str("## Application overhead, agent capacity and footprint (`app`)\n\n");
+    let _ = writeln!(
+        md,
+        "Command: `cargo xtask bench --only app` (as root, {} runs, {:.0} min on this machine). \
+         Workloads come from `custos-bench-workload` (bench/src/bin); each run is timed from \
+         process start to exit.\n",
+        ctx.runs,
+        took.as_secs_f64() / 60.0
+    );
+    md.push_str(&setup_notes());
+    for variant in variants() {
+        workload_table(&mut md, results, variant);
+    }
+    capacity_tables(&mut md, capacity);
+    md
+}
+
+fn setup_notes() -> String {
+    let mut md = String::new();
+    md.push_str("Configurations, interleaved round by round (baseline, floor, custos, auditd, tlog, then the next round) so drift hits all alike:\n\n");
+    md.push_str("- **baseline**: nothing attached.\n");
+    let _ = writeln!(
+        md,
+        "- **empty-program floor**: empty eBPF programs on the agent's hooks, attached with \
+         bpftrace 0.17 (Debian) and checked with bpftool (9 programs): `bpftrace -e '{FLOOR_PROBES}'`. \
+         The agent uses tp_btf for the scheduler hooks; bpftrace 0.17 has neither tp_btf nor \
+         working raw tracepoint probes, so the floor uses classic sched tracepoints there \
+         (exec, fork and exit are rare next to the hooked syscalls)."
+    );
+    md.push_str(
+        "- **custos-agent**: the release agent (default configuration: login sessions, \
+         `hooks = \"auto\"`) shipping over QUIC/mTLS to a local release collector, deployed \
+         like `cargo xtask run` under target/bench/app/deploy. Started before each round's \
+         custos runs; after each workload the benchmark waits until the agent has drained its \
+         ring buffer and the collector acknowledged everything, outside the timed span.\n",
+    );
+    let _ = writeln!(
+        md,
+        "- **auditd**: Debian's auditd 3.0.9 (`auditd -n`, default auditd.conf: ENRICHED log, \
+         INCREMENTAL_ASYNC flush), `auditctl -b 8192` and `auditctl {}`. Rules and settings are \
+         restored and auditd stopped afterwards.",
+        AUDIT_RULE.join(" ")
+    );
+    md.push_str(
+        "- **tlog-rec-session**: Debian's tlog 12.1 is available and used as the shell \
+         (`tlog-rec-session -c SCRIPT`, shell /bin/sh, file writer, no rate limit) for the \
+         terminal workloads inside a session. It refuses to record without a utmp file, which \
+         this container lacks: the benchmark creates an empty /run/utmp for the run and deletes \
+         it afterwards.\n\n",
+    );
+    let _ = writeln!(
+        md,
+        "\"Inside a session\": the workload process writes {} (root) to /proc/self/loginuid \
+         first, which gives it a fresh audit session id, so the agent records it; \"outside\": \
+         it unsets its login uid. Shell workloads (exec loop, admin session, flood) run on a \
+         fresh pseudo-terminal whose master the workload program drains, in every \
+         configuration.\n",
+        workloads::SESSION_UID
+    );
+    let _ = writeln!(
+        md,
+        "Sizes: the exec loop runs /bin/true {} times instead of the issue's 20,000 (about 1 ms \
+         each here; the full count would not fit the 35-minute budget with five configurations \
+         and five runs); the open loop does {} open+close instead of 1,000,000 (under auditd \
+         each open writes about 1 KB of log: a million took minutes per run); the other \
+         workloads have the issue's sizes.\n",
+        workloads::EXEC_LOOP,
+        workloads::OPEN_LOOP
+    );
+    md.push_str(
+        "fentry (fexit) hooks cannot run on this kernel: attaching a BPF trampoline fails with \
+         EPERM, so the agent falls back to syscall exit tracepoints (`hooks` below), where every \
+         syscall of every process pays the kernel's tracing slow path. What the fentry path \
+         would cost is measured in the `vmcost` section, in a VM whose kernel allows it.\n\n\
+         Noise: a shared 2-core VM; other builds and benchmarks may run at the same time, so \
+         read differences of a few percent as noise unless the min-max ranges separate.\n\n",
+    );
+    md
+}
+
+/// "met" or "MISSED".
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+fn workload_table(md: &mut String, results: &Results, variant: Variant) {
+    let (kind, in_session) = variant;
+    let Some(baseline) = results.stats(variant, Config::Baseline) else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "### {}, {} a session\n",
+        kind.title(),
+        if in_session { "inside" } else { "outside" }
+    );
+    let floor = results.stats(variant, Config::Floor);
+    let show_floor = !in_session && kind.is_syscall_loop();
+    md.push_str("| configuration | seconds, median (min-max) | vs baseline |");
+    if show_floor {
+        md.push_str(" vs floor |");
+    }
+    md.push_str("\n|---|---|---|");
+    if show_floor {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    for config in Config::ALL {
+        let Some(stats) = results.stats(variant, config) else {
+            continue;
+        };
+        let _ = write!(
+            md,
+            "| {} | {} | {} |",
+            config.name(),
+            stats.display(3),
+            stats.ratio(&baseline)
+        );
+        if show_floor {
+            match &floor {
+                Some(floor) => {
+                    let _ = write!(md, " {} |", stats.ratio(floor));
+                }
+                None => md.push_str(" - |"),
+            }
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    targets(md, results, variant, &baseline, floor.as_ref());
+    if let Some(counts) = results.agent.get(&variant) {
+        let _ = write!(
+            md,
+            "Agent, over the {} custos runs: {:.0} kernel records, {:.0} dropped in the kernel \
+             (ring buffer full, recorded as gaps), {:.0} lost from the spool.",
+            results
+                .seconds
+                .get(&(variant, Config::Custos))
+                .map_or(0, Vec::len),
+            counts.records,
+            counts.dropped,
+            counts.spool_lost
+        );
+    }
+    if let Some(lost) = results.audit_lost.get(&variant) {
+        let _ = write!(
+            md,
+            " auditd: {lost} records lost by the kernel (backlog full)."
+        );
+    }
+    md.push_str("\n\n");
+}
+
+/// The issue's targets for this workload, each with the measured figure and a verdict.
+fn targets(
+    md: &mut String,
+    results: &Results,
+    variant: Variant,
+    baseline: &Stats,
+    floor: Option<&Stats>,
+) {
+    let (kind, in_session) = variant;
+    let Some(custos) = results.stats(variant, Config::Custos) else {
+        return;
+    };
+    let ratio = custos.median / baseline.median;
+    let mut lines = Vec::new();
+    let within = |limit: f64| {
+        format!(
+            "within {:.0}% of baseline: {:+.1}%, {}",
+            limit * 100.0,
+            (ratio - 1.0) * 100.0,
+            verdict(ratio <= 1.0 + limit)
+        )
+    };
+    match (kind, in_session) {
+        (Kind::ExecLoop | Kind::Admin, false) => lines.push(within(0.01)),
+        (Kind::ExecLoop | Kind::Admin, true) => lines.push(within(0.05)),
+        (Kind::Flood, true) => lines.push(within(0.10)),
+        _ => {}
+    }
+    if !in_session
+        && kind.is_syscall_loop()
+        && let Some(floor) = floor
+    {
+        let over = custos.median / floor.median;
+        lines.push(format!(
+            "no more than 10% above the empty-program floor: {:+.1}%, {}",
+            (over - 1.0) * 100.0,
+            verdict(over <= 1.10)
+        ));
+    }
+    if let Some(auditd) = results.stats(variant, Config::Auditd) {
+        let ours = custos.median - baseline.median;
+        let theirs = auditd.median - baseline.median;
+        let (factor, label) = if in_session {
+            (5.0, "at least 5x less added time than auditd")
+        } else {
+            (1.0, "less added time than auditd")
+        };
+        let ok = ours <= 0.0 || (theirs > 0.0 && ours * factor <= theirs);
+        let shown = if ours <= 0.0 {
+            "custos adds nothing measurable".to_owned()
+        } else {
+            format!("auditd adds {:.2}x custos's", theirs / ours)
+        };
+        lines.push(format!(
+            "{label}: custos {ours:+.3} s, auditd {theirs:+.3} s ({shown}), {}",
+            verdict(ok)
+        ));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    md.push_str("Targets (issue 7):\n");
+    for line in lines {
+        let _ = writeln!(md, "- {line}");
+    }
+    md.push('\n');
+}
+
+fn capacity_tables(md: &mut String, capacity: &Capacity) {
+    md.push_str("### Agent capacity (item 6)\n\n");
+    let _ = writeln!(
+        md,
+        "A generator inside a session (`custos-bench-workload generate`) alternates opens for \
+         writing of 64 files and 64-byte writes to a pseudo-terminal at a set rate, plus 20 \
+         runs of /bin/true a second; each step lasts {:.0} s (the issue asks 60 s; shortened \
+         for the time box) and the rate steps up until the kernel drops records or the \
+         generator cannot keep up. Kernel records and drops come from the agent's \
+         `custos_agent_kernel_records_total` and `custos_agent_kernel_dropped_records_total`; \
+         agent CPU from /proc/PID/stat (utime+stime), per million records including the drain \
+         after the window. Target: 200,000 events/s on one core with zero drops.\n",
+        capacity::WINDOW
+    );
+    md.push_str(
+        "| target ops/s | generated ops/s | kernel records/s | dropped | agent CPU % of a core | agent CPU s per million records |\n|---|---|---|---|---|---|\n",
+    );
+    for step in &capacity.steps {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            step.target,
+            step.achieved,
+            step.records_per_s,
+            step.dropped,
+            step.cpu_percent,
+            step.cpu_per_million
+        );
+    }
+    let best = capacity
+        .steps
+        .iter()
+        .filter(|s| s.dropped == 0.0)
+        .map(|s| s.records_per_s)
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        md,
+        "\nHighest rate sustained with zero drops: {best:.0} records/s (target 200,000: {}). {}\n",
+        verdict(best >= 200_000.0),
+        match capacity.steps.last() {
+            Some(last) if last.dropped > 0.0 =>
+                "The last step dropped records: that rate is past the agent's capacity here.",
+            Some(last) if last.achieved < 0.9 * last.target as f64 =>
+                "The last step stopped because the generator could not reach its rate (one \
+                 process on a 2-core machine shared with the agent and the collector): the \
+                 agent's limit may be higher.",
+            _ => "",
+        }
+    );
+    md.push_str("### Agent footprint (item 10, agent half)\n\n");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let _ = writeln!(
+        md,
+        "| state | VmRSS MiB | VmHWM MiB | CPU |\n|---|---|---|---|\n\
+         | idle ({} s, no session active) | {:.1} | {:.1} | {:.3}% of a core |\n\
+         | after the capacity steps | {:.1} | {:.1} | see the capacity table |\n",
+        capacity::IDLE,
+        mib(capacity.idle_rss_kib),
+        mib(capacity.idle_hwm_kib),
+        capacity.idle_cpu_percent,
+        mib(capacity.load_rss_kib),
+        mib(capacity.load_hwm_kib),
+    );
+    let _ = writeln!(
+        md,
+        "Targets: under 40 MB RSS ({}: peak {:.1} MiB) and under 0.1% CPU idle ({}). \
+         /proc's CPU times tick at 10 ms, so idle CPU below 0.033% over 30 s reads as 0.\n",
+        verdict(mib(capacity.load_hwm_kib) < 40.0 * 1e6 / (1 << 20) as f64),
+        mib(capacity.load_hwm_kib),
+        verdict(capacity.idle_cpu_percent < 0.1)
+    );
+    let _ = writeln!(
+        md,
+        "Hook backends the agent reported (`custos_agent_hooks`): {}.\n",
+        if capacity.hooks.is_empty() {
+            "none reported".to_owned()
+        } else {
+            capacity.hooks.join(", ")
+        }
+    );
+}
