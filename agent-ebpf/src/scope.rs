@@ -51,7 +51,7 @@ pub fn current() -> Option<Task> {
     }
     let loginuid: u32 = kmem::read_or_zero(task, off!(task_loginuid));
     // SAFETY: a lookup in a map of plain integers.
-    if unsafe { SCOPE_EXCLUDED_UIDS.get(&loginuid) }.is_some() {
+    if unsafe { SCOPE_EXCLUDED_UIDS.get(loginuid) }.is_some() {
         if let Some(skipped) = SCOPE_SKIPPED.get_ptr_mut(0) {
             // SAFETY: per-CPU slot of this program run.
             unsafe { *skipped += 1 };
