@@ -196,6 +196,13 @@ impl Deployment {
         matches!(store.index().recording(&key.id()), Ok(Some(row)) if row.sealed)
     }
 
+    /// Waits until the store has sealed the recording of `session` (its end stored).
+    pub fn wait_sealed(&self, session: AuditSessionId, timeout: Duration) {
+        crate::wait_until("the recording to be sealed", timeout, || {
+            self.sealed(session).then_some(())
+        });
+    }
+
     /// Stored batches, as (spool, seq) pairs, in storing order.
     pub fn stored_batches(&self) -> Vec<(String, u64)> {
         let store = Store::open_read_only(&self.store_config()).expect("opening the store");

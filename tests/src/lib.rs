@@ -62,6 +62,19 @@ pub fn marker(prefix: &str) -> String {
     format!("{prefix}{}x{nanos:08x}", std::process::id())
 }
 
+/// A loopback UDP port free now (for a collector's QUIC listener).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+/// `127.0.0.1:PORT` with a [`free_udp_port`].
+pub fn free_udp_address() -> String {
+    format!("127.0.0.1:{}", free_udp_port())
+}
+
 /// Waits until `check` returns `Some`, polling every 20 ms, at most `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -10,25 +10,11 @@ use custos_proto::{
 use custos_tests::{
     agent::Agent,
     deployment::{Deployment, collector_command},
-    https, login_shell, marker, users, wait_until,
+    free_udp_address, https, login_shell, marker, users, wait_until,
 };
 
 const DELIVERY: Duration = Duration::from_secs(60);
 const SHIPPING: &str = "[shipping]\nbatch_interval = \"100ms\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\nkeep_alive = \"1s\"\n";
-
-fn free_udp() -> String {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    format!("127.0.0.1:{port}")
-}
-
-fn wait_sealed(deployment: &Deployment, session: AuditSessionId) {
-    wait_until("the recording to be sealed", DELIVERY, || {
-        deployment.sealed(session).then_some(())
-    });
-}
 
 /// A recorded session with a marker, a few commands, a file read, in several chunks.
 struct Recorded {
@@ -93,7 +79,7 @@ fn setup(collector_extra: &str) -> Setup {
     users::ensure("custos-alice");
     users::ensure("custos-bob");
     let deployment = Deployment::new(&[]);
-    let listen = free_udp();
+    let listen = free_udp_address();
     let collector = deployment.start_collector_with(&listen, None, collector_extra);
     let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
     let auditor = deployment.auditor("dana", "auditor");
@@ -109,7 +95,7 @@ fn setup(collector_extra: &str) -> Setup {
 
 fn record(setup: &Setup, user: &str, prefix: &str) -> Recorded {
     let mut recorded = record_session(&setup.deployment, user, prefix);
-    wait_sealed(&setup.deployment, recorded.session);
+    setup.deployment.wait_sealed(recorded.session, DELIVERY);
     recorded.id = setup.deployment.recording_id(recorded.session);
     recorded
 }
@@ -538,7 +524,7 @@ fn unknown_role_certificate(deployment: &Deployment) -> (std::path::PathBuf, std
 fn a_collector_killed_during_ingest_keeps_index_and_recordings_in_agreement() {
     users::ensure("custos-alice");
     let deployment = Deployment::new(&[]);
-    let listen = free_udp();
+    let listen = free_udp_address();
     let mut collector = deployment.start_collector(&listen, None);
     let agent = Agent::start_shipping(&deployment.agent_config(
         &listen,
@@ -554,7 +540,7 @@ fn a_collector_killed_during_ingest_keeps_index_and_recordings_in_agreement() {
     shell.expect("custos$ ");
     shell.line("exit 0");
     shell.wait_exit();
-    wait_sealed(&deployment, session);
+    deployment.wait_sealed(session, DELIVERY);
     agent.stop();
     let id = deployment.recording_id(session);
 

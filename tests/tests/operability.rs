@@ -7,7 +7,7 @@ use custos_tests::{
     agent::Agent,
     bin,
     deployment::Deployment,
-    login_shell,
+    free_udp_address, login_shell,
     metrics::{sample, scrape},
     users, wait_until,
 };
@@ -125,10 +125,7 @@ fn each_daemon_refuses_a_broken_configuration_in_one_documented_line() {
 fn metrics_count_what_each_daemon_does() {
     users::ensure("custos-alice");
     let deployment = Deployment::new(&[]);
-    let listen = {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("port");
-        socket.local_addr().expect("addr").to_string()
-    };
+    let listen = free_udp_address();
     let collector = deployment.start_collector(&listen, None);
     // The harness puts each daemon's metrics on a free port, which it logs.
     let agent = Agent::start_shipping(
@@ -139,11 +136,7 @@ fn metrics_count_what_each_daemon_does() {
     shell.expect("custos$ ");
     shell.line("exit 0");
     shell.wait_exit();
-    wait_until(
-        "the recording to be sealed",
-        Duration::from_secs(60),
-        || deployment.sealed(session).then_some(()),
-    );
+    deployment.wait_sealed(session, Duration::from_secs(60));
     let auditor = deployment.auditor("dana", "auditor");
     deployment.custos(&auditor, &["sessions"]).ok();
     assert!(

@@ -15,7 +15,7 @@ use custos_tests::{
     agent::{self, Agent},
     bpf,
     deployment::{Collector, Deployment},
-    login_shell,
+    free_udp_address, login_shell,
     metrics::{sample_or_zero, scrape},
     users, wait_until,
     webhook::{Received, Receiver},
@@ -26,13 +26,6 @@ const SHIPPING: &str = "[shipping]\nbatch_interval = \"100ms\"\nreconnect_min = 
 /// A US social security number and a medical record number, as a clinician would see them.
 const SSN: &str = "123-45-6789";
 const MRN: &str = "A12345678";
-
-fn free_udp() -> String {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.to_string())
-        .expect("port")
-}
 
 /// A deployment's pseudonym key: 32 random bytes, mode 0600.
 fn pseudonym_key(deployment: &Deployment) -> PathBuf {
@@ -131,7 +124,7 @@ fn identifiers_are_replaced_before_they_leave_the_host() {
     users::ensure("custos-alice");
     users::ensure("custos-bob");
     let deployment = Deployment::new(&[]);
-    let listen = free_udp();
+    let listen = free_udp_address();
     let _collector = deployment.start_collector(&listen, None);
     let key = pseudonym_key(&deployment);
     let config = deployment.agent_config(&listen, &format!("{SHIPPING}{}", redaction(&key, "")));
@@ -158,9 +151,7 @@ fn identifiers_are_replaced_before_they_leave_the_host() {
     bob.wait_exit();
 
     for session in [alice_session, bob_session] {
-        wait_until("the recording to be sealed", DELIVERY, || {
-            deployment.sealed(session).then_some(())
-        });
+        deployment.wait_sealed(session, DELIVERY);
     }
     let alice_events = deployment.recording(alice_session);
     let bob_events = deployment.recording(bob_session);
@@ -387,7 +378,7 @@ fn a_phi_write_alerts_within_two_seconds_and_a_storm_stays_bounded() {
             phi.path().display()
         ),
     );
-    let listen = free_udp();
+    let listen = free_udp_address();
     let collector = deployment.start_collector_with(&listen, None, &alerts);
     let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
 
@@ -501,9 +492,7 @@ fn a_phi_write_alerts_within_two_seconds_and_a_storm_stays_bounded() {
     assert_eq!(mode & 0o777, 0o600);
 
     // Ingestion did not stall: every write is stored.
-    wait_until("the recording to be sealed", DELIVERY, || {
-        deployment.sealed(session).then_some(())
-    });
+    deployment.wait_sealed(session, DELIVERY);
     let writes = deployment
         .recording(session)
         .iter()
@@ -524,7 +513,7 @@ fn a_reload_with_an_invalid_regex_keeps_the_running_policy() {
     let rule = |name: &str, command: &str| {
         format!("[[alerts.rules]]\nname = \"{name}\"\nkind = \"exec\"\ncommand = \"{command}\"\n")
     };
-    let listen = free_udp();
+    let listen = free_udp_address();
     let collector = deployment.start_collector_with(
         &listen,
         None,
@@ -624,9 +613,7 @@ fn a_reload_with_an_invalid_regex_keeps_the_running_policy() {
         });
     shell.line("exit 0");
     shell.wait_exit();
-    wait_until("the recording to be sealed", DELIVERY, || {
-        deployment.sealed(session).then_some(())
-    });
+    deployment.wait_sealed(session, DELIVERY);
     let text = recorded_text(&deployment.recording(session));
     assert!(!text.contains(SSN), "the SSN rule kept running: {text}");
     assert!(

@@ -12,7 +12,7 @@ use custos_pki::{
     issue::{self, PkiDir, Validity},
 };
 use custos_proto::{
-    AuditSessionId, Event, EventBody,
+    Event, EventBody,
     event::GapReason,
     wire::{self, Frame, Hello, SpoolId},
 };
@@ -20,31 +20,17 @@ use custos_tests::{
     agent::Agent,
     bin, contains,
     deployment::{Deployment, collector_command},
-    login_shell, marker,
+    free_udp_address, free_udp_port, login_shell, marker,
     netns::{self, Network},
     quic::{self, Answer},
     terminal::Terminal,
-    users, wait_until,
+    users,
 };
 
 const DELIVERY: Duration = Duration::from_secs(60);
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free UDP port")
-}
-
 /// Fast reconnects and small batches, so that tests see many of both.
 const SHIPPING: &str = "[shipping]\nbatch_interval = \"100ms\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\nkeep_alive = \"1s\"\nshutdown_grace = \"10s\"\n";
-
-/// Waits until the collector has sealed the recording of `session` (its end stored).
-fn wait_sealed(deployment: &Deployment, session: AuditSessionId, timeout: Duration) {
-    wait_until("the recording to be sealed", timeout, || {
-        deployment.sealed(session).then_some(())
-    });
-}
 
 /// Every event once, in order, numbered without holes from 1: the recording is complete.
 fn assert_complete(events: &[Event]) {
@@ -87,7 +73,7 @@ fn output(events: &[Event]) -> Vec<u8> {
 fn a_recorded_session_arrives_at_the_collector_complete() {
     users::ensure("custos-alice");
     let deployment = Deployment::new(&[]);
-    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let listen = free_udp_address();
     let mut collector = deployment.start_collector(&listen, None);
     let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
     collector
@@ -102,7 +88,7 @@ fn a_recorded_session_arrives_at_the_collector_complete() {
     shell.expect("custos$ ");
     shell.line("exit 0");
     assert!(shell.wait_exit().success());
-    wait_sealed(&deployment, session, DELIVERY);
+    deployment.wait_sealed(session, DELIVERY);
     agent.stop();
     collector.daemon.stop();
 
@@ -128,7 +114,7 @@ fn a_recorded_session_arrives_at_the_collector_complete() {
 fn a_collector_outage_loses_and_duplicates_nothing() {
     users::ensure("custos-alice");
     let deployment = Deployment::new(&[]);
-    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let listen = free_udp_address();
     let mut collector = deployment.start_collector(&listen, None);
     let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
     let (mut shell, session) = login_shell("custos-alice");
@@ -154,7 +140,7 @@ fn a_collector_outage_loses_and_duplicates_nothing() {
     let collector = deployment.start_collector(&listen, None);
     shell.line("exit 0");
     shell.wait_exit();
-    wait_sealed(&deployment, session, DELIVERY);
+    deployment.wait_sealed(session, DELIVERY);
     agent.stop();
     drop(collector);
 
@@ -177,7 +163,7 @@ fn a_collector_outage_loses_and_duplicates_nothing() {
 fn an_agent_killed_while_shipping_loses_no_acknowledged_batch_and_stores_none_twice() {
     users::ensure("custos-alice");
     let deployment = Deployment::new(&[]);
-    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let listen = free_udp_address();
     let collector = deployment.start_collector(&listen, None);
     let config = deployment.agent_config(
         &listen,
@@ -218,7 +204,7 @@ fn an_agent_killed_while_shipping_loses_no_acknowledged_batch_and_stores_none_tw
     shell.expect("custos$ ");
     shell.line("exit 0");
     shell.wait_exit();
-    wait_sealed(&deployment, session, Duration::from_secs(120));
+    deployment.wait_sealed(session, Duration::from_secs(120));
     agent.stop();
     drop(collector);
 
@@ -263,7 +249,7 @@ fn an_agent_killed_while_shipping_loses_no_acknowledged_batch_and_stores_none_tw
 fn a_collector_killed_right_after_acknowledging_has_the_data_on_disk() {
     users::ensure("custos-alice");
     let deployment = Deployment::new(&[]);
-    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let listen = free_udp_address();
     let mut collector = deployment.start_collector(&listen, None);
     let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
     let (mut shell, session) = login_shell("custos-alice");
@@ -288,7 +274,7 @@ fn a_collector_killed_right_after_acknowledging_has_the_data_on_disk() {
     shell.line("exit 0");
     shell.wait_exit();
     let collector = deployment.start_collector(&listen, None);
-    wait_sealed(&deployment, session, DELIVERY);
+    deployment.wait_sealed(session, DELIVERY);
     agent.stop();
     drop(collector);
     let events = deployment.recording(session);
@@ -439,7 +425,7 @@ fn wrong_certificates_are_refused_and_garbage_disturbs_no_one() {
     shell.expect("custos$ ");
     shell.line("exit 0");
     shell.wait_exit();
-    wait_sealed(&deployment, session, DELIVERY);
+    deployment.wait_sealed(session, DELIVERY);
     agent.stop();
     drop(collector);
     let events = deployment.recording(session);
@@ -481,7 +467,7 @@ fn a_lossy_slow_network_delivers_everything_exactly_once() {
     }
     shell.line("exit 0");
     shell.wait_exit();
-    wait_sealed(&deployment, session, Duration::from_secs(180));
+    deployment.wait_sealed(session, Duration::from_secs(180));
     agent.stop();
     drop(collector);
     drop(relay);
@@ -496,7 +482,7 @@ fn a_lossy_slow_network_delivers_everything_exactly_once() {
 fn certificates_rotate_without_losing_data() {
     users::ensure("custos-alice");
     let deployment = Deployment::new(&[]);
-    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let listen = free_udp_address();
     let collector = deployment.start_collector(&listen, None);
     let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
     let (mut shell, session) = login_shell("custos-alice");
@@ -539,7 +525,7 @@ fn certificates_rotate_without_losing_data() {
     shell.expect("custos$ ");
     shell.line("exit 0");
     shell.wait_exit();
-    wait_sealed(&deployment, session, DELIVERY);
+    deployment.wait_sealed(session, DELIVERY);
     agent.stop();
     drop(collector);
     let events = deployment.recording(session);

@@ -154,30 +154,14 @@ impl DevDeployment {
         let collector = bin.join("custos-collector");
         let pki_arg = pki.to_string_lossy().into_owned();
         let host = hostname()?;
+        let store_key = pki.join("store.key");
         if !pki.join("ca.pem").exists() {
             println!(
                 "run: creating a development CA and certificates in {}",
                 relative(&pki)
             );
-            cmd::output(Command::new(&collector).args([
-                "pki",
-                "init",
-                "--dir",
-                &pki_arg,
-                "--name",
-                "localhost",
-                "--name",
-                "127.0.0.1",
-            ]))?;
         }
-        let store_key = pki.join("store.key");
-        if !store_key.exists() {
-            cmd::output(
-                Command::new(&collector)
-                    .args(["store", "keygen", "--key-file"])
-                    .arg(&store_key),
-            )?;
-        }
+        ensure_pki(&collector, &pki, &store_key)?;
         let issued = pki.join("issued");
         if !issued.join(format!("agent-{host}.pem")).exists() {
             cmd::output(
@@ -250,6 +234,27 @@ impl DevDeployment {
             logs,
         })
     }
+}
+
+/// Creates, when missing, a CA and collector certificate (for localhost and 127.0.0.1) and a
+/// seal key under `pki`, and a store key at `store_key`, with the collector's own commands.
+pub(crate) fn ensure_pki(collector: &Path, pki: &Path, store_key: &Path) -> anyhow::Result<()> {
+    if !pki.join("ca.pem").exists() {
+        cmd::output(
+            Command::new(collector)
+                .args(["pki", "init", "--dir"])
+                .arg(pki)
+                .args(["--name", "localhost", "--name", "127.0.0.1"]),
+        )?;
+    }
+    if !store_key.exists() {
+        cmd::output(
+            Command::new(collector)
+                .args(["store", "keygen", "--key-file"])
+                .arg(store_key),
+        )?;
+    }
+    Ok(())
 }
 
 fn write_config(path: &Path, text: &str) -> anyhow::Result<()> {

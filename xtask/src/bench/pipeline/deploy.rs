@@ -32,25 +32,7 @@ impl Deployment {
         let pki = deployment.pki();
         let pki_arg = pki.to_string_lossy().into_owned();
         let collector = bin.join("custos-collector");
-        if !pki.join("ca.pem").exists() {
-            cmd::output(Command::new(&collector).args([
-                "pki",
-                "init",
-                "--dir",
-                &pki_arg,
-                "--name",
-                "localhost",
-                "--name",
-                "127.0.0.1",
-            ]))?;
-        }
-        if !deployment.store_key().exists() {
-            cmd::output(
-                Command::new(&collector)
-                    .args(["store", "keygen", "--key-file"])
-                    .arg(deployment.store_key()),
-            )?;
-        }
+        crate::run::ensure_pki(&collector, &pki, &deployment.store_key())?;
         if !pki.join("issued/auditor-bench.pem").exists() {
             cmd::output(Command::new(&collector).args([
                 "pki", "issue", "auditor", "bench", "--role", "auditor", "--dir", &pki_arg,
