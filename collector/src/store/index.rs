@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS commands (
 );
 CREATE INDEX IF NOT EXISTS commands_recording ON commands (recording, time_ns);
 CREATE INDEX IF NOT EXISTS commands_filename ON commands (filename);
+-- Commands still running, for matching an exit to its command: without it every exit scanned
+-- all the recording's commands (quadratic in a session that runs many).
+CREATE INDEX IF NOT EXISTS commands_running ON commands (recording, pid, seq)
+    WHERE exit_code IS NULL AND signal IS NULL;
 CREATE TABLE IF NOT EXISTS files (
     recording TEXT NOT NULL,
     time_ns INTEGER NOT NULL,
@@ -254,6 +258,13 @@ impl Summary {
         summary
     }
 }
+
+/// An exit ends the latest running command of its process in the recording (found through
+/// the `commands_running` index).
+const EXIT_UPDATE: &str = "UPDATE commands SET exit_code = ?3, signal = ?4
+     WHERE rowid = (SELECT rowid FROM commands WHERE recording = ?1 AND pid = ?2
+                    AND exit_code IS NULL AND signal IS NULL
+                    ORDER BY seq DESC LIMIT 1)";
 
 pub struct Index {
     conn: Connection,
@@ -461,12 +472,7 @@ impl Index {
                     g.to.0
                 ])?;
             }
-            let mut exit = tx.prepare_cached(
-                "UPDATE commands SET exit_code = ?3, signal = ?4
-                 WHERE rowid = (SELECT rowid FROM commands WHERE recording = ?1 AND pid = ?2
-                                AND exit_code IS NULL AND signal IS NULL
-                                ORDER BY seq DESC LIMIT 1)",
-            )?;
+            let mut exit = tx.prepare_cached(EXIT_UPDATE)?;
             for (pid, code, signal) in &summary.exits {
                 exit.execute(params![recording, pid, code, signal])?;
             }
@@ -513,5 +519,34 @@ impl Index {
             params![host, version, boot_id, spool, address, now.0],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Matching an exit to its command must not scan the recording's commands: a session that
+    /// runs tens of thousands of commands would make every batch slower than the last.
+    #[test]
+    fn exit_finds_its_command_through_the_running_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let plan: Vec<String> = index
+            .connection()
+            .prepare(&format!("EXPLAIN QUERY PLAN {EXIT_UPDATE}"))
+            .unwrap()
+            .query_map(params!["r", 1, 0, 0], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("commands_running")),
+            "plan: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("USE TEMP B-TREE")),
+            "plan: {plan:?}"
+        );
     }
 }
