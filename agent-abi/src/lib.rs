@@ -341,6 +341,11 @@ pub struct Settings {
     pub argv_max: u32,
     /// Most bytes captured per terminal write; the rest are counted as uncaptured.
     pub tty_write_max: u32,
+    /// Records are queued without waking the agent (an interrupt per record costs more than the
+    /// record); the program that makes the unread data cross a multiple of this many bytes
+    /// wakes it. The agent also drains on a short timer, so nothing waits long.
+    pub wakeup_bytes: u32,
+    pub _pad: u32,
 }
 
 /// Value stored in [`KernelOffsets::magic`] once the agent has filled the table.

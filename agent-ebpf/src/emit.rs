@@ -6,6 +6,7 @@
 //! verifier checks it once, however many loop iterations call it, which keeps the programs far
 //! below its instruction limit on every kernel.
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
     helpers::{
         bpf_ktime_get_boot_ns,
@@ -18,6 +19,8 @@ use custos_agent_abi::{
     CHUNK_MAX, DropCount, ExecArgv, ProbeError, RecordHeader, RecordKind, SCRATCH_SIZE,
     SessionDrops, TaskIds, TtyData,
 };
+
+use crate::globals::setting;
 
 /// The one ring buffer every program writes to. Its size is set by the agent at load.
 #[map]
@@ -105,11 +108,29 @@ pub fn submit(buf: *const u8, size: usize, kind: RecordKind, sessionid: u32) {
     }
     // SAFETY: buf points at SCRATCH_SIZE bytes of the per-CPU scratch value.
     let data = unsafe { core::slice::from_raw_parts(buf, size) };
-    if EVENTS.output::<[u8]>(data, 0).is_err() {
+    if EVENTS.output::<[u8]>(data, wakeup_flag(size)).is_err() {
         count_drop(kind, size as u64, sessionid);
     } else if let Some(count) = SUBMITTED.get_ptr_mut(kind as u32) {
         // SAFETY: per-CPU slot of this program run.
         unsafe { *count += 1 };
+    }
+}
+
+/// Whether this record wakes the agent: only when it makes the unread data cross a multiple of
+/// the `wakeup_bytes` setting. Waking the reader on every record is an interrupt per record
+/// (an inter-processor one when the reader sleeps on another CPU, a VM exit in a guest), which
+/// costs more than building the record; the agent drains on a short timer between wake-ups.
+#[inline(always)]
+fn wakeup_flag(size: usize) -> u64 {
+    let step = setting!(wakeup_bytes) as u64;
+    if step == 0 {
+        return 0; // the kernel's own rule: wake a reader that has caught up
+    }
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if unread / step != (unread + size as u64) / step {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }
 

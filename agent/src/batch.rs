@@ -72,6 +72,11 @@ impl Batcher {
             .collect()
     }
 
+    /// No event waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// Every batch still waiting (at shutdown).
     pub fn drain(&mut self) -> Vec<Vec<Event>> {
         self.pending.drain().map(|(_, p)| p.events).collect()

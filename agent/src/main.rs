@@ -8,6 +8,7 @@ mod batch;
 mod capture;
 mod config;
 mod load;
+mod memory;
 mod metrics;
 mod notice;
 mod pipeline;
@@ -254,6 +255,8 @@ async fn run(
     );
     // Sessions already running; their events wait in the ring buffer meanwhile.
     tracker.seed(agent_tgid, &mut events);
+    // What loading needed (the kernel's BTF above all) is freed; give it back.
+    memory::release_free();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(65536);
@@ -262,7 +265,7 @@ async fn run(
         monitor,
         tx,
         stop_rx.clone(),
-        Duration::from_millis(250),
+        Duration::from_secs(1),
         metrics.clone(),
     ));
     let (reload_tx, reload_rx) = mpsc::channel(4);

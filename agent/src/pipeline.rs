@@ -97,18 +97,26 @@ impl Output {
     }
 
     /// Saves the tracker's state, then lets the spool delete what the collector acknowledged.
-    fn checkpoint(&mut self, tracker: &Tracker) -> anyhow::Result<()> {
+    /// Returns whether batches still wait for an acknowledgement (another checkpoint will have
+    /// segments to delete).
+    fn checkpoint(&mut self, tracker: &Tracker) -> anyhow::Result<bool> {
         if let Output::Spool(spooler) = self {
             save_state(&spooler.state_path, &tracker.state())?;
-            tokio::task::block_in_place(|| {
-                spooler
-                    .spool
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .collect()
-            })?;
+            return tokio::task::block_in_place(|| {
+                let mut spool = spooler.spool.lock().unwrap_or_else(|e| e.into_inner());
+                spool.collect()?;
+                anyhow::Ok(spool.pending() > 0)
+            });
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Nothing waits in a batch.
+    fn is_idle(&self) -> bool {
+        match self {
+            Output::Json(_) => true,
+            Output::Spool(spooler) => spooler.batcher.is_empty(),
+        }
     }
 
     /// Sets the gauges: sessions recorded now, and the spool's size and backlog.
@@ -199,6 +207,8 @@ pub fn report_dropped(
 
 /// How often the tracker sweeps sessions and the spooler sends aged batches.
 const TICK: Duration = Duration::from_millis(100);
+/// The tick while no session is recorded and no batch waits: an idle agent wakes rarely.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// How often the tracker's state is saved and acknowledged segments deleted.
 const CHECKPOINT: Duration = Duration::from_secs(5);
 
@@ -213,9 +223,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = &*metrics;
     emit(&mut output, &mut tracker, &mut events, metrics)?;
-    let mut tick = tokio::time::interval(TICK);
+    let mut next_tick = tokio::time::Instant::now() + TICK;
     let mut last_sweep = Instant::now();
     let mut last_checkpoint = Instant::now();
+    // Whether the next checkpoint has anything to save or delete.
+    let mut changed = true;
+    let mut was_idle = false;
     loop {
         tokio::select! {
             message = rx.recv() => {
@@ -227,12 +240,13 @@ pub async fn run(
                         emit(&mut output, &mut tracker, &mut events, metrics)?;
                     }
                 }
+                next_tick = next_tick.min(tokio::time::Instant::now() + TICK);
             }
             Some(rules) = reload.recv() => {
                 tracker.replace_rules(rules, &mut events);
                 info!("policy reloaded: the new rules are in force");
             }
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(next_tick) => {
                 tracker.flush_policy(&mut events);
                 if last_sweep.elapsed() >= Duration::from_secs(1) {
                     tracker.sweep(&mut events);
@@ -241,13 +255,21 @@ pub async fn run(
                 }
                 let dropped = output.tick()?;
                 report_dropped(&mut tracker, &dropped, GapReason::SpoolFull, &mut events, metrics);
-                if last_checkpoint.elapsed() >= CHECKPOINT {
+                if changed && last_checkpoint.elapsed() >= CHECKPOINT {
                     emit(&mut output, &mut tracker, &mut events, metrics)?;
-                    output.checkpoint(&tracker)?;
+                    changed = output.checkpoint(&tracker)?;
                     last_checkpoint = Instant::now();
                 }
+                let idle = events.is_empty() && tracker.active_sessions() == 0 && output.is_idle();
+                if idle && !was_idle {
+                    // The buffers of the last burst are free now.
+                    crate::memory::release_free();
+                }
+                was_idle = idle;
+                next_tick = tokio::time::Instant::now() + if idle { IDLE_TICK } else { TICK };
             }
         }
+        changed |= !events.is_empty();
         emit(&mut output, &mut tracker, &mut events, metrics)?;
     }
     emit(&mut output, &mut tracker, &mut events, metrics)?;

@@ -30,19 +30,26 @@ const OCRNL: u32 = 0o10;
 /// screen: with OPOST and ONLCR (the default) a newline becomes carriage return + newline; with
 /// OCRNL a carriage return becomes a newline.
 pub fn as_displayed(data: Vec<u8>, oflag: u32) -> Vec<u8> {
-    if oflag & OPOST == 0 || oflag & (ONLCR | OCRNL) == 0 {
+    let (onlcr, ocrnl) = (oflag & ONLCR != 0, oflag & OCRNL != 0);
+    if oflag & OPOST == 0 || !(onlcr || ocrnl) {
         return data;
     }
+    // Copied in runs between the bytes that change: terminal floods are megabytes a second.
     let mut out = Vec::with_capacity(data.len() + data.len() / 16);
-    for byte in data {
-        match byte {
-            b'\n' if oflag & ONLCR != 0 => out.extend_from_slice(b"\r\n"),
-            b'\r' if oflag & OCRNL != 0 => out.push(b'\n'),
+    let mut rest = &data[..];
+    while let Some(at) = memchr::memchr2(b'\n', b'\r', rest) {
+        out.extend_from_slice(&rest[..at]);
+        match rest[at] {
+            b'\n' if onlcr => out.extend_from_slice(b"\r\n"),
+            b'\r' if ocrnl => out.push(b'\n'),
             other => out.push(other),
         }
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
     out
 }
+
 /// An exec whose argv pieces stop coming (a piece was lost) is sent this long after its record.
 const PENDING_EXEC_TTL_NS: u64 = 1_000_000_000;
 
@@ -454,6 +461,10 @@ mod tests {
         assert_eq!(as_displayed(b"a\nb\r".to_vec(), ONLCR), b"a\nb\r");
         assert_eq!(as_displayed(b"a\rb".to_vec(), OPOST | OCRNL), b"a\nb");
         assert_eq!(as_displayed(b"a\nb".to_vec(), 0), b"a\nb");
+        assert_eq!(
+            as_displayed(b"ab\r\ncd\n\nef".to_vec(), OPOST | ONLCR | OCRNL),
+            b"ab\n\r\ncd\r\n\r\nef"
+        );
     }
 
     #[test]

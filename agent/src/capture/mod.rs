@@ -46,7 +46,10 @@ pub async fn read_ring(
         .map_err(|err| err.into_parts().1)?;
     let mut assembler = Assembler::default();
     let mut stats = ReaderStats::default();
-    let mut stale = tokio::time::interval(Duration::from_millis(500));
+    let mut poll = PollTimer::default();
+    let timer = tokio::time::sleep(poll.next());
+    tokio::pin!(timer);
+    let mut last_stale = std::time::Instant::now();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -54,11 +57,18 @@ pub async fn read_ring(
                 drain(guard.get_inner_mut(), &mut assembler, &tx, &mut stats).await;
                 guard.clear_ready();
             }
-            _ = stale.tick() => {
-                let mut out = Vec::new();
-                assembler.flush_stale(boot_now_ns(), &mut out);
-                if !send(&tx, out).await {
-                    return Ok(stats);
+            _ = &mut timer => {
+                let before = stats.records;
+                drain(ring.get_mut(), &mut assembler, &tx, &mut stats).await;
+                poll.found(stats.records > before);
+                timer.as_mut().reset(tokio::time::Instant::now() + poll.next());
+                if last_stale.elapsed() >= STALE_CHECK {
+                    last_stale = std::time::Instant::now();
+                    let mut out = Vec::new();
+                    assembler.flush_stale(boot_now_ns(), &mut out);
+                    if !send(&tx, out).await {
+                        return Ok(stats);
+                    }
                 }
             }
             _ = stop.changed() => break,
@@ -69,6 +79,42 @@ pub async fn read_ring(
     assembler.flush_all(&mut out);
     send(&tx, out).await;
     Ok(stats)
+}
+
+/// How often half-assembled records (an exec waiting for its argv) are checked for staleness.
+const STALE_CHECK: Duration = Duration::from_millis(500);
+
+/// When the reader looks at the ring buffer without being woken. The programs wake it only
+/// when a burst piles up (see the `wakeup_bytes` setting), so the reader also drains on this
+/// timer: often while records arrive, backing off to `MAX` while none do, so an idle agent
+/// wakes a few times a second and a record waits at most `MAX` before it is read.
+struct PollTimer {
+    interval: Duration,
+}
+
+impl PollTimer {
+    const MIN: Duration = Duration::from_millis(25);
+    const MAX: Duration = Duration::from_millis(500);
+
+    fn next(&self) -> Duration {
+        self.interval
+    }
+
+    fn found(&mut self, records: bool) {
+        self.interval = if records {
+            Self::MIN
+        } else {
+            (self.interval * 2).min(Self::MAX)
+        };
+    }
+}
+
+impl Default for PollTimer {
+    fn default() -> Self {
+        Self {
+            interval: Self::MIN,
+        }
+    }
 }
 
 /// Sends captured events on; false when the tracker is gone.
@@ -123,22 +169,30 @@ pub async fn watch_losses(
     let mut tick = tokio::time::interval(period);
     let mut last_errors = Vec::new();
     let mut last = (0, 0, 0);
+    let mut recheck = true;
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
             _ = stop.changed() => true,
         };
-        for loss in monitor.poll() {
-            if tx.send(Capture::Loss(loss)).await.is_err() {
-                return monitor;
-            }
-        }
         let counters = monitor.counters();
         let now = (
             counters.dropped_records(),
             counters.submitted,
             counters.scope_skipped,
         );
+        // The per-session map is walked only when something was dropped: walking a large hash
+        // map is the costliest thing an idle agent would do. Once more after a change, for a
+        // drop counted in total but not yet in its session when the map was read.
+        let dropping = now.0 != last.0;
+        if dropping || recheck || stopping {
+            for loss in monitor.poll() {
+                if tx.send(Capture::Loss(loss)).await.is_err() {
+                    return monitor;
+                }
+            }
+        }
+        recheck = dropping;
         metrics
             .kernel_dropped_records
             .inc_by(now.0.saturating_sub(last.0));

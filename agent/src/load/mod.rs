@@ -117,6 +117,13 @@ pub struct Probes {
 }
 
 /// Loads and attaches the programs for `capture`, never capturing the process `agent_tgid`.
+/// How much unread data wakes the agent: a sixteenth of the ring buffer, so a burst wakes it
+/// long before the ring fills, and a trickle waits for the reader's timer instead of costing an
+/// interrupt per record.
+fn wakeup_bytes(ring_size: u32) -> u32 {
+    ring_size / 16
+}
+
 pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> {
     #[cfg(not(target_arch = "x86_64"))]
     compile_error!("the programs read x86_64 syscall registers; port capture/open first");
@@ -136,6 +143,8 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
         flags,
         argv_max: capture.argv_max.as_u64() as u32,
         tty_write_max: capture.tty_write_max.as_u64() as u32,
+        wakeup_bytes: wakeup_bytes(capture.ring_buffer_size.as_u64() as u32),
+        _pad: 0,
     };
     let ring_size = capture.ring_buffer_size.as_u64() as u32;
     let mut ebpf = EbpfLoader::new()
