@@ -103,12 +103,15 @@ pub fn write_payload<T>(buf: *mut u8, payload: T) {
 /// Copies the first `size` bytes of `buf` (header included) to the ring buffer.
 #[inline(always)]
 pub fn submit(buf: *const u8, size: usize, kind: RecordKind, sessionid: u32) {
+    // The wake-up decision before the bound check: the helper call it makes spills `size`, and
+    // older verifiers (6.1) lose the bound of a value checked before a spill.
+    let flags = wakeup_flag(size);
     if size > SCRATCH_SIZE {
         return;
     }
     // SAFETY: buf points at SCRATCH_SIZE bytes of the per-CPU scratch value.
     let data = unsafe { core::slice::from_raw_parts(buf, size) };
-    if EVENTS.output::<[u8]>(data, wakeup_flag(size)).is_err() {
+    if EVENTS.output::<[u8]>(data, flags).is_err() {
         count_drop(kind, size as u64, sessionid);
     } else if let Some(count) = SUBMITTED.get_ptr_mut(kind as u32) {
         // SAFETY: per-CPU slot of this program run.
