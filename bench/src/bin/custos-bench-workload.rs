@@ -58,8 +58,11 @@ enum Workload {
         count: u64,
     },
     /// Generates about RATE recordable events per second for SECONDS: opens for writing of
-    /// files under DIR and 64-byte writes to a pseudo-terminal, alternating, plus 20 runs of
-    /// /bin/true per second. Prints `operations execs seconds` on stdout.
+    /// files under DIR and 64-byte writes to a pseudo-terminal, alternating, plus EXEC_RATE
+    /// runs of /bin/true per second. With PROCESSES above 1, that many generator processes
+    /// (children of this one, so in its login session) each do their share of both rates with
+    /// their own pseudo-terminal and files (under DIR/pN). Prints `operations execs seconds`
+    /// on stdout: the operations and execs summed over the processes, and the longest window.
     Generate {
         #[arg(long)]
         rate: u64,
@@ -67,6 +70,10 @@ enum Workload {
         seconds: f64,
         #[arg(long)]
         dir: PathBuf,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        processes: u32,
+        #[arg(long, default_value_t = 20.0)]
+        exec_rate: f64,
     },
 }
 
@@ -103,8 +110,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Workload::Generate { rate, seconds, dir } => {
-            generate(rate, seconds, &dir)?;
+        Workload::Generate {
+            rate,
+            seconds,
+            dir,
+            processes,
+            exec_rate,
+        } => {
+            let total = if processes == 1 {
+                generate(rate, exec_rate, seconds, &dir)?
+            } else {
+                generate_in(processes, rate, exec_rate, seconds, &dir)?
+            };
+            println!("{} {} {:.3}", total.operations, total.execs, total.seconds);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -227,8 +245,84 @@ fn pty_run(argv: &[String]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// The capacity generator: see [`Workload::Generate`].
-fn generate(rate: u64, seconds: f64, dir: &std::path::Path) -> anyhow::Result<()> {
+/// What a generator did.
+#[derive(Clone, Copy, Default)]
+struct Generated {
+    operations: u64,
+    execs: u64,
+    seconds: f64,
+}
+
+/// Runs `processes` generators as children of this process (which already holds the session's
+/// login uid, so they inherit it and its session id), each with its share of `rate` and
+/// `exec_rate`, and sums what they did.
+fn generate_in(
+    processes: u32,
+    rate: u64,
+    exec_rate: f64,
+    seconds: f64,
+    dir: &std::path::Path,
+) -> anyhow::Result<Generated> {
+    use std::process::Stdio;
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut children = Vec::new();
+    for i in 0..u64::from(processes) {
+        // The remainder goes to the first processes, so the shares sum to `rate`.
+        let share = rate / u64::from(processes) + u64::from(i < rate % u64::from(processes));
+        let child = Command::new(&exe)
+            .arg("generate")
+            .args(["--rate", &share.to_string()])
+            .args(["--seconds", &seconds.to_string()])
+            .arg("--dir")
+            .arg(dir.join(format!("p{i}")))
+            .args([
+                "--exec-rate",
+                &(exec_rate / f64::from(processes)).to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting generator {i}"))?;
+        children.push(child);
+    }
+    let mut total = Generated::default();
+    let mut failed = Vec::new();
+    for (i, child) in children.into_iter().enumerate() {
+        let output = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for generator {i}"))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let parsed = match fields.as_slice() {
+            [operations, execs, seconds] if output.status.success() => operations
+                .parse::<u64>()
+                .ok()
+                .zip(execs.parse::<u64>().ok())
+                .zip(seconds.parse::<f64>().ok()),
+            _ => None,
+        };
+        match parsed {
+            Some(((operations, execs), seconds)) => {
+                total.operations += operations;
+                total.execs += execs;
+                total.seconds = total.seconds.max(seconds);
+            }
+            None => failed.push(format!("generator {i} ({}): {text:?}", output.status)),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(total)
+}
+
+/// The capacity generator of one process: see [`Workload::Generate`].
+fn generate(
+    rate: u64,
+    exec_rate: f64,
+    seconds: f64,
+    dir: &std::path::Path,
+) -> anyhow::Result<Generated> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (master, slave) = open_pty()?;
     let drainer = std::thread::spawn(move || drain(master));
@@ -250,7 +344,7 @@ fn generate(rate: u64, seconds: f64, dir: &std::path::Path) -> anyhow::Result<()
         if elapsed >= window {
             break;
         }
-        if (execs as f64) < elapsed.as_secs_f64() * 20.0 {
+        if (execs as f64) < elapsed.as_secs_f64() * exec_rate {
             Command::new("/bin/true")
                 .status()
                 .context("running /bin/true")?;
@@ -287,6 +381,9 @@ fn generate(rate: u64, seconds: f64, dir: &std::path::Path) -> anyhow::Result<()
     let seconds = start.elapsed().as_secs_f64();
     drop(tty);
     let _ = drainer.join();
-    println!("{operations} {execs} {seconds:.3}");
-    Ok(())
+    Ok(Generated {
+        operations,
+        execs,
+        seconds,
+    })
 }

@@ -172,8 +172,12 @@ fn run_config(
         Config::Floor => Some(monitors::Floor::attach(&work.join("bpftrace.log"))?),
         _ => None,
     };
+    let _no_audit_contexts = match config {
+        Config::Auditd => None,
+        _ => Some(monitors::NoAuditContexts::install()?),
+    };
     let audit = match config {
-        Config::Auditd => Some(monitors::Audit::start(&work.join("auditd.log"))?),
+        Config::Auditd => Some(monitors::Audit::start(&work.join("auditd"))?),
         _ => None,
     };
     let agent = match config {

@@ -79,20 +79,24 @@ impl Agent {
         scrape(PORTS + 2)
     }
 
-    /// Waits until the agent has taken in everything (records stop growing) and the
-    /// collector acknowledged it, at most `limit`.
+    /// Waits until the agent has taken in everything (records stopped growing for [`QUIET`])
+    /// and the collector acknowledged it, at most `limit`.
     pub fn settle(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        let mut last = self.metrics()?;
+        let mut last = self.metrics()?.get(RECORDS);
+        let mut changed = Instant::now();
         loop {
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(250));
             let now = self.metrics()?;
-            let quiet = now.get(RECORDS) == last.get(RECORDS)
-                && now.get("custos_agent_spool_pending_batches") == 0.0;
+            if now.get(RECORDS) != last {
+                last = now.get(RECORDS);
+                changed = Instant::now();
+            }
+            let quiet =
+                changed.elapsed() >= QUIET && now.get("custos_agent_spool_pending_batches") == 0.0;
             if quiet || Instant::now() > deadline {
                 return Ok(());
             }
-            last = now;
         }
     }
 
@@ -101,10 +105,20 @@ impl Agent {
         process_usage(self.pid())
     }
 
+    /// Its resident memory now, by kind.
+    pub fn memory(&self) -> anyhow::Result<Memory> {
+        process_memory(self.pid())
+    }
+
     pub fn stop(mut self) -> bool {
         self.daemon.stop()
     }
 }
+
+/// How long the agent's record count must stay still before it counts as drained: its reader
+/// drains the ring buffer on a timer that backs off to 500 ms while records trickle in (a
+/// burst wakes it sooner), so a shorter wait can end before the last records are read.
+pub const QUIET: Duration = Duration::from_millis(1500);
 
 pub const RECORDS: &str = "custos_agent_kernel_records_total";
 pub const DROPPED: &str = "custos_agent_kernel_dropped_records_total";
@@ -200,4 +214,79 @@ pub fn process_usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
             .unwrap_or(0)
     };
     Ok((cpu, kib("VmRSS:"), kib("VmHWM:")))
+}
+
+/// Resident memory of a process in KiB: VmRSS and VmHWM from /proc/PID/status, and VmRSS's
+/// parts from /proc/PID/smaps (the Rss of each mapping, by what is mapped).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    pub rss: u64,
+    pub hwm: u64,
+    /// Mappings of no file: heap, thread stacks, anonymous mmaps (and the few vDSO pages).
+    pub anonymous: u64,
+    /// Mappings of files: the binary and its libraries.
+    pub file: u64,
+    /// Mappings of eBPF maps (`anon_inode:bpf-map`), mainly the ring buffer, whose data pages
+    /// the kernel maps twice in a row so they count twice.
+    pub bpf_maps: u64,
+    /// The same mappings' Pss, which counts a page mapped twice once (nothing else shares
+    /// them): the memory they actually hold.
+    pub bpf_maps_pss: u64,
+}
+
+impl Memory {
+    /// VmRSS with the eBPF maps' pages counted once (Pss instead of Rss).
+    pub fn rss_counting_maps_once(&self) -> u64 {
+        self.rss
+            .saturating_sub(self.bpf_maps.saturating_sub(self.bpf_maps_pss))
+    }
+}
+
+/// [`Memory`] of process `pid`.
+pub fn process_memory(pid: u32) -> anyhow::Result<Memory> {
+    let (_, rss, hwm) = process_usage(pid)?;
+    let path = format!("/proc/{pid}/smaps");
+    let smaps = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let mut memory = Memory {
+        rss,
+        hwm,
+        ..Memory::default()
+    };
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Anonymous,
+        File,
+        BpfMap,
+    }
+    let mut kind = Kind::Anonymous;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else {
+            continue;
+        };
+        // A mapping's header: range, permissions, offset, device, inode, then the name.
+        if first.contains('-') && !first.ends_with(':') {
+            let name = fields.nth(4).unwrap_or("");
+            kind = if name.starts_with("anon_inode:bpf-map") {
+                Kind::BpfMap
+            } else if name.starts_with('/') {
+                Kind::File
+            } else {
+                Kind::Anonymous
+            };
+            continue;
+        }
+        let kib = fields
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        match (first, kind) {
+            ("Rss:", Kind::Anonymous) => memory.anonymous += kib,
+            ("Rss:", Kind::File) => memory.file += kib,
+            ("Rss:", Kind::BpfMap) => memory.bpf_maps += kib,
+            ("Pss:", Kind::BpfMap) => memory.bpf_maps_pss += kib,
+            _ => {}
+        }
+    }
+    Ok(memory)
 }

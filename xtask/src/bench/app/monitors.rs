@@ -49,6 +49,49 @@ pub const AUDIT_RULE: [&str; 14] = [
     "creat",
 ];
 
+/// Largest audit log file in MB, and how many files auditd keeps (it rotates, deleting the
+/// oldest): the disk holds at most their product however many opens the workloads make.
+pub const AUDIT_LOG_MB: u32 = 64;
+pub const AUDIT_LOGS: u32 = 4;
+
+/// Debian's default /etc/audit/auditd.conf (auditd 3.0.9) but for the log file (in the
+/// benchmark's scratch directory), its rotation bound and the plugin directory (an empty one:
+/// Debian's plugins are all inactive). `{dir}` is replaced by that directory.
+const AUDITD_CONF: &str = "\
+local_events = yes
+write_logs = yes
+log_file = {dir}/audit.log
+log_group = adm
+log_format = ENRICHED
+flush = INCREMENTAL_ASYNC
+freq = 50
+max_log_file = {max_log_file}
+num_logs = {num_logs}
+priority_boost = 4
+name_format = NONE
+max_log_file_action = ROTATE
+space_left = 75
+space_left_action = SYSLOG
+verify_email = yes
+action_mail_acct = root
+admin_space_left = 50
+admin_space_left_action = SUSPEND
+disk_full_action = SUSPEND
+disk_error_action = SUSPEND
+use_libwrap = yes
+tcp_listen_queue = 5
+tcp_max_per_addr = 1
+tcp_client_max_idle = 0
+transport = TCP
+krb5_principal = auditd
+distribute_network = no
+q_depth = 2000
+overflow_action = SYSLOG
+max_restarts = 10
+plugin_dir = {dir}/plugins.d
+end_of_event_timeout = 2
+";
+
 /// A child process killed (SIGINT, then SIGKILL) when dropped.
 struct Owned {
     child: Child,
@@ -159,16 +202,19 @@ fn tracepoint_programs() -> anyhow::Result<Vec<u64>> {
         .collect())
 }
 
-/// auditd running with [`AUDIT_RULE`] while this lives.
+/// auditd running with [`AUDIT_RULE`] and [`AUDITD_CONF`] while this lives; its directory
+/// (configuration, audit logs, auditd's own output) is deleted afterwards.
 pub struct Audit {
     auditd: Owned,
+    dir: PathBuf,
     enabled: String,
     backlog_limit: String,
     lost_at_start: u64,
 }
 
 impl Audit {
-    pub fn start(log: &Path) -> anyhow::Result<Self> {
+    /// Starts auditd with its configuration and logs in `dir` (created, and emptied first).
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
         let status = audit_status()?;
         let field = |name: &str| -> anyhow::Result<String> {
             status
@@ -183,11 +229,35 @@ impl Audit {
         }
         let enabled = field("enabled ")?;
         let backlog_limit = field("backlog_limit ")?;
-        // Foreground (-n): the guard owns the process.
-        let auditd = Owned::spawn("auditd", Command::new("auditd").arg("-n"), log)?;
+        let _ = fs::remove_dir_all(dir);
+        let plugins = dir.join("plugins.d");
+        fs::create_dir_all(&plugins).with_context(|| format!("creating {}", plugins.display()))?;
+        let conf = dir.join("auditd.conf");
+        fs::write(
+            &conf,
+            AUDITD_CONF
+                .replace("{dir}", &dir.display().to_string())
+                .replace("{max_log_file}", &AUDIT_LOG_MB.to_string())
+                .replace("{num_logs}", &AUDIT_LOGS.to_string()),
+        )
+        .with_context(|| format!("writing {}", conf.display()))?;
+        // auditd refuses a configuration others may write.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&conf, fs::Permissions::from_mode(0o640))
+                .with_context(|| format!("setting the mode of {}", conf.display()))?;
+        }
+        let log = dir.join("auditd.out");
+        // Foreground (-n): the guard owns the process; -c: this configuration.
+        let auditd = Owned::spawn(
+            "auditd",
+            Command::new("auditd").arg("-n").arg("-c").arg(dir),
+            &log,
+        )?;
         let mut audit = Self {
             lost_at_start: 0,
             auditd,
+            dir: dir.to_path_buf(),
             enabled,
             backlog_limit,
         };
@@ -195,9 +265,10 @@ impl Audit {
         let deadline = Instant::now() + Duration::from_secs(30);
         while audit_field("pid")? != pid {
             if Instant::now() > deadline {
+                // The guard deletes the directory: quote auditd's output.
                 bail!(
-                    "auditd did not register with the kernel within 30 s; see {}",
-                    log.display()
+                    "auditd did not register with the kernel within 30 s: {}",
+                    fs::read_to_string(&log).unwrap_or_default().trim()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -232,6 +303,32 @@ impl Drop for Audit {
             }
         }
         self.auditd.stop(libc::SIGTERM);
+        if let Err(err) = fs::remove_dir_all(&self.dir) {
+            eprintln!("bench: removing {}: {err}", self.dir.display());
+        }
+    }
+}
+
+/// While this lives, new processes get no audit context (`auditctl -a never,task`). Once audit
+/// has been enabled in this boot (the auditd configuration, or anything before the bench), the
+/// kernel gives every new process one even with no rules, and each of its syscalls then takes
+/// the audit slow path: without this the other configurations would pay part of auditd's cost.
+pub struct NoAuditContexts;
+
+impl NoAuditContexts {
+    pub fn install() -> anyhow::Result<Self> {
+        auditctl(&NO_AUDIT_CONTEXTS)?;
+        Ok(Self)
+    }
+}
+
+const NO_AUDIT_CONTEXTS: [&str; 2] = ["-a", "never,task"];
+
+impl Drop for NoAuditContexts {
+    fn drop(&mut self) {
+        if let Err(err) = auditctl(&["-d", NO_AUDIT_CONTEXTS[1]]) {
+            eprintln!("bench: removing the audit rule never,task: {err:#}");
+        }
     }
 }
 
