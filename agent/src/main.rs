@@ -239,6 +239,7 @@ async fn run(
                 spool: spool.clone(),
                 wake: wake.clone(),
                 state_path,
+                checkpoint_due: true,
             };
             (
                 Output::Spool(spooler),

@@ -38,6 +38,10 @@ pub struct Spooler {
     pub wake: Arc<Notify>,
     /// Where the tracker's state is saved.
     pub state_path: PathBuf,
+    /// Whether the next checkpoint has anything to do: events were spooled since the last one
+    /// (the tracker's numbering moved), or batches still wait for an acknowledgement (segments
+    /// to delete once it comes).
+    pub checkpoint_due: bool,
 }
 
 impl Spooler {
@@ -76,6 +80,7 @@ impl Output {
                 Ok(Vec::new())
             }
             Output::Spool(spooler) => {
+                spooler.checkpoint_due |= !events.is_empty();
                 let full: Vec<Vec<Event>> = events
                     .drain(..)
                     .filter_map(|event| spooler.batcher.add(event))
@@ -97,18 +102,21 @@ impl Output {
     }
 
     /// Saves the tracker's state, then lets the spool delete what the collector acknowledged.
-    /// Returns whether batches still wait for an acknowledgement (another checkpoint will have
-    /// segments to delete).
-    fn checkpoint(&mut self, tracker: &Tracker) -> anyhow::Result<bool> {
+    fn checkpoint(&mut self, tracker: &Tracker) -> anyhow::Result<()> {
         if let Output::Spool(spooler) = self {
             save_state(&spooler.state_path, &tracker.state())?;
-            return tokio::task::block_in_place(|| {
+            spooler.checkpoint_due = tokio::task::block_in_place(|| {
                 let mut spool = spooler.spool.lock().unwrap_or_else(|e| e.into_inner());
                 spool.collect()?;
                 anyhow::Ok(spool.pending() > 0)
-            });
+            })?;
         }
-        Ok(false)
+        Ok(())
+    }
+
+    /// Whether a checkpoint now would save or delete anything (see [`Spooler::checkpoint_due`]).
+    fn checkpoint_due(&self) -> bool {
+        matches!(self, Output::Spool(spooler) if spooler.checkpoint_due)
     }
 
     /// Nothing waits in a batch.
@@ -226,8 +234,6 @@ pub async fn run(
     let mut next_tick = tokio::time::Instant::now() + TICK;
     let mut last_sweep = Instant::now();
     let mut last_checkpoint = Instant::now();
-    // Whether the next checkpoint has anything to save or delete.
-    let mut changed = true;
     let mut was_idle = false;
     loop {
         tokio::select! {
@@ -255,10 +261,13 @@ pub async fn run(
                 }
                 let dropped = output.tick()?;
                 report_dropped(&mut tracker, &dropped, GapReason::SpoolFull, &mut events, metrics);
-                if changed && last_checkpoint.elapsed() >= CHECKPOINT {
+                if last_checkpoint.elapsed() >= CHECKPOINT {
+                    // Everything the state counts is spooled before the state is saved.
                     emit(&mut output, &mut tracker, &mut events, metrics)?;
-                    changed = output.checkpoint(&tracker)?;
-                    last_checkpoint = Instant::now();
+                    if output.checkpoint_due() {
+                        output.checkpoint(&tracker)?;
+                        last_checkpoint = Instant::now();
+                    }
                 }
                 let idle = events.is_empty() && tracker.active_sessions() == 0 && output.is_idle();
                 if idle && !was_idle {
@@ -269,7 +278,6 @@ pub async fn run(
                 next_tick = tokio::time::Instant::now() + if idle { IDLE_TICK } else { TICK };
             }
         }
-        changed |= !events.is_empty();
         emit(&mut output, &mut tracker, &mut events, metrics)?;
     }
     emit(&mut output, &mut tracker, &mut events, metrics)?;
