@@ -311,7 +311,9 @@ fn capacity_tables(md: &mut String, capacity: &Capacity) {
         verdict(best_rate >= 200_000.0),
         match capacity.steps.last() {
             Some(last) if last.dropped > 0.0 =>
-                "The last step dropped records: that rate is past the agent's capacity here.",
+                "The last step dropped records: at that rate the agent fell behind with what it \
+                 got of this machine's cores, which it shares with the generators and the \
+                 collector.",
             Some(last) if !last.reached() =>
                 "The last step stopped because the generators could not reach its rate (on a \
                  2-core machine they share with the agent and the collector): the agent's limit \
