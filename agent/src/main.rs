@@ -43,6 +43,12 @@ use crate::{
     spool::Spool,
 };
 
+/// Captured events waiting between the ring buffer reader and the session tracker. The ring
+/// buffer is the buffer (its losses are counted and reported as gaps); this queue only lets the
+/// reader run a little ahead of the tracker. It holds events, each up to `tty_write_max` of
+/// terminal output, so a deep queue would hold a flood's megabytes in the agent's heap.
+const CAPTURE_QUEUE: usize = 2048;
+
 /// Records interactive login sessions (terminal, commands, file opens) with eBPF and ships them
 /// to the Custos collector.
 #[derive(Parser, Debug)]
@@ -260,7 +266,7 @@ async fn run(
     memory::release_free();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (tx, rx) = mpsc::channel(65536);
+    let (tx, rx) = mpsc::channel(CAPTURE_QUEUE);
     let reader = tokio::spawn(capture::read_ring(ring, tx.clone(), stop_rx.clone()));
     let losses = tokio::spawn(capture::watch_losses(
         monitor,

@@ -5,7 +5,7 @@
 //! it now is; a field that is gone stops the agent with its name.
 use std::path::Path;
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use custos_agent_abi::{KernelOffsets, OFFSETS_MAGIC};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -25,11 +25,17 @@ pub enum BtfError {
 }
 
 /// Reads the offsets the programs need from the BTF file at `path`.
+///
+/// The file is mapped and only the types asked for are decoded: parsing all of a kernel's BTF
+/// (about 5 MiB, 150,000 types) into memory took the agent's resident size to 48 MiB at start.
+/// Kernels before 6.16 cannot map /sys/kernel/btf/vmlinux: there it is parsed whole.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|err| BtfError::Read {
-        path: path.display().to_string(),
-        message: err.to_string(),
-    })?;
+    let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+        .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
+        .map_err(|err| BtfError::Read {
+            path: path.display().to_string(),
+            message: err.to_string(),
+        })?;
     let kernel = KernelBtf { btf };
     kernel.offsets()
 }
