@@ -1,13 +1,15 @@
 //! The store's one writer: a thread that owns the [`Store`] and serves requests in order, so
-//! that appends, fsyncs and index commits never interleave. Agents' last contacts are kept in
+//! that appends, fsyncs and index commits never interleave. Batches are decoded before they
+//! reach it (on the blocking pool, several at once), and the batches waiting when it is free are
+//! stored as one group with one index commit (group commit). Agents' last contacts are kept in
 //! memory and written every few seconds.
-use std::{collections::HashMap, thread::JoinHandle, time::Duration};
+use std::{collections::HashMap, sync::Arc, thread::JoinHandle, time::Duration};
 
 use custos_proto::{Timestamp, api::PurgeReport, wire::Batch};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::store::{Appended, Store, StoreError};
+use crate::store::{Appended, Prepared, Store, StoreError};
 
 /// An agent's contact, recorded in the index's agents table.
 #[derive(Clone, Debug)]
@@ -19,8 +21,10 @@ pub struct Contact {
     pub address: String,
 }
 
+type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+
 enum Request {
-    Append(Box<Batch>, oneshot::Sender<Result<Appended, StoreError>>),
+    Append(Prepared, Reply),
     Contact(Contact),
     FlushContacts,
     Purge(Purge, oneshot::Sender<Result<PurgeReport, StoreError>>),
@@ -40,7 +44,14 @@ pub struct Purge {
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
+    /// Batches being decoded at once: one per core, so a thousand agents sending together
+    /// queue here instead of each holding a thread and its decoded events.
+    decoding: Arc<Semaphore>,
 }
+
+/// The most batches stored with one index commit. A group is what queued while the writer
+/// stored the previous one; this bounds how long the first of them waits for its answer.
+const GROUP_MAX: usize = 64;
 
 /// How often agents' contacts are written.
 const CONTACT_FLUSH: Duration = Duration::from_secs(5);
@@ -54,10 +65,11 @@ impl StoreHandle {
             .spawn(move || {
                 let mut store = store;
                 let mut contacts: HashMap<String, (Contact, Timestamp)> = HashMap::new();
-                while let Some(request) = rx.blocking_recv() {
+                let mut pending = None;
+                while let Some(request) = pending.take().or_else(|| rx.blocking_recv()) {
                     match request {
-                        Request::Append(batch, reply) => {
-                            let _ = reply.send(store.append(&batch));
+                        Request::Append(prepared, reply) => {
+                            pending = append_waiting(&mut store, &mut rx, prepared, reply);
                         }
                         Request::Contact(contact) => {
                             let entry = contacts
@@ -93,15 +105,27 @@ impl StoreHandle {
                 }
             }
         });
-        (StoreHandle { tx }, thread)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let decoding = Arc::new(Semaphore::new(cores));
+        (StoreHandle { tx, decoding }, thread)
     }
 
     /// Stores a batch durably; resolves once it is on disk and in the index.
     pub async fn append(&self, batch: Batch) -> Result<Appended, StoreError> {
+        let prepared = {
+            let _permit = self
+                .decoding
+                .acquire()
+                .await
+                .map_err(|_| StoreError::ShuttingDown)?;
+            tokio::task::spawn_blocking(move || Prepared::new(Box::new(batch)))
+                .await
+                .map_err(|_| StoreError::ShuttingDown)??
+        };
         let (reply, answer) = oneshot::channel();
         if self
             .tx
-            .send(Request::Append(Box::new(batch), reply))
+            .send(Request::Append(prepared, reply))
             .await
             .is_err()
         {
@@ -123,6 +147,36 @@ impl StoreHandle {
     pub fn contact(&self, contact: Contact) {
         let _ = self.tx.try_send(Request::Contact(contact));
     }
+}
+
+/// Stores `first` together with every append already waiting (up to [`GROUP_MAX`]) as one
+/// group, answers each, and returns the request that ended the group, if one did.
+fn append_waiting(
+    store: &mut Store,
+    rx: &mut mpsc::Receiver<Request>,
+    first: Prepared,
+    reply: Reply,
+) -> Option<Request> {
+    let mut group = vec![first];
+    let mut replies = vec![reply];
+    let mut after = None;
+    while group.len() < GROUP_MAX {
+        match rx.try_recv() {
+            Ok(Request::Append(prepared, reply)) => {
+                group.push(prepared);
+                replies.push(reply);
+            }
+            Ok(other) => {
+                after = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    for (reply, stored) in replies.into_iter().zip(store.append_group(&group)) {
+        let _ = reply.send(stored);
+    }
+    after
 }
 
 fn run_purge(store: &mut Store, purge: &Purge) -> Result<PurgeReport, StoreError> {

@@ -51,6 +51,8 @@ pub enum StoreError {
     Recording { recording: String, message: String },
     #[error("refused batch: {0}")]
     Refused(String),
+    #[error("the index did not commit: {0}")]
+    Commit(String),
     #[error("the store is shutting down")]
     ShuttingDown,
 }
@@ -102,6 +104,25 @@ impl Seal {
             recording.host, recording.boot_id, recording.session
         )
         .into_bytes()
+    }
+}
+
+/// A batch decoded and summarised for the index, ready for [`Store::append_group`]. Decoding
+/// is most of the work of storing a batch; it needs no store, so it runs before the writer, on
+/// any thread.
+pub struct Prepared {
+    batch: Box<Batch>,
+    summary: Summary,
+}
+
+impl Prepared {
+    /// Decodes the batch's events (refusing a batch whose events do not match its header) and
+    /// summarises what they add to the index.
+    pub fn new(batch: Box<Batch>) -> Result<Prepared, StoreError> {
+        let events = wire::unpack_events(&batch.header, &batch.events, MAX_CHUNK_RAW)
+            .map_err(|err| StoreError::Refused(err.to_string()))?;
+        let summary = Summary::of(&events);
+        Ok(Prepared { batch, summary })
     }
 }
 
@@ -201,12 +222,70 @@ impl Store {
     /// Stores one batch (already checked against its header and the sender's identity) durably,
     /// once.
     pub fn append(&mut self, batch: &Batch) -> Result<Appended, StoreError> {
+        let prepared = Prepared::new(Box::new(batch.clone()))?;
+        let mut stored = self.append_group(std::slice::from_ref(&prepared));
+        stored.pop().unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
+    /// Stores a group of batches, each durably and once, with one index commit for the group:
+    /// every chunk is written, the written files are fsynced together (concurrent fsyncs share
+    /// the filesystem's journal commits), ended recordings are sealed, and the index commits the
+    /// group. One result per batch, in order; a batch is stored only if its result is `Ok`. A
+    /// batch that fails does not stop the others; an fsync or a commit that fails fails them all
+    /// (their chunks are past the committed end, cut off by the next append or replayed by the
+    /// next start).
+    pub fn append_group(&mut self, group: &[Prepared]) -> Vec<Result<Appended, StoreError>> {
+        let fail_all = |why: String| {
+            group
+                .iter()
+                .map(|_| Err(StoreError::Commit(why.clone())))
+                .collect()
+        };
+        if let Err(err) = self.index.begin() {
+            return fail_all(err.to_string());
+        }
+        let staged: Vec<_> = group.iter().map(|batch| self.stage(batch)).collect();
+        let written: Vec<&Written> = staged
+            .iter()
+            .filter_map(|staged| staged.as_ref().ok()?.written.as_ref())
+            .collect();
+        if let Err(err) = make_durable(&written) {
+            self.index.rollback();
+            warn!(batches = group.len(), error = %err, "chunks not made durable; the group is not stored");
+            return fail_all(err.to_string());
+        }
+        let stored: Vec<_> = staged
+            .into_iter()
+            .map(|staged| {
+                let staged = staged?;
+                if let Some(id) = &staged.seal {
+                    self.seal(id)?;
+                }
+                Ok(staged.appended)
+            })
+            .collect();
+        match self.index.commit() {
+            Ok(()) => stored,
+            Err(err) => {
+                self.index.rollback();
+                warn!(batches = group.len(), error = %err, "the index did not commit a group of batches");
+                fail_all(err.to_string())
+            }
+        }
+    }
+
+    /// Writes one prepared batch's chunk (not yet fsynced) and records it in the open index
+    /// transaction.
+    fn stage(&mut self, prepared: &Prepared) -> Result<Staged, StoreError> {
+        let Prepared { batch, summary } = prepared;
         let header = &batch.header;
         if let Some(recording) = self.index.batch_recording(&header.spool, header.seq)? {
-            return Ok(Appended::Duplicate { recording });
+            return Ok(Staged {
+                appended: Appended::Duplicate { recording },
+                written: None,
+                seal: None,
+            });
         }
-        let events = wire::unpack_events(header, &batch.events, MAX_CHUNK_RAW)
-            .map_err(|err| StoreError::Refused(err.to_string()))?;
         let key = RecordingKey {
             host: header.host.clone(),
             boot_id: header.boot_id.clone(),
@@ -241,28 +320,28 @@ impl Store {
             raw_len: header.raw_len,
         };
         let (bytes, hash) = chunk::encode(&chunk_header, &batch.events, enc_key);
-        let stored_len = self.write_chunk(&row, &bytes)?;
-        let summary = Summary::of(&events);
+        let written = self.write_chunk(&row, &bytes)?;
         self.index.commit_chunk(
             &row.id,
             &chunk_header.batch,
             row.chunks,
-            stored_len,
+            written.stored_len,
             &hash,
-            &summary,
+            summary,
         )?;
-        if summary.end.is_some() || row.sealed {
-            self.seal(&row.id)?;
-        }
-        Ok(Appended::Stored {
-            recording: row.id,
-            chunk: row.chunks,
+        let seal = (summary.end.is_some() || row.sealed).then(|| row.id.clone());
+        Ok(Staged {
+            appended: Appended::Stored {
+                recording: row.id,
+                chunk: row.chunks,
+            },
+            written: Some(written),
+            seal,
         })
     }
 
-    /// Appends chunk bytes at the committed end of the recording and makes them durable.
-    /// Returns the new committed length.
-    fn write_chunk(&self, row: &RecordingRow, bytes: &[u8]) -> Result<u64, StoreError> {
+    /// Writes chunk bytes at the committed end of the recording; [`make_durable`] fsyncs them.
+    fn write_chunk(&self, row: &RecordingRow, bytes: &[u8]) -> Result<Written, StoreError> {
         let path = self.dir.join(&row.path);
         let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
         let created = !path.exists();
@@ -291,15 +370,13 @@ impl Store {
         }
         file.seek(SeekFrom::Start(row.stored_len))
             .and_then(|_| file.write_all(bytes))
-            .and_then(|()| file.sync_data())
             .map_err(|e| io_err(&path, e))?;
-        if created {
-            sync_dir(&parent)?;
-            if let Some(grandparent) = parent.parent() {
-                sync_dir(grandparent)?;
-            }
-        }
-        Ok(row.stored_len + bytes.len() as u64)
+        Ok(Written {
+            stored_len: row.stored_len + bytes.len() as u64,
+            new_in: created.then_some(parent),
+            path,
+            file,
+        })
     }
 
     /// Signs the recording's final hash and chunk count.
@@ -580,6 +657,60 @@ pub fn seal_path(recording_path: &str) -> String {
     }
 }
 
+/// A chunk written to its recording file, not yet fsynced.
+struct Written {
+    /// The recording's committed length once this chunk is committed.
+    stored_len: u64,
+    path: PathBuf,
+    file: File,
+    /// The directory of the recording file this chunk created: it and its parent are fsynced
+    /// too.
+    new_in: Option<PathBuf>,
+}
+
+/// One batch of a group, staged: its chunk written and its rows in the open index transaction.
+struct Staged {
+    appended: Appended,
+    written: Option<Written>,
+    /// The recording to seal once the chunk is durable (its session ended).
+    seal: Option<String>,
+}
+
+/// The most fsyncs in flight at once.
+const SYNC_THREADS: usize = 16;
+
+/// Fsyncs the written chunks' files, several at once (a filesystem's journal commits concurrent
+/// fsyncs together, so a group waits about one commit instead of one per chunk), then the
+/// directories of new files.
+fn make_durable(written: &[&Written]) -> Result<(), StoreError> {
+    let sync = |part: &[&Written]| {
+        part.iter()
+            .try_for_each(|w| w.file.sync_data().map_err(|e| io_err(&w.path, e)))
+    };
+    if written.len() <= 1 {
+        sync(written)?;
+    } else {
+        let per_thread = written.len().div_ceil(SYNC_THREADS);
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = written
+                .chunks(per_thread)
+                .map(|part| scope.spawn(move || sync(part)))
+                .collect();
+            threads.into_iter().try_for_each(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(io_err(Path::new("."), "an fsync thread panicked")))
+            })
+        })?;
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for dir in written.iter().filter_map(|w| w.new_in.as_deref()) {
+        dirs.insert(dir);
+        dirs.extend(dir.parent());
+    }
+    dirs.into_iter().try_for_each(sync_dir)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -805,6 +936,65 @@ mod tests {
             &hex::decode(&seal.signature).unwrap()
         ));
         let _ = Pid(0);
+    }
+
+    #[test]
+    fn a_group_chains_its_chunks_skips_repeats_and_isolates_a_bad_batch() {
+        let (_dir, config) = fixture();
+        let mut store = Store::open(&config).unwrap();
+        let prepare = |batch: Batch| Prepared::new(Box::new(batch)).unwrap();
+        let mut other_session = output(1, "elsewhere");
+        other_session.session = AuditSessionId(8);
+        let mut bad_host = output(1, "x");
+        bad_host.host = "../etc".into();
+        let group = [
+            prepare(batch(1, &[output(1, "a")])),
+            prepare(batch(2, &[output(2, "b")])),
+            prepare(batch(1, &[output(1, "a")])),
+            prepare(make_batch(&SpoolId("spool-b".into()), BatchSeq(1), &[bad_host]).unwrap()),
+            prepare(make_batch(&SpoolId("spool-c".into()), BatchSeq(1), &[other_session]).unwrap()),
+        ];
+        let stored = store.append_group(&group);
+        let Ok(Appended::Stored {
+            recording,
+            chunk: 0,
+        }) = &stored[0]
+        else {
+            panic!("{:?}", stored[0])
+        };
+        assert!(
+            matches!(&stored[1], Ok(Appended::Stored { recording: r, chunk: 1 }) if r == recording),
+            "{:?}",
+            stored[1]
+        );
+        assert!(
+            matches!(&stored[2], Ok(Appended::Duplicate { recording: r }) if r == recording),
+            "{:?}",
+            stored[2]
+        );
+        assert!(
+            matches!(&stored[3], Err(StoreError::Refused(_))),
+            "{:?}",
+            stored[3]
+        );
+        let Ok(Appended::Stored {
+            recording: other,
+            chunk: 0,
+        }) = &stored[4]
+        else {
+            panic!("{:?}", stored[4])
+        };
+        // Committed: a store opened afterwards sees both recordings whole and chained.
+        drop(store);
+        let store = Store::open(&config).unwrap();
+        let verified = store.verify(recording).unwrap();
+        assert!(verified.ok && verified.chunks == 2, "{verified:?}");
+        assert!(store.verify(other).unwrap().ok);
+        let events = store.read_events(recording).unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]
