@@ -206,11 +206,14 @@ pub fn decode_frame(body: &[u8]) -> Result<Frame, WireError> {
     rmp_serde::from_slice(body).map_err(|err| WireError::Malformed(err.to_string()))
 }
 
+/// The zstd level batch bodies are compressed at.
+pub const COMPRESSION_LEVEL: i32 = 3;
+
 /// Packs the events of one session into a batch body: zstd(MessagePack). Returns the body and
 /// the uncompressed size.
 pub fn pack_events(events: &[Event]) -> (Vec<u8>, u64) {
     let raw = rmp_serde::to_vec_named(events).unwrap_or_default();
-    let packed = zstd::bulk::compress(&raw, 3).unwrap_or_default();
+    let packed = zstd::bulk::compress(&raw, COMPRESSION_LEVEL).unwrap_or_default();
     (packed, raw.len() as u64)
 }
 

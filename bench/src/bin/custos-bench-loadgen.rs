@@ -796,20 +796,34 @@ mod workload {
         pub jsonl_bytes: u64,
         /// The events as uncompressed MessagePack (the wire's and store's plaintext).
         pub msgpack_bytes: u64,
+        /// Each session's terminal output alone, without events around it, compressed as the
+        /// agent compresses a batch (zstd at the wire's level, a batch's worth at a time): what
+        /// the output itself allows.
+        pub output_compressed_bytes: u64,
     }
 
     impl Totals {
+        /// Adds one session's events.
         pub fn add(&mut self, events: &[Event]) -> anyhow::Result<()> {
+            let mut output_alone = Vec::new();
             for event in events {
                 self.events += 1;
                 match &event.event {
                     EventBody::Exec(_) => self.commands += 1,
-                    EventBody::Output(output) => self.output_bytes += output.data.len() as u64,
+                    EventBody::Output(output) => {
+                        self.output_bytes += output.data.len() as u64;
+                        output_alone.extend_from_slice(output.data.as_bytes());
+                    }
                     _ => {}
                 }
                 self.jsonl_bytes += serde_json::to_vec(event).context("JSON")?.len() as u64 + 1;
                 self.msgpack_bytes +=
                     rmp_serde::to_vec_named(event).context("MessagePack")?.len() as u64;
+            }
+            for piece in output_alone.chunks(BATCH_MAX_BYTES) {
+                self.output_compressed_bytes += zstd::bulk::compress(piece, wire::COMPRESSION_LEVEL)
+                    .context("zstd")?
+                    .len() as u64;
             }
             Ok(())
         }
@@ -820,6 +834,10 @@ mod workload {
             println!("workload_output_bytes={}", self.output_bytes);
             println!("workload_jsonl_bytes={}", self.jsonl_bytes);
             println!("workload_msgpack_bytes={}", self.msgpack_bytes);
+            println!(
+                "workload_output_compressed_bytes={}",
+                self.output_compressed_bytes
+            );
         }
     }
 }
