@@ -195,6 +195,10 @@ fn run_config(
             .stderr(std::process::Stdio::piped());
         let before = agent.as_ref().map(|a| a.metrics()).transpose()?;
         let lost_before = audit.as_ref().map(monitors::Audit::lost);
+        // Write back what earlier runs left dirty (the admin session writes and deletes
+        // thousands of files), so that no run pays for another's writeback.
+        // SAFETY: sync takes no arguments and cannot fail.
+        unsafe { libc::sync() };
         let start = Instant::now();
         let output = command
             .output()
