@@ -230,10 +230,11 @@ impl Store {
     /// Stores a group of batches, each durably and once, with one index commit for the group:
     /// every chunk is written, the written files are fsynced together (concurrent fsyncs share
     /// the filesystem's journal commits), ended recordings are sealed, and the index commits the
-    /// group. One result per batch, in order; a batch is stored only if its result is `Ok`. A
-    /// batch that fails does not stop the others; an fsync or a commit that fails fails them all
-    /// (their chunks are past the committed end, cut off by the next append or replayed by the
-    /// next start).
+    /// group. One result per batch, in order: `Ok` means stored durably (an `Err` after the
+    /// chunk was committed, a seal that could not be written, is answered as a duplicate when
+    /// the agent resends). A batch that fails does not stop the others; an fsync or a commit
+    /// that fails fails them all (their chunks are past the committed end, cut off by the next
+    /// append or replayed by the next start).
     pub fn append_group(&mut self, group: &[Prepared]) -> Vec<Result<Appended, StoreError>> {
         let fail_all = |why: String| {
             group
