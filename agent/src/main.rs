@@ -72,6 +72,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    memory::configure_allocator();
     let cli = Cli::parse();
     custos_daemon::init_logging();
     let (config, config_path) = match load_config(cli.config.as_deref()) {
