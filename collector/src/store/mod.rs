@@ -221,8 +221,8 @@ impl Store {
 
     /// Stores one batch (already checked against its header and the sender's identity) durably,
     /// once.
-    pub fn append(&mut self, batch: &Batch) -> Result<Appended, StoreError> {
-        let prepared = Prepared::new(Box::new(batch.clone()))?;
+    pub fn append(&mut self, batch: Batch) -> Result<Appended, StoreError> {
+        let prepared = Prepared::new(Box::new(batch))?;
         let mut stored = self.append_group(std::slice::from_ref(&prepared));
         stored.pop().unwrap_or(Err(StoreError::ShuttingDown))
     }
@@ -681,19 +681,26 @@ struct Staged {
 const SYNC_THREADS: usize = 16;
 
 /// Fsyncs the written chunks' files, several at once (a filesystem's journal commits concurrent
-/// fsyncs together, so a group waits about one commit instead of one per chunk), then the
-/// directories of new files.
+/// fsyncs together, so a group waits about one commit instead of one per chunk), each file once
+/// however many of the group's chunks it got (fsync flushes the file, whichever handle asks),
+/// then the directories of new files.
 fn make_durable(written: &[&Written]) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    let files: Vec<&Written> = written
+        .iter()
+        .copied()
+        .filter(|w| seen.insert(w.path.as_path()))
+        .collect();
     let sync = |part: &[&Written]| {
         part.iter()
             .try_for_each(|w| w.file.sync_data().map_err(|e| io_err(&w.path, e)))
     };
-    if written.len() <= 1 {
-        sync(written)?;
+    if files.len() <= 1 {
+        sync(&files)?;
     } else {
-        let per_thread = written.len().div_ceil(SYNC_THREADS);
+        let per_thread = files.len().div_ceil(SYNC_THREADS);
         std::thread::scope(|scope| {
-            let threads: Vec<_> = written
+            let threads: Vec<_> = files
                 .chunks(per_thread)
                 .map(|part| scope.spawn(move || sync(part)))
                 .collect();
@@ -897,7 +904,7 @@ mod tests {
         let (_dir, config) = fixture();
         let mut store = Store::open(&config).unwrap();
         let first = batch(1, &[output(1, "hello"), output(2, " world")]);
-        let id = match store.append(&first).unwrap() {
+        let id = match store.append(first.clone()).unwrap() {
             Appended::Stored { recording, chunk } => {
                 assert_eq!(chunk, 0);
                 recording
@@ -905,7 +912,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(
-            store.append(&first).unwrap(),
+            store.append(first.clone()).unwrap(),
             Appended::Duplicate {
                 recording: id.clone()
             }
@@ -917,7 +924,7 @@ mod tests {
                 ..Default::default()
             }),
         );
-        store.append(&batch(2, std::slice::from_ref(&end))).unwrap();
+        store.append(batch(2, std::slice::from_ref(&end))).unwrap();
         let events = store.read_events(&id).unwrap();
         assert_eq!(
             events.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
@@ -1004,7 +1011,7 @@ mod tests {
         let (id, path) = {
             let mut store = Store::open(&config).unwrap();
             let Appended::Stored { recording, .. } =
-                store.append(&batch(1, &[output(1, "a")])).unwrap()
+                store.append(batch(1, &[output(1, "a")])).unwrap()
             else {
                 panic!()
             };
@@ -1050,11 +1057,11 @@ mod tests {
         );
         // The agent resends batch 2 (it never got the ack): stored once.
         assert!(matches!(
-            store.append(&batch(2, &[output(2, "b")])).unwrap(),
+            store.append(batch(2, &[output(2, "b")])).unwrap(),
             Appended::Duplicate { .. }
         ));
         assert!(matches!(
-            store.append(&batch(3, &[output(3, "c")])).unwrap(),
+            store.append(batch(3, &[output(3, "c")])).unwrap(),
             Appended::Stored { chunk: 2, .. }
         ));
         assert_eq!(store.read_events(&id).unwrap().len(), 3);
