@@ -96,12 +96,17 @@ fn setup_notes() -> String {
         md,
         "Sizes, the issue's: the exec loop runs /bin/true {} times, the open loop does {} \
          open+close, the flood writes {} MiB, the write and getppid loops make {} calls each, the \
-         admin session tars and untars {} files; capacity steps last {:.0} s and the idle \
-         footprint is measured over {} s.\n",
+         admin session greps {} and tars and untars {} files; capacity steps last {:.0} s and \
+         the idle footprint is measured over {} s. The admin session's tree, tarball and \
+         untarred copy are on a tmpfs: on this machine's shared virtual disk each file created \
+         took about 0.4 ms, varying several-fold between runs, which made the session's time \
+         mostly the disk's. An untimed pass before the first round puts what it reads in the \
+         page cache.\n",
         workloads::EXEC_LOOP,
         workloads::OPEN_LOOP,
         workloads::FLOOD_BYTES >> 20,
         workloads::SYSCALL_LOOP,
+        workloads::GREP_TREE,
         workloads::TREE_FILES,
         capacity::WINDOW,
         capacity::IDLE
@@ -114,7 +119,7 @@ fn setup_notes() -> String {
          Noise: a shared 2-core VM; other builds and benchmarks may run at the same time, so \
          read differences of a few percent as noise unless the min-max ranges separate. Each \
          run starts after a `sync`, so that none pays for the writeback of the files an \
-         earlier run wrote. Short workloads (the admin session, a second or two; the write and \
+         earlier run wrote. Short workloads (the admin session, about a second; the write and \
          getppid loops, a fraction of one) move most from run to run.\n\n",
     );
     md
