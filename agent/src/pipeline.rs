@@ -12,7 +12,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use custos_proto::{Event, event::GapReason, wire::BatchHeader};
+use custos_proto::{
+    Event,
+    event::GapReason,
+    wire::{BatchHeader, Packer},
+};
 use tokio::sync::{Notify, mpsc};
 use tracing::{error, info, warn};
 
@@ -34,6 +38,8 @@ pub enum Output {
 /// Batches events and appends them to the spool.
 pub struct Spooler {
     pub batcher: Batcher,
+    /// Compresses batches (keeps its zstd context and buffers from one batch to the next).
+    pub packer: Packer,
     pub spool: Arc<Mutex<Spool>>,
     pub wake: Arc<Notify>,
     /// Where the tracker's state is saved.
@@ -55,7 +61,7 @@ impl Spooler {
             for events in batches {
                 let seq = spool.allocate()?;
                 let id = spool.id().clone();
-                let Some(batch) = custos_proto::wire::make_batch(&id, seq, &events) else {
+                let Some(batch) = self.packer.make_batch(&id, seq, &events) else {
                     continue;
                 };
                 dropped.extend(spool.append(&batch)?);
@@ -215,8 +221,9 @@ pub fn report_dropped(
 
 /// How often the tracker sweeps sessions and the spooler sends aged batches.
 const TICK: Duration = Duration::from_millis(100);
-/// The tick while no session is recorded and no batch waits: an idle agent wakes rarely.
-const IDLE_TICK: Duration = Duration::from_secs(1);
+/// The tick while no session is recorded and no batch waits: an idle agent wakes rarely (a
+/// record arriving ends the idle tick at once).
+const IDLE_TICK: Duration = Duration::from_secs(5);
 /// How often the tracker's state is saved and acknowledged segments deleted.
 const CHECKPOINT: Duration = Duration::from_secs(5);
 

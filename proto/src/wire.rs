@@ -209,12 +209,143 @@ pub fn decode_frame(body: &[u8]) -> Result<Frame, WireError> {
 /// The zstd level batch bodies are compressed at.
 pub const COMPRESSION_LEVEL: i32 = 3;
 
-/// Packs the events of one session into a batch body: zstd(MessagePack). Returns the body and
-/// the uncompressed size.
+/// Packs batch bodies, keeping what each one needs between calls: the zstd context (its
+/// tables are about a MiB at [`COMPRESSION_LEVEL`]; made afresh per batch, allocating and
+/// zeroing them cost more than compressing highly repetitive terminal output) and the
+/// MessagePack buffer. An agent keeps one for its spool.
+pub struct Packer {
+    compressor: zstd::bulk::Compressor<'static>,
+    raw: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+/// Buffers above this size are not kept between batches (a rare huge batch does not stay
+/// resident).
+const KEEP_BUFFER: usize = 4 * 1024 * 1024;
+
+impl Packer {
+    pub fn new() -> Packer {
+        Packer {
+            compressor: zstd::bulk::Compressor::new(COMPRESSION_LEVEL)
+                .expect("zstd accepts its own default level"),
+            raw: Vec::new(),
+            packed: Vec::new(),
+        }
+    }
+
+    /// Packs the events of one session into a batch body: zstd(MessagePack). Returns the body
+    /// and the uncompressed size.
+    pub fn pack(&mut self, events: &[Event]) -> (Vec<u8>, u64) {
+        self.raw.clear();
+        if rmp_serde::encode::write_named(&mut self.raw, events).is_err() {
+            self.raw.clear();
+        }
+        self.packed.clear();
+        self.packed
+            .reserve(zstd::zstd_safe::compress_bound(self.raw.len()));
+        let body = match self
+            .compressor
+            .compress_to_buffer(self.raw.as_slice(), &mut self.packed)
+        {
+            Ok(_) => self.packed.as_slice().to_vec(),
+            Err(_) => Vec::new(),
+        };
+        let raw_len = self.raw.len() as u64;
+        for buffer in [&mut self.raw, &mut self.packed] {
+            if buffer.capacity() > KEEP_BUFFER {
+                *buffer = Vec::new();
+            }
+        }
+        (body, raw_len)
+    }
+
+    /// A batch of the events of one session (in order), or `None` for no events.
+    pub fn make_batch(
+        &mut self,
+        spool: &SpoolId,
+        seq: BatchSeq,
+        events: &[Event],
+    ) -> Option<Batch> {
+        let first = events.first()?;
+        let last = events.last()?;
+        let (body, raw_len) = self.pack(events);
+        Some(Batch {
+            header: BatchHeader {
+                spool: spool.clone(),
+                seq,
+                host: first.host.clone(),
+                boot_id: first.boot_id.clone(),
+                session: first.session,
+                first_seq: first.seq,
+                last_seq: last.seq,
+                events: events.len() as u32,
+                first_time: first.time,
+                last_time: last.time,
+                raw_len,
+            },
+            events: body,
+        })
+    }
+}
+
+impl Default for Packer {
+    fn default() -> Self {
+        Packer::new()
+    }
+}
+
+thread_local! {
+    /// The packer of [`pack_events`] and [`make_batch`], one per thread that uses them.
+    static PACKER: std::cell::RefCell<Packer> = std::cell::RefCell::new(Packer::new());
+    /// The zstd context and buffer of [`decode_events`], one per thread that uses it.
+    static UNPACKER: std::cell::RefCell<Unpacker> = std::cell::RefCell::new(Unpacker::new());
+}
+
+/// Packs the events of one session into a batch body with this thread's [`Packer`].
 pub fn pack_events(events: &[Event]) -> (Vec<u8>, u64) {
-    let raw = rmp_serde::to_vec_named(events).unwrap_or_default();
-    let packed = zstd::bulk::compress(&raw, COMPRESSION_LEVEL).unwrap_or_default();
-    (packed, raw.len() as u64)
+    PACKER.with(|packer| packer.borrow_mut().pack(events))
+}
+
+/// A decompression context and buffer kept between batches.
+struct Unpacker {
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    raw: Vec<u8>,
+}
+
+impl Unpacker {
+    fn new() -> Unpacker {
+        Unpacker {
+            decompressor: None,
+            raw: Vec::new(),
+        }
+    }
+
+    fn decode(&mut self, body: &[u8], raw_len: u64) -> Result<Vec<Event>, WireError> {
+        let decompressor = match &mut self.decompressor {
+            Some(decompressor) => decompressor,
+            empty => empty.insert(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|err| WireError::BadBatch(format!("zstd: {err}")))?,
+            ),
+        };
+        self.raw.clear();
+        self.raw.reserve(raw_len as usize);
+        let decoded = decompressor
+            .decompress_to_buffer(body, &mut self.raw)
+            .map_err(|err| WireError::BadBatch(format!("zstd: {err}")))
+            .and_then(|len| {
+                if len as u64 != raw_len {
+                    return Err(WireError::BadBatch(format!(
+                        "decompressed to {len} bytes, header says {raw_len}"
+                    )));
+                }
+                rmp_serde::from_slice(&self.raw).map_err(|err| WireError::BadBatch(err.to_string()))
+            });
+        if self.raw.capacity() > KEEP_BUFFER {
+            self.raw = Vec::new();
+        }
+        decoded
+    }
 }
 
 /// Unpacks a batch body, refusing to decompress past `limit` bytes, and checks the events
@@ -237,15 +368,7 @@ pub fn decode_events(body: &[u8], raw_len: u64, limit: usize) -> Result<Vec<Even
             limit,
         });
     }
-    let raw = zstd::bulk::decompress(body, raw_len as usize)
-        .map_err(|err| WireError::BadBatch(format!("zstd: {err}")))?;
-    if raw.len() as u64 != raw_len {
-        return Err(WireError::BadBatch(format!(
-            "decompressed to {} bytes, header says {raw_len}",
-            raw.len()
-        )));
-    }
-    rmp_serde::from_slice(&raw).map_err(|err| WireError::BadBatch(err.to_string()))
+    UNPACKER.with(|unpacker| unpacker.borrow_mut().decode(body, raw_len))
 }
 
 /// Checks that the events are what the header says: one session, the counts and sequence
@@ -286,25 +409,7 @@ pub fn check_batch(header: &BatchHeader, events: &[Event]) -> Result<(), WireErr
 
 /// Builds the batch for `events` (all of one session, in order).
 pub fn make_batch(spool: &SpoolId, seq: BatchSeq, events: &[Event]) -> Option<Batch> {
-    let first = events.first()?;
-    let last = events.last()?;
-    let (body, raw_len) = pack_events(events);
-    Some(Batch {
-        header: BatchHeader {
-            spool: spool.clone(),
-            seq,
-            host: first.host.clone(),
-            boot_id: first.boot_id.clone(),
-            session: first.session,
-            first_seq: first.seq,
-            last_seq: last.seq,
-            events: events.len() as u32,
-            first_time: first.time,
-            last_time: last.time,
-            raw_len,
-        },
-        events: body,
-    })
+    PACKER.with(|packer| packer.borrow_mut().make_batch(spool, seq, events))
 }
 
 #[cfg(test)]
