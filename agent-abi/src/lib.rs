@@ -343,7 +343,9 @@ pub struct Settings {
     pub tty_write_max: u32,
     /// Records are queued without waking the agent (an interrupt per record costs more than the
     /// record); the program that makes the unread data cross a multiple of this many bytes
-    /// wakes it. The agent also drains on a short timer, so nothing waits long.
+    /// wakes it, as does the first record after the agent parked its reader (map
+    /// `READER_PARKED`). While records flow the agent drains on a short timer, so nothing
+    /// waits long.
     pub wakeup_bytes: u32,
     pub _pad: u32,
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::map,
-    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use custos_agent_abi::{
     CHUNK_MAX, DropCount, ExecArgv, ProbeError, RecordHeader, RecordKind, SCRATCH_SIZE,
@@ -25,6 +25,12 @@ use crate::globals::setting;
 /// The one ring buffer every program writes to. Its size is set by the agent at load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Entry 0 is non-zero while the agent's reader is parked: it found the ring empty for a while
+/// and sleeps until a record wakes it. The next record forces the wake-up and clears the entry,
+/// so that an idle agent needs no timer to notice the first record of a new burst.
+#[map]
+static READER_PARKED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch space, 8-byte aligned so that headers and payloads are written with whole
 /// words (an unaligned copy becomes a byte loop the verifier walks byte by byte).
@@ -119,15 +125,26 @@ pub fn submit(buf: *const u8, size: usize, kind: RecordKind, sessionid: u32) {
     }
 }
 
-/// Whether this record wakes the agent: only when it makes the unread data cross a multiple of
-/// the `wakeup_bytes` setting. Waking the reader on every record is an interrupt per record
-/// (an inter-processor one when the reader sleeps on another CPU, a VM exit in a guest), which
-/// costs more than building the record; the agent drains on a short timer between wake-ups.
+/// Whether this record wakes the agent: when the reader is parked (see [`READER_PARKED`]), or
+/// when the record makes the unread data cross a multiple of the `wakeup_bytes` setting.
+/// Waking the reader on every record is an interrupt per record (an inter-processor one when
+/// the reader sleeps on another CPU, a VM exit in a guest), which costs more than building the
+/// record; while records flow the agent drains on a short timer between wake-ups.
 #[inline(always)]
 fn wakeup_flag(size: usize) -> u64 {
     let step = setting!(wakeup_bytes) as u64;
     if step == 0 {
         return 0; // the kernel's own rule: wake a reader that has caught up
+    }
+    if let Some(parked) = READER_PARKED.get_ptr_mut(0) {
+        // SAFETY: the map's one entry. Programs on other CPUs may clear it at the same time;
+        // each then wakes the reader once, which is harmless.
+        unsafe {
+            if core::ptr::read_volatile(parked) != 0 {
+                core::ptr::write_volatile(parked, 0);
+                return BPF_RB_FORCE_WAKEUP as u64;
+            }
+        }
     }
     let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     if unread / step != (unread + size as u64) / step {

@@ -233,6 +233,11 @@ impl Assembler {
         });
     }
 
+    /// Nothing waits for more pieces.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// Sends execs whose argv pieces stopped coming, as truncated.
     pub fn flush_stale(&mut self, now_boot_ns: u64, out: &mut Vec<Captured>) {
         let stale: Vec<u32> = self

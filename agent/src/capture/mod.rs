@@ -9,7 +9,7 @@ pub mod drops;
 
 use std::{sync::Arc, time::Duration};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::{mpsc, watch},
@@ -34,9 +34,38 @@ pub struct ReaderStats {
     pub undecodable: u64,
 }
 
+/// The reader's side of the programs' `READER_PARKED` flag: set while the reader sleeps until
+/// the next record wakes it.
+pub struct Parking {
+    flag: Array<MapData, u32>,
+}
+
+impl Parking {
+    pub fn new(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map("READER_PARKED")
+            .ok_or_else(|| anyhow::anyhow!("map READER_PARKED missing from the eBPF object"))?;
+        Ok(Self {
+            flag: Array::try_from(map)?,
+        })
+    }
+
+    /// Asks the programs to wake the reader with the next record (they clear the flag).
+    fn park(&mut self) -> bool {
+        match self.flag.set(0, 1, 0) {
+            Ok(()) => true,
+            Err(err) => {
+                warn!(error = %err, "could not park the ring buffer reader; it keeps polling");
+                false
+            }
+        }
+    }
+}
+
 /// Reads the ring buffer until `stop` turns true, then drains what is left in it.
 pub async fn read_ring(
     ring: RingBuf<MapData>,
+    mut parking: Parking,
     tx: mpsc::Sender<Capture>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<ReaderStats> {
@@ -54,14 +83,16 @@ pub async fn read_ring(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut assembler, &tx, &mut stats).await;
+                // Cleared before draining: a wake-up that comes while the drain runs stays.
                 guard.clear_ready();
+                drain(guard.get_inner_mut(), &mut assembler, &tx, &mut stats).await;
+                poll.found(true);
+                timer.as_mut().reset(tokio::time::Instant::now() + poll.next());
             }
             _ = &mut timer => {
                 let before = stats.records;
                 drain(ring.get_mut(), &mut assembler, &tx, &mut stats).await;
                 poll.found(stats.records > before);
-                timer.as_mut().reset(tokio::time::Instant::now() + poll.next());
                 if last_stale.elapsed() >= STALE_CHECK {
                     last_stale = std::time::Instant::now();
                     let mut out = Vec::new();
@@ -70,6 +101,14 @@ pub async fn read_ring(
                         return Ok(stats);
                     }
                 }
+                if poll.wants_to_park() && assembler.is_empty() && parking.park() {
+                    // A record queued before the programs saw the flag woke nobody: look once
+                    // more. Whatever comes after wakes the reader.
+                    let before = stats.records;
+                    drain(ring.get_mut(), &mut assembler, &tx, &mut stats).await;
+                    poll.parked(stats.records > before);
+                }
+                timer.as_mut().reset(tokio::time::Instant::now() + poll.next());
             }
             _ = stop.changed() => break,
         }
@@ -85,16 +124,20 @@ pub async fn read_ring(
 const STALE_CHECK: Duration = Duration::from_millis(500);
 
 /// When the reader looks at the ring buffer without being woken. The programs wake it only
-/// when a burst piles up (see the `wakeup_bytes` setting), so the reader also drains on this
-/// timer: often while records arrive, backing off to `MAX` while none do, so an idle agent
-/// wakes a few times a second and a record waits at most `MAX` before it is read.
+/// when a burst piles up (see the `wakeup_bytes` setting), so while records flow the reader
+/// drains on this timer: every `MIN`, backing off while none come. Once it has backed off to
+/// `MAX` and still found nothing, it parks: the programs wake it with the next record, and the
+/// timer only looks every `PARKED` in case a wake-up was missed (a record queued at the very
+/// moment of parking). So an idle agent wakes about once in `PARKED`, and the first record of a
+/// burst is read at once.
 struct PollTimer {
     interval: Duration,
 }
 
 impl PollTimer {
     const MIN: Duration = Duration::from_millis(25);
-    const MAX: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_millis(400);
+    const PARKED: Duration = Duration::from_secs(5);
 
     fn next(&self) -> Duration {
         self.interval
@@ -104,8 +147,18 @@ impl PollTimer {
         self.interval = if records {
             Self::MIN
         } else {
-            (self.interval * 2).min(Self::MAX)
+            (self.interval * 2).min(Self::MAX).max(self.interval)
         };
+    }
+
+    /// The last look, after backing off to `MAX`, found nothing.
+    fn wants_to_park(&self) -> bool {
+        self.interval >= Self::MAX && self.interval < Self::PARKED
+    }
+
+    /// Parked; `records` tells whether the look after parking still found some.
+    fn parked(&mut self, records: bool) {
+        self.interval = if records { Self::MIN } else { Self::PARKED };
     }
 }
 
@@ -158,7 +211,9 @@ async fn drain(
     }
 }
 
-/// Polls the kernel's loss counters every `period` until `stop`, then once more.
+/// Polls the kernel's loss counters every `period` until `stop`, then once more. While the
+/// counters stand still (nothing recorded, an idle host) it looks only every
+/// `QUIET_FACTOR` periods, after `QUIET_POLLS` polls without change.
 pub async fn watch_losses(
     mut monitor: DropMonitor,
     tx: mpsc::Sender<Capture>,
@@ -166,13 +221,18 @@ pub async fn watch_losses(
     period: Duration,
     metrics: Arc<AgentMetrics>,
 ) -> DropMonitor {
-    let mut tick = tokio::time::interval(period);
     let mut last_errors = Vec::new();
     let mut last = (0, 0, 0);
     let mut recheck = true;
+    let mut quiet_polls = 0u32;
     loop {
+        let wait = if quiet_polls >= QUIET_POLLS {
+            period * QUIET_FACTOR
+        } else {
+            period
+        };
         let stopping = tokio::select! {
-            _ = tick.tick() => false,
+            _ = tokio::time::sleep(wait) => false,
             _ = stop.changed() => true,
         };
         let counters = monitor.counters();
@@ -193,6 +253,11 @@ pub async fn watch_losses(
             }
         }
         recheck = dropping;
+        quiet_polls = if now == last {
+            quiet_polls.saturating_add(1)
+        } else {
+            0
+        };
         metrics
             .kernel_dropped_records
             .inc_by(now.0.saturating_sub(last.0));
@@ -214,6 +279,10 @@ pub async fn watch_losses(
         }
     }
 }
+
+/// Polls without a change in the counters before the loss watcher slows down, and by how much.
+const QUIET_POLLS: u32 = 5;
+const QUIET_FACTOR: u32 = 5;
 
 /// `CLOCK_BOOTTIME` now, the clock of the records' timestamps.
 pub fn boot_now_ns() -> u64 {

@@ -116,8 +116,9 @@ impl Agent {
 }
 
 /// How long the agent's record count must stay still before it counts as drained: its reader
-/// drains the ring buffer on a timer that backs off to 500 ms while records trickle in (a
-/// burst wakes it sooner), so a shorter wait can end before the last records are read.
+/// drains the ring buffer on a timer that backs off to 400 ms while records trickle in (a
+/// burst, or a record after it parked, wakes it sooner), and its kernel counters are read once
+/// a second while they move, so a shorter wait can end before the last records are read.
 pub const QUIET: Duration = Duration::from_millis(1500);
 
 pub const RECORDS: &str = "custos_agent_kernel_records_total";
@@ -214,6 +215,30 @@ pub fn process_usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
             .unwrap_or(0)
     };
     Ok((cpu, kib("VmRSS:"), kib("VmHWM:")))
+}
+
+/// CPU time in nanoseconds and times scheduled in, summed over the threads process `pid` has
+/// now (/proc/PID/task/TID/schedstat: exact, where /proc/PID/stat counts 10 ms ticks). A thread
+/// that ends between two readings takes its share with it, so compare readings over a span in
+/// which the process keeps its threads (an idle agent does).
+pub fn threads_schedstat(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = (0, 0);
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = entry?.path().join("schedstat");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue; // the thread ended meanwhile
+        };
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if let [run_ns, _wait_ns, slices] = fields[..] {
+            total.0 += run_ns;
+            total.1 += slices;
+        }
+    }
+    Ok(total)
 }
 
 /// Resident memory of a process in KiB: VmRSS and VmHWM from /proc/PID/status, and VmRSS's
