@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use anyhow::Context as _;
 
 use super::{
-    agent::{Custos, DROPPED, Memory, RECORDS},
+    agent::{Custos, DROPPED, Memory, RECORDS, threads_schedstat},
     workloads::{SESSION_UID, login_command},
 };
 
@@ -58,7 +58,10 @@ impl Step {
 }
 
 pub struct Capacity {
+    /// From /proc/PID/stat (10 ms ticks).
     pub idle_cpu_percent: f64,
+    /// From the threads' schedstat (exact).
+    pub idle_sched: IdleSched,
     /// Memory at the end of the idle window.
     pub idle: Memory,
     pub steps: Vec<Step>,
@@ -68,16 +71,29 @@ pub struct Capacity {
     pub hooks: Vec<String>,
 }
 
+/// The idle agent's CPU by its threads' schedstat.
+pub struct IdleSched {
+    pub cpu_percent: f64,
+    /// Times its threads were scheduled in, per second.
+    pub wakeups_per_second: f64,
+}
+
 pub fn measure(custos: &Custos, workload: &Path, dir: &Path) -> anyhow::Result<Capacity> {
     let agent = custos.agent()?;
     std::thread::sleep(Duration::from_secs(5));
     let hooks = agent.metrics()?.labels_with("custos_agent_hooks", 1.0);
     println!("bench app: agent idle for {IDLE} s");
     let (cpu0, _, _) = agent.usage()?;
+    let sched0 = threads_schedstat(agent.pid())?;
     std::thread::sleep(Duration::from_secs(IDLE));
     let (cpu1, _, _) = agent.usage()?;
+    let sched1 = threads_schedstat(agent.pid())?;
     let idle = agent.memory()?;
     let idle_cpu_percent = (cpu1 - cpu0) / IDLE as f64 * 100.0;
+    let idle_sched = IdleSched {
+        cpu_percent: sched1.0.saturating_sub(sched0.0) as f64 / 1e9 / IDLE as f64 * 100.0,
+        wakeups_per_second: sched1.1.saturating_sub(sched0.1) as f64 / IDLE as f64,
+    };
 
     let mut steps = Vec::new();
     let mut processes = PROCESSES;
@@ -151,6 +167,7 @@ pub fn measure(custos: &Custos, workload: &Path, dir: &Path) -> anyhow::Result<C
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(Capacity {
         idle_cpu_percent,
+        idle_sched,
         idle,
         steps,
         load,

@@ -97,11 +97,13 @@ fn setup_notes() -> String {
         "Sizes, the issue's: the exec loop runs /bin/true {} times, the open loop does {} \
          open+close, the flood writes {} MiB, the write and getppid loops make {} calls each, the \
          admin session greps {} and tars and untars {} files; capacity steps last {:.0} s and \
-         the idle footprint is measured over {} s. The admin session's tree, tarball and \
-         untarred copy are on a tmpfs: on this machine's shared virtual disk each file created \
-         took about 0.4 ms, varying several-fold between runs, which made the session's time \
-         mostly the disk's. An untimed pass before the first round puts what it reads in the \
-         page cache.\n",
+         the idle footprint is measured over {} s. The flood's source file and the admin \
+         session's tree, tarball and untarred copy are on a tmpfs: on this machine's shared \
+         virtual disk each file created took about 0.4 ms, varying several-fold between runs, \
+         which made the admin session's time mostly the disk's, and the page cache did not keep \
+         the 200 MiB source whole between runs (cat read part of it from disk, more so while the \
+         agent and collector wrote theirs). An untimed pass of the admin session before the \
+         first round puts what it reads in the page cache.\n",
         workloads::EXEC_LOOP,
         workloads::OPEN_LOOP,
         workloads::FLOOD_BYTES >> 20,
@@ -362,7 +364,12 @@ fn capacity_tables(md: &mut String, capacity: &Capacity) {
         (
             format!("idle ({} s, no session active)", capacity::IDLE),
             &capacity.idle,
-            format!("{:.3}% of a core", capacity.idle_cpu_percent),
+            format!(
+                "{:.3}% of a core ({:.3}% by schedstat, {:.1} wake-ups/s)",
+                capacity.idle_cpu_percent,
+                capacity.idle_sched.cpu_percent,
+                capacity.idle_sched.wakeups_per_second
+            ),
         ),
         (
             "after the capacity steps".to_owned(),
@@ -386,8 +393,9 @@ fn capacity_tables(md: &mut String, capacity: &Capacity) {
         md,
         "\nTargets: under 40 MB RSS ({}: peak {:.1} MiB, or {:.1} MiB counting the ring \
          buffer's pages once; idle {:.1} MiB, or {:.1} MiB counting them once) and under 0.1% \
-         CPU idle ({}). /proc's CPU times tick at 10 ms, so idle CPU below {tick:.3}% over {} s \
-         reads as 0.\n",
+         CPU idle ({}, by schedstat). /proc/PID/stat's CPU times tick at 10 ms, so there idle \
+         CPU below {tick:.3}% over {} s reads as 0; the threads' schedstat counts nanoseconds \
+         and how often each thread was scheduled in (a wake-up).\n",
         verdict(mib(capacity.load.hwm) < 40.0 * 1e6 / (1 << 20) as f64),
         mib(capacity.load.hwm),
         mib(capacity.load.hwm.saturating_sub(
@@ -398,7 +406,7 @@ fn capacity_tables(md: &mut String, capacity: &Capacity) {
         )),
         mib(capacity.idle.rss),
         mib(capacity.idle.rss_counting_maps_once()),
-        verdict(capacity.idle_cpu_percent < 0.1),
+        verdict(capacity.idle_sched.cpu_percent < 0.1),
         capacity::IDLE,
     );
     let _ = writeln!(

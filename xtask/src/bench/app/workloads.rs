@@ -25,11 +25,14 @@ pub const SYSCALL_LOOP: u64 = 1_000_000;
 pub const TREE_FILES: usize = 3_000;
 /// What the admin session searches with `grep -r` (the issue's /usr/share).
 pub const GREP_TREE: &str = "/usr/share";
-/// Where the admin session's tree, tarball and untarred copy live: a tmpfs. On this machine's
-/// shared virtual disk each file created costs about 0.4 ms, varying several-fold from run to
-/// run, so with the tree on disk the session's time was mostly the disk's mood, not the work of
-/// its commands (or of whatever watches them).
-const ADMIN_SCRATCH: &str = "/dev/shm/custos-bench-admin";
+/// Where the files the shell workloads read and write live: a tmpfs (the flood's source, and
+/// the admin session's tree, tarball and untarred copy). On this machine's shared virtual disk
+/// each file created costs about 0.4 ms, varying several-fold from run to run, and the page
+/// cache does not keep a 200 MiB file whole between runs (cat of the flood source read part of
+/// it from disk, more so while the agent and collector were writing), so with these files on
+/// disk the times were partly the disk's mood, not the work of the commands (or of whatever
+/// watches them).
+const SCRATCH: &str = "/dev/shm/custos-bench";
 /// The login uid of recorded runs (root's).
 pub const SESSION_UID: u32 = 0;
 /// The environment every workload gets, nothing else: what a root login shell has. Not
@@ -104,11 +107,11 @@ impl Kind {
     }
 }
 
-/// The files the workloads use, under one scratch directory (the admin session's tree under
-/// [`ADMIN_SCRATCH`], removed on drop).
+/// The files the workloads use, under one scratch directory (the shell workloads' files under
+/// [`SCRATCH`], removed on drop).
 pub struct Fixtures {
-    pub dir: PathBuf,
-    admin_dir: PathBuf,
+    /// [`SCRATCH`].
+    shm_dir: PathBuf,
     workload: PathBuf,
     open_target: PathBuf,
     flood_file: PathBuf,
@@ -122,7 +125,13 @@ impl Fixtures {
         fs::write(&open_target, b"custos\n")
             .with_context(|| format!("writing {}", open_target.display()))?;
 
-        let flood_file = dir.join("flood");
+        let shm_dir = PathBuf::from(SCRATCH);
+        if shm_dir.exists() {
+            fs::remove_dir_all(&shm_dir)
+                .with_context(|| format!("emptying {}", shm_dir.display()))?;
+        }
+        fs::create_dir_all(&shm_dir).with_context(|| format!("creating {}", shm_dir.display()))?;
+        let flood_file = shm_dir.join("flood");
         let line = b"custos bench terminal flood: 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n";
         let chunk: Vec<u8> = line.iter().copied().cycle().take(1 << 20).collect();
         let mut flood = Vec::with_capacity(FLOOD_BYTES as usize);
@@ -132,12 +141,7 @@ impl Fixtures {
         fs::write(&flood_file, &flood)
             .with_context(|| format!("writing {}", flood_file.display()))?;
 
-        let admin_dir = PathBuf::from(ADMIN_SCRATCH);
-        if admin_dir.exists() {
-            fs::remove_dir_all(&admin_dir)
-                .with_context(|| format!("emptying {}", admin_dir.display()))?;
-        }
-        let tree = admin_dir.join("tree");
+        let tree = shm_dir.join("tree");
         for i in 0..TREE_FILES {
             let sub = tree.join(format!("d{:02}", i % 50));
             fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
@@ -175,7 +179,7 @@ impl Fixtures {
 
         let admin_script = dir.join("admin.sh");
         let mut script = String::from("set -e\n");
-        let d = admin_dir.display();
+        let d = shm_dir.display();
         let _ = writeln!(script, "cd {}", repo.display());
         script.push_str("git status\ngit log --oneline | head -n 5\ngit diff --stat\n");
         let _ = writeln!(script, "grep -r -l -i copyright {GREP_TREE} | wc -l");
@@ -191,8 +195,7 @@ impl Fixtures {
             .context("warming up the admin session")?;
 
         Ok(Self {
-            dir: dir.to_path_buf(),
-            admin_dir,
+            shm_dir,
             workload: bin.join("custos-bench-workload"),
             open_target,
             flood_file,
@@ -249,14 +252,13 @@ impl Fixtures {
 
     /// Frees the large files (the flood source, the admin session's tree).
     pub fn remove_large(&self) {
-        let _ = fs::remove_file(self.dir.join("flood"));
-        let _ = fs::remove_dir_all(&self.admin_dir);
+        let _ = fs::remove_dir_all(&self.shm_dir);
     }
 }
 
 impl Drop for Fixtures {
     fn drop(&mut self) {
         // The tmpfs holds memory until the files go; the rest waits for the next run's emptying.
-        let _ = fs::remove_dir_all(&self.admin_dir);
+        let _ = fs::remove_dir_all(&self.shm_dir);
     }
 }
