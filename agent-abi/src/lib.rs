@@ -328,6 +328,14 @@ pub const SETTING_CAPTURE_TTY_TASKS: u32 = 1 << 0;
 pub const SCOPE_EXCLUDED_MAX: u32 = 65536;
 /// Do not record keystrokes typed while the terminal has ECHO off (password prompts).
 pub const SETTING_SUPPRESS_ECHO_OFF_INPUT: u32 = 1 << 1;
+/// Read the current task, its credentials, parent, files, terminal and saved registers with
+/// plain loads through BTF-typed pointers (`bpf_get_current_task_btf`, `bpf_task_pt_regs`;
+/// kernels from 5.15, or with those helpers backported) instead of one `bpf_probe_read_kernel`
+/// call per field. The verifier checks each load against the kernel's BTF at load time (the
+/// offsets are load-time constants) and makes it fault-tolerant, so it reads what the helper
+/// would, for a fraction of the cost: a helper call is most of what a record costs in the
+/// kernel.
+pub const SETTING_DIRECT_READS: u32 = 1 << 2;
 
 /// Run-time choices of the agent, a read-only global of the programs.
 #[repr(C)]

@@ -1,9 +1,9 @@
 //! Reads of kernel memory at run-time offsets. Every failure is counted once, by the caller's
 //! `?`, in the ERRORS map ([`crate::emit::count_error`]).
 use aya_ebpf::{cty::c_void, helpers::bpf_probe_read_kernel, helpers::generated};
-use custos_agent_abi::ProbeError;
+use custos_agent_abi::{ProbeError, SETTING_DIRECT_READS};
 
-use crate::emit::count_error;
+use crate::{emit::count_error, globals::setting};
 
 /// A failed read; the probe gives up on the event.
 pub struct Fault;
@@ -52,4 +52,47 @@ pub fn read_or_zero<T: Copy>(base: *const u8, offset: usize) -> T {
 pub fn opaque(value: usize) -> usize {
     // SAFETY: reading a local through a valid reference.
     unsafe { core::ptr::read_volatile(&value) }
+}
+
+/// Whether [`typed`] reads are plain loads ([`SETTING_DIRECT_READS`]). A load-time constant:
+/// the verifier never looks at the branch not taken.
+#[inline(always)]
+pub fn direct() -> bool {
+    setting!(flags) & SETTING_DIRECT_READS != 0
+}
+
+/// Reads a `T` at `base + offset`, or zero, where `base` is a BTF-typed pointer when direct
+/// reads are on: the current task from [`crate::scope::current`], its saved registers from
+/// [`crate::task::saved_regs`], or a struct pointer read from one of those with [`typed`]
+/// (a `void *` or a pointer to a pointer field gives an untyped value: read through that with
+/// [`read`]). With direct reads this is one load that the verifier checks against the kernel's
+/// BTF (the offset is a load-time constant) and makes fault-tolerant: a bad or null `base`
+/// reads as zero, as [`read_or_zero`] does otherwise.
+#[inline(always)]
+pub fn typed<T: Copy>(base: *const u8, offset: usize) -> T {
+    if direct() {
+        // SAFETY: the verifier accepts this load only through a typed pointer at the offset of
+        // a field of that type's size, and it turns it into a load that cannot fault.
+        unsafe { core::ptr::read_volatile(base.wrapping_add(offset) as *const T) }
+    } else {
+        read_or_zero(base, offset)
+    }
+}
+
+/// [`typed`], where a failed probe read (no direct reads) is a [`Fault`], counted as
+/// [`read`] counts it.
+#[inline(always)]
+pub fn typed_read<T: Copy>(base: *const u8, offset: usize) -> Result<T, Fault> {
+    if direct() {
+        Ok(typed(base, offset))
+    } else {
+        read(base, offset)
+    }
+}
+
+/// A non-null pointer read with [`typed_read`].
+#[inline(always)]
+pub fn typed_ptr(base: *const u8, offset: usize) -> Result<*const u8, Fault> {
+    let ptr: *const u8 = typed_read(base, offset)?;
+    if ptr.is_null() { Err(Fault) } else { Ok(ptr) }
 }

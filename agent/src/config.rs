@@ -314,6 +314,10 @@ pub struct CaptureConfig {
     /// Do not record keystrokes typed while the terminal has ECHO off (password prompts); a
     /// marker with the byte count is recorded instead.
     pub suppress_echo_off_input: bool,
+    /// Read kernel structs with plain loads the verifier checks against BTF where the kernel
+    /// allows it (5.15, or the helpers backported), instead of one probe-read helper call per
+    /// field. false forces the helper calls (slower; every kernel from 5.8).
+    pub direct_reads: bool,
 }
 
 impl Default for CaptureConfig {
@@ -325,6 +329,7 @@ impl Default for CaptureConfig {
             argv_max: ByteSize::kib(16),
             tty_write_max: ByteSize::kib(64),
             suppress_echo_off_input: true,
+            direct_reads: true,
         }
     }
 }

@@ -31,7 +31,8 @@ const ARGS: [&str; 6] = ["exit-with", "3", "--", "one", "two words", "three"];
 pub struct Report {
     /// `uname -r`.
     pub kernel: String,
-    /// The `capture.hooks` the agent was started with.
+    /// The variant the agent was started with: its `capture.hooks`, and `+helpers` when it ran
+    /// with `capture.direct_reads = false` ([`variant`]).
     pub hooks: String,
     pub session: u32,
     /// The user's uid.
@@ -48,14 +49,30 @@ pub struct Report {
     pub events: Vec<Event>,
 }
 
-/// Runs the scenario with an agent using `hooks`.
+/// The suffix of a variant whose agent reads kernel structs with a helper call per field.
+const HELPERS: &str = "+helpers";
+
+/// A scenario variant (`tracepoint`, `fentry+helpers`...) as the `capture.hooks` it sets and
+/// whether the programs read with helper calls (`capture.direct_reads = false`).
+pub fn variant(name: &str) -> (&str, bool) {
+    match name.strip_suffix(HELPERS) {
+        Some(hooks) => (hooks, true),
+        None => (name, false),
+    }
+}
+
+/// Runs the scenario with an agent in the variant `hooks` (see [`variant`]).
 pub fn run(hooks: &str) -> Report {
     let uid = crate::users::ensure(USER).uid.as_raw();
     let testkit = bin("custos-testkit").display().to_string();
     let argv: Vec<String> = std::iter::once(testkit.clone())
         .chain(ARGS.iter().map(|a| a.to_string()))
         .collect();
-    let agent = Agent::start(&format!("[capture]\nhooks = \"{hooks}\"\n"));
+    let (capture_hooks, helpers) = variant(hooks);
+    let agent = Agent::start(&format!(
+        "[capture]\nhooks = \"{capture_hooks}\"\ndirect_reads = {}\n",
+        !helpers
+    ));
 
     // A busy process outside any session first: none of this may be recorded.
     let busy = Command::new(bin("custos-testkit"))
@@ -143,8 +160,9 @@ fn uname_release() -> String {
         .unwrap_or_default()
 }
 
-/// The backends the agent logged (`terminal="fentry" opens="tracepoint"`).
-pub fn backends(log: &str) -> Option<(String, String)> {
+/// The backends the agent logged (`terminal="fentry" opens="tracepoint"`) and how its programs
+/// read kernel structs (`reads="direct"`).
+pub fn backends(log: &str) -> Option<(String, String, String)> {
     let line = log
         .lines()
         .find(|l| l.contains("kernel capture attached"))?;
@@ -155,24 +173,28 @@ pub fn backends(log: &str) -> Option<(String, String)> {
             .next()
             .map(str::to_owned)
     };
-    Some((field("terminal")?, field("opens")?))
+    Some((field("terminal")?, field("opens")?, field("reads")?))
 }
 
 /// Checks a report; the first failing check, or Ok.
 pub fn judge(report: &Report) -> Result<(), String> {
     let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_owned()) };
     check(report.agent_ok, "the agent stopped cleanly")?;
-    let (terminal, opens) =
+    let (terminal, opens, reads) =
         backends(&report.agent_log).ok_or("the agent logged its hook backends")?;
-    if report.hooks != "auto" {
+    let (hooks, helpers) = variant(&report.hooks);
+    if hooks != "auto" {
         check(
-            terminal == report.hooks && opens == report.hooks,
-            &format!(
-                "both captures use {} (terminal {terminal}, opens {opens})",
-                report.hooks
-            ),
+            terminal == hooks && opens == hooks,
+            &format!("both captures use {hooks} (terminal {terminal}, opens {opens})"),
         )?;
     }
+    // Every kernel tested (6.1, 6.12 and this host's) has the helpers direct reads need.
+    let expected = if helpers { "helpers" } else { "direct" };
+    check(
+        reads == expected,
+        &format!("the programs read kernel structs with {expected} (the agent logged {reads})"),
+    )?;
     let id = AuditSessionId(report.session);
     check(
         report.events.iter().all(|e| e.session == id),

@@ -31,10 +31,11 @@ pub struct OpenArgs {
 
 impl OpenArgs {
     /// The arguments of `syscall` from the task's saved user registers (x86_64 syscall ABI:
-    /// di, si, dx, r10), as the program sees them whichever hook fired.
+    /// di, si, dx, r10; `regs` from [`crate::task::saved_regs`]), as the program sees them
+    /// whichever hook fired.
     #[inline(always)]
     pub fn from_regs(syscall: OpenSyscall, regs: *const u8) -> Self {
-        let arg = |offset: usize| -> u64 { kmem::read(regs, offset).unwrap_or(0) };
+        let arg = |offset: usize| -> u64 { kmem::typed(regs, offset) };
         match syscall {
             OpenSyscall::Open => Self {
                 syscall,

@@ -46,7 +46,7 @@ pub fn fexit_do_sys_openat2(ctx: FExitContext) -> i32 {
     let Ok(regs) = task::saved_regs(task.ptr) else {
         return 0;
     };
-    let nr: i64 = kmem::read(regs, off!(pt_regs_orig_ax)).unwrap_or(-1);
+    let nr: i64 = kmem::typed_read(regs, off!(pt_regs_orig_ax)).unwrap_or(-1);
     // Only the open syscalls reach it; anything else (a compat syscall) is left alone.
     if let Some(syscall) = open::syscall_from_nr(nr) {
         open::on_open(&task, OpenArgs::from_regs(syscall, regs), ret);

@@ -6,6 +6,7 @@
 //!
 //! Every program asks [`scope::current`] first, so a task outside the scope leaves at once.
 use aya_ebpf::{
+    EbpfContext as _,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -39,18 +40,24 @@ struct SyscallExit {
 
 impl SyscallExit {
     fn arg(&self, offset: usize) -> u64 {
-        kmem::read(self.regs, offset).unwrap_or(0)
+        kmem::typed(self.regs, offset)
     }
 }
 
 #[inline(always)]
 fn syscall_exit(ctx: &TracePointContext) -> Option<SyscallExit> {
     let task = scope::current()?;
-    // SAFETY: offsets of the sys_exit record layout.
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.ok()?;
-    let nr: i32 = unsafe { ctx.read_at(SYSCALL_NR_OFFSET) }.ok()?;
+    // SAFETY: fields of the sys_exit record, which the verifier lets a tracepoint program load
+    // directly (no helper call).
+    let (ret, nr) = unsafe {
+        let record = ctx.as_ptr() as *const u8;
+        (
+            core::ptr::read_volatile(record.add(SYSCALL_RET_OFFSET) as *const i64),
+            core::ptr::read_volatile(record.add(SYSCALL_NR_OFFSET) as *const i32),
+        )
+    };
     let regs = task::saved_regs(task.ptr).ok()?;
-    let orig_ax: i64 = kmem::read(regs, off!(pt_regs_orig_ax)).ok()?;
+    let orig_ax: i64 = kmem::typed_read(regs, off!(pt_regs_orig_ax)).ok()?;
     if orig_ax != nr as i64 {
         emit::count_error(ProbeError::RegsMismatch);
         return None;

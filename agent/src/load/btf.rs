@@ -24,12 +24,22 @@ pub enum BtfError {
     BitField { strukt: String, field: String },
 }
 
-/// Reads the offsets the programs need from the BTF file at `path`.
+/// What the programs need to know of the running kernel.
+#[derive(Debug)]
+pub struct Kernel {
+    pub offsets: KernelOffsets,
+    /// The kernel has `bpf_get_current_task_btf` (5.11) and `bpf_task_pt_regs` (5.15), so the
+    /// programs can read the current task with plain loads
+    /// ([`custos_agent_abi::SETTING_DIRECT_READS`]).
+    pub task_btf_helpers: bool,
+}
+
+/// Reads what the programs need from the BTF file at `path`.
 ///
 /// The file is mapped and only the types asked for are decoded: parsing all of a kernel's BTF
 /// (about 5 MiB, 150,000 types) into memory took the agent's resident size to 48 MiB at start.
 /// Kernels before 6.16 cannot map /sys/kernel/btf/vmlinux: there it is parsed whole.
-pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
+pub fn read_kernel(path: &Path) -> Result<Kernel, BtfError> {
     let btf = Btf::from_file_with_backend(path, Backend::Mmap)
         .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
         .map_err(|err| BtfError::Read {
@@ -37,7 +47,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
             message: err.to_string(),
         })?;
     let kernel = KernelBtf { btf };
-    kernel.offsets()
+    Ok(Kernel {
+        offsets: kernel.offsets()?,
+        task_btf_helpers: kernel.has_helper("BPF_FUNC_task_pt_regs"),
+    })
 }
 
 struct KernelBtf {
@@ -105,6 +118,21 @@ impl KernelBtf {
             pt_regs_orig_ax: o("pt_regs", "orig_ax")?,
             pt_regs_size,
             thread_size: self.thread_size(),
+        })
+    }
+
+    /// Whether the kernel's `enum bpf_func_id` names the helper `name` (a helper's number is
+    /// there from the release that added it, or from its backport).
+    fn has_helper(&self, name: &str) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name("bpf_func_id") else {
+            return false;
+        };
+        types.iter().any(|ty| match ty {
+            Type::Enum(helpers) => helpers
+                .members
+                .iter()
+                .any(|member| self.btf.resolve_name(member).is_ok_and(|n| n == name)),
+            _ => false,
         })
     }
 
@@ -183,7 +211,12 @@ mod tests {
         if !Path::new(VMLINUX_BTF).exists() {
             panic!("{VMLINUX_BTF} missing: the kernel needs BTF");
         }
-        let offsets = kernel_offsets(Path::new(VMLINUX_BTF)).unwrap();
+        let kernel = read_kernel(Path::new(VMLINUX_BTF)).unwrap();
+        assert!(
+            kernel.task_btf_helpers,
+            "this kernel (6.18) has bpf_task_pt_regs"
+        );
+        let offsets = kernel.offsets;
         assert_eq!(offsets.magic, OFFSETS_MAGIC);
         assert_eq!(offsets.tty_file_private_tty, 0);
         assert_eq!(offsets.task_tgid, offsets.task_pid + 4);

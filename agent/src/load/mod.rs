@@ -18,7 +18,10 @@ use aya::{
     maps::MapType,
     programs::{BtfTracePoint, FExit, ProgramError, TracePoint},
 };
-use custos_agent_abi::{SETTING_CAPTURE_TTY_TASKS, SETTING_SUPPRESS_ECHO_OFF_INPUT, Settings};
+use custos_agent_abi::{
+    KernelOffsets, SETTING_CAPTURE_TTY_TASKS, SETTING_DIRECT_READS,
+    SETTING_SUPPRESS_ECHO_OFF_INPUT, Settings,
+};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{CaptureConfig, Hooks, Scope, Unhonoured};
@@ -129,8 +132,8 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
     compile_error!("the programs read x86_64 syscall registers; port capture/open first");
 
     raise_memlock_limit();
-    let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?;
-    debug!(?offsets, "kernel struct offsets from BTF");
+    let kernel = btf::read_kernel(Path::new(btf::VMLINUX_BTF))?;
+    debug!(offsets = ?kernel.offsets, "kernel struct offsets from BTF");
     let mut flags = 0;
     if capture.scope == Scope::LoginSessionsAndTerminals {
         flags |= SETTING_CAPTURE_TTY_TASKS;
@@ -146,10 +149,34 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
         wakeup_bytes: wakeup_bytes(capture.ring_buffer_size.as_u64() as u32),
         _pad: 0,
     };
+    if capture.direct_reads && kernel.task_btf_helpers {
+        let direct = Settings {
+            flags: flags | SETTING_DIRECT_READS,
+            ..settings
+        };
+        match load_with(capture, &kernel.offsets, &direct) {
+            Ok(probes) => return Ok(probes),
+            // The verifier's log, if it refused, is in the log already.
+            Err(err) if err.downcast_ref::<Unhonoured>().is_none() => warn!(
+                reason = %format!("{err:#}"),
+                "the kernel refused the programs' direct reads; loading them with a helper call per field"
+            ),
+            Err(err) => return Err(err),
+        }
+    }
+    load_with(capture, &kernel.offsets, &settings)
+}
+
+/// Loads the object with `settings` and attaches every program (see [`load`]).
+fn load_with(
+    capture: &CaptureConfig,
+    offsets: &KernelOffsets,
+    settings: &Settings,
+) -> anyhow::Result<Probes> {
     let ring_size = capture.ring_buffer_size.as_u64() as u32;
     let mut ebpf = EbpfLoader::new()
-        .override_global("OFFSETS", &offsets, true)
-        .override_global("SETTINGS", &settings, true)
+        .override_global("OFFSETS", offsets, true)
+        .override_global("SETTINGS", settings, true)
         .map_max_entries("EVENTS", ring_size)
         .load(PROGRAMS)
         .context("loading the eBPF object")?;
@@ -172,10 +199,16 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
     for (hooked, backend) in CAPTURES.iter().zip(&mut backends) {
         *backend = attach_capture(&mut ebpf, &kernel_btf, hooked, capture.hooks)?;
     }
+    let reads = if settings.flags & SETTING_DIRECT_READS != 0 {
+        "direct"
+    } else {
+        "helpers"
+    };
     info!(
         ring_buffer_bytes = ring_size,
         terminal = backends[0].name(),
         opens = backends[1].name(),
+        reads,
         "kernel capture attached"
     );
     Ok(Probes { ebpf, backends })

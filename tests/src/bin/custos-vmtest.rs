@@ -106,12 +106,13 @@ fn judge(results: &str) -> anyhow::Result<bool> {
     }
     let report: Report = serde_json::from_str(json).context("parsing the report")?;
     let backends = kernels::backends(&report.agent_log)
-        .map(|(terminal, opens)| {
-            if terminal == opens {
+        .map(|(terminal, opens, reads)| {
+            let hooks = if terminal == opens {
                 terminal
             } else {
                 format!("terminal {terminal}, opens {opens}")
-            }
+            };
+            format!("{hooks} ({reads} reads)")
         })
         .unwrap_or_else(|| "unknown".into());
     match kernels::judge(&report) {

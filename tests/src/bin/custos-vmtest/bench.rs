@@ -375,12 +375,14 @@ impl BenchAgent {
 
     /// The backends the agent logged: (terminal, opens).
     fn backends(&self) -> anyhow::Result<(String, String)> {
-        custos_tests::kernels::backends(&self.log_text()).with_context(|| {
-            format!(
-                "the agent did not log its hook backends:\n{}",
-                self.log_text()
-            )
-        })
+        custos_tests::kernels::backends(&self.log_text())
+            .map(|(terminal, opens, _reads)| (terminal, opens))
+            .with_context(|| {
+                format!(
+                    "the agent did not log its hook backends:\n{}",
+                    self.log_text()
+                )
+            })
     }
 
     /// Waits until the agent is idle (under 2% of the CPU over 100 ms, at most 30 s) and returns
