@@ -58,9 +58,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     collector.wait_for("collector listening", START, &stop)?;
     let mut agent = match Daemon::start(
         "agent",
-        Command::new(bin.join("custos-agent"))
-            .arg("--config")
-            .arg(&dev.agent_config),
+        &mut agent_command(&bin, &dev.agent_config),
         &dev.logs,
     )
     .and_then(|mut agent| {
@@ -280,6 +278,27 @@ pub(crate) struct Daemon {
     log: PathBuf,
     /// Where this run's lines begin in the log.
     log_start: u64,
+}
+
+/// The agent's scheduling priority, as packaging/systemd/custos-agent.service sets it (`Nice=`):
+/// ahead of the sessions it records, so that it is not the one that waits when they keep every
+/// core busy (as auditd raises its own priority).
+pub(crate) const AGENT_NICE: libc::c_int = -10;
+
+/// `custos-agent --config CONFIG` from `bin`, at [`AGENT_NICE`] as the package's unit runs it.
+pub(crate) fn agent_command(bin: &Path, config: &Path) -> Command {
+    let mut command = Command::new(bin.join("custos-agent"));
+    command.arg("--config").arg(config);
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 impl Daemon {

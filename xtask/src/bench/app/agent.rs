@@ -50,9 +50,7 @@ impl Custos {
     pub fn agent(&self) -> anyhow::Result<Agent> {
         let mut daemon = Daemon::start(
             "agent",
-            Command::new(self.bin.join("custos-agent"))
-                .arg("--config")
-                .arg(&self.dev.agent_config),
+            &mut crate::run::agent_command(&self.bin, &self.dev.agent_config),
             &self.dev.logs,
         )?;
         daemon.wait_for("recording login sessions", START, &AtomicBool::new(false))?;
