@@ -1,6 +1,6 @@
 //! The in-kernel filter: which tasks are captured at all. It runs first in every program and
-//! costs one helper call and one kernel read for a task outside a login session, which is every
-//! service on a server.
+//! costs one helper call and one load (a second helper call without direct reads) for a task
+//! outside a login session, which is every service on a server.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, generated::bpf_get_current_task_btf,

@@ -182,12 +182,19 @@ struct Held {
     uncaptured: u64,
 }
 
+/// Most read-only paths a session's processes are tracked for, to fold their reopens: a
+/// `grep -r` over a large tree opens each file once, and every path held costs memory until
+/// its process exits.
+const READ_ONLY_TRACKED_MAX: usize = 16_384;
+
 #[derive(Default)]
 struct SessionPolicy {
     /// Per (tty, is input).
     streams: HashMap<(u32, bool), Held>,
-    /// Read-only opens seen, per (process, path): how many more times.
-    opens: HashMap<(u32, Vec<u8>), u64>,
+    /// Read-only opens seen, per process and path: how many more times.
+    opens: HashMap<u32, HashMap<Vec<u8>, u64>>,
+    /// Paths in `opens`, at most [`READ_ONLY_TRACKED_MAX`].
+    opens_tracked: usize,
     /// Processes running an excluded command.
     excluded: HashSet<u32>,
     filtered: Counts,
@@ -349,12 +356,16 @@ impl Policy {
                 }
                 let read_only = open.access == Access::Read && open.fd.is_some();
                 if verdict == OpenVerdict::Keep && read_only && self.rules.files.dedup_read_only {
-                    let key = (tgid, open.path.0.clone());
-                    if let Some(repeats) = state.opens.get_mut(&key) {
+                    let paths = state.opens.entry(tgid).or_default();
+                    if let Some(repeats) = paths.get_mut(&open.path.0) {
                         *repeats += 1;
                         return;
                     }
-                    state.opens.insert(key, 0);
+                    // Past the bound, new paths pass as plain opens: less folding, nothing lost.
+                    if state.opens_tracked < READ_ONLY_TRACKED_MAX {
+                        paths.insert(open.path.0.clone(), 0);
+                        state.opens_tracked += 1;
+                    }
                 }
                 pass(EventBody::Open(open), out);
             }
@@ -486,7 +497,9 @@ impl Policy {
         self.add_redacted(state, &total);
     }
 
-    /// Open repeat counts of process `tgid` (or of every process).
+    /// Open repeat counts of process `tgid` (or of every process), in (process, path) order.
+    /// Only this process's paths are looked at: a process exiting while another holds tens of
+    /// thousands (grep -r) costs nothing extra.
     fn repeats(
         &self,
         state: &mut SessionPolicy,
@@ -495,23 +508,27 @@ impl Policy {
         process: Option<&Process>,
         out: &mut Vec<Passed>,
     ) {
-        let mut keys: Vec<(u32, Vec<u8>)> = state
-            .opens
-            .keys()
-            .filter(|(pid, _)| tgid.is_none_or(|t| t == *pid))
-            .cloned()
-            .collect();
-        keys.sort();
-        for key in keys {
-            let Some(count) = state.opens.remove(&key) else {
-                continue;
-            };
-            if count > 0 {
+        let mut done: Vec<(u32, HashMap<Vec<u8>, u64>)> = match tgid {
+            Some(tgid) => state
+                .opens
+                .remove(&tgid)
+                .map(|p| (tgid, p))
+                .into_iter()
+                .collect(),
+            None => state.opens.drain().collect(),
+        };
+        done.sort_by_key(|(pid, _)| *pid);
+        for (_, paths) in done {
+            state.opens_tracked = state.opens_tracked.saturating_sub(paths.len());
+            let mut repeated: Vec<(Vec<u8>, u64)> =
+                paths.into_iter().filter(|(_, count)| *count > 0).collect();
+            repeated.sort();
+            for (path, count) in repeated {
                 out.push(Passed {
                     time,
                     process: process.cloned(),
                     body: EventBody::OpenRepeated(OpenRepeated {
-                        path: ByteString(key.1),
+                        path: ByteString(path),
                         count,
                     }),
                 });
@@ -572,5 +589,118 @@ fn terminal_body(
             uncaptured,
             redacted,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custos_proto::{
+        Gid, Pid, Uid,
+        event::{Exit, Open},
+    };
+
+    use super::*;
+
+    fn process(tgid: u32) -> Process {
+        Process {
+            pid: Pid(tgid),
+            tgid: Pid(tgid),
+            ppid: Pid(1),
+            uid: Uid(0),
+            euid: Uid(0),
+            gid: Gid(0),
+            loginuid: Some(Uid(0)),
+            login_user: None,
+            user: None,
+            tty: None,
+            comm: ByteString::from("grep"),
+        }
+    }
+
+    fn read(path: &str) -> EventBody {
+        EventBody::Open(Open {
+            path: ByteString::from(path),
+            requested: None,
+            syscall: "openat".into(),
+            flags: 0,
+            access: Access::Read,
+            mode: 0,
+            fd: Some(3),
+            errno: None,
+            error: None,
+            path_incomplete: false,
+        })
+    }
+
+    fn kinds(out: &[Passed]) -> Vec<&'static str> {
+        out.iter().map(|p| p.body.kind()).collect()
+    }
+
+    /// Reopens are folded per process and reported when that process exits, not when another
+    /// one does.
+    #[test]
+    fn reopens_fold_per_process_until_it_exits() {
+        let mut policy = Policy::new(Rules::defaults(), None);
+        let (grep, ls) = (process(10), process(11));
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            policy.apply(1, &grep, Timestamp(1), read("/srv/phi/a"), &mut out);
+        }
+        policy.apply(1, &ls, Timestamp(2), read("/srv/phi/a"), &mut out);
+        policy.apply(
+            1,
+            &ls,
+            Timestamp(3),
+            EventBody::Exit(Exit::from_status(0)),
+            &mut out,
+        );
+        assert_eq!(kinds(&out), ["open", "open", "exit"]);
+        out.clear();
+        policy.apply(
+            1,
+            &grep,
+            Timestamp(4),
+            EventBody::Exit(Exit::from_status(0)),
+            &mut out,
+        );
+        assert_eq!(kinds(&out), ["open_repeated", "exit"]);
+        assert!(matches!(&out[0].body, EventBody::OpenRepeated(r) if r.count == 2));
+    }
+
+    /// Past the bound of tracked paths, new paths pass as plain opens every time (nothing is
+    /// lost), and paths already tracked still fold.
+    #[test]
+    fn tracked_paths_are_bounded() {
+        let mut policy = Policy::new(Rules::defaults(), None);
+        let grep = process(10);
+        let mut out = Vec::new();
+        for i in 0..READ_ONLY_TRACKED_MAX {
+            policy.apply(
+                1,
+                &grep,
+                Timestamp(1),
+                read(&format!("/srv/f{i}")),
+                &mut out,
+            );
+        }
+        out.clear();
+        for _ in 0..2 {
+            policy.apply(1, &grep, Timestamp(2), read("/srv/one-too-many"), &mut out);
+            policy.apply(1, &grep, Timestamp(2), read("/srv/f0"), &mut out);
+        }
+        assert_eq!(kinds(&out), ["open", "open"]);
+        assert!(
+            out.iter()
+                .all(|p| matches!(&p.body, EventBody::Open(o) if o.path.0 == b"/srv/one-too-many"))
+        );
+        out.clear();
+        policy.apply(
+            1,
+            &grep,
+            Timestamp(3),
+            EventBody::Exit(Exit::from_status(0)),
+            &mut out,
+        );
+        assert_eq!(kinds(&out), ["open_repeated", "exit"]);
     }
 }
