@@ -309,7 +309,8 @@ pub struct CaptureConfig {
     pub ring_buffer_size: ByteSize,
     /// Most argv bytes recorded per exec; longer ones are marked truncated with their length.
     pub argv_max: ByteSize,
-    /// Most bytes recorded per terminal write; the rest are counted as uncaptured.
+    /// Most bytes recorded per terminal write; the rest are counted as uncaptured. The default
+    /// is the most the programs read ([`CAPTURE_MAX`]): a whole write of `cat` (128 KiB).
     pub tty_write_max: ByteSize,
     /// Do not record keystrokes typed while the terminal has ECHO off (password prompts); a
     /// marker with the byte count is recorded instead.
@@ -327,7 +328,7 @@ impl Default for CaptureConfig {
             hooks: Hooks::default(),
             ring_buffer_size: ByteSize::mib(8),
             argv_max: ByteSize::kib(16),
-            tty_write_max: ByteSize::kib(64),
+            tty_write_max: ByteSize::b(CAPTURE_MAX),
             suppress_echo_off_input: true,
             direct_reads: true,
         }

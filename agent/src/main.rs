@@ -45,7 +45,7 @@ use crate::{
 
 /// Captured events waiting between the ring buffer reader and the session tracker. The ring
 /// buffer is the buffer (its losses are counted and reported as gaps); this queue only lets the
-/// reader run a little ahead of the tracker. It holds events, each up to `tty_write_max` of
+/// reader run a little ahead of the tracker. It holds events, each up to one record's 16 KiB of
 /// terminal output, so a deep queue would hold a flood's megabytes in the agent's heap.
 const CAPTURE_QUEUE: usize = 2048;
 

@@ -148,6 +148,13 @@ pub fn detail(detail: &SessionDetail) -> String {
         s.gaps,
         state(s)
     ));
+    if s.bytes_uncaptured > 0 {
+        out.push_str(&format!(
+            "  uncaptured {} written to the terminal beyond the agent's tty_write_max (counted, \
+             not recorded)\n",
+            bytes(s.bytes_uncaptured)
+        ));
+    }
     out.push_str("\nTimeline (commands as a process tree, with the files each opened):\n");
     // Processes that ran commands, children under their parents.
     let mut by_pid: BTreeMap<u32, Vec<&CommandInfo>> = BTreeMap::new();
@@ -333,4 +340,54 @@ pub fn access_log(entries: &[AccessEntry]) -> String {
         ]);
     }
     format!("{table}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use custos_proto::{Timestamp, api::SessionSummary};
+
+    use super::*;
+
+    fn session(bytes_uncaptured: u64) -> SessionDetail {
+        SessionDetail {
+            summary: SessionSummary {
+                id: "h-b-1".into(),
+                host: "h".into(),
+                boot_id: "b".into(),
+                session: 1,
+                login_user: Some("alice".into()),
+                login_uid: Some(1000),
+                tty: Some("pts/1".into()),
+                remote: None,
+                start: Some(Timestamp(1_000_000_000_000)),
+                end: Some(Timestamp(2_000_000_000_000)),
+                last: None,
+                events: 10,
+                commands: 0,
+                files: 0,
+                bytes_out: 16384,
+                bytes_in: 0,
+                bytes_uncaptured,
+                gaps: 0,
+                sealed: true,
+                held: false,
+            },
+            commands: Vec::new(),
+            files: Vec::new(),
+            gaps: Vec::new(),
+        }
+    }
+
+    /// An auditor sees that the terminal showed more than the recording holds.
+    #[test]
+    fn uncaptured_terminal_bytes_are_shown_when_there_are_any() {
+        let shown = detail(&session(114_688));
+        assert!(
+            shown.contains(
+                "uncaptured 112.0 KiB written to the terminal beyond the agent's tty_write_max"
+            ),
+            "{shown}"
+        );
+        assert!(!detail(&session(0)).contains("uncaptured"));
+    }
 }

@@ -28,6 +28,11 @@ pub struct SessionSummary {
     pub files: u64,
     pub bytes_out: u64,
     pub bytes_in: u64,
+    /// Terminal bytes written but not recorded: the part of a write beyond the agent's
+    /// `tty_write_max` (counted, so an auditor knows the display showed more than the
+    /// recording holds). Absent from collectors older than index schema 2.
+    #[serde(default)]
+    pub bytes_uncaptured: u64,
     pub gaps: u64,
     pub sealed: bool,
     /// Under a legal hold (exempt from retention).

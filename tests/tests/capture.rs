@@ -382,6 +382,73 @@ fn ring_buffer_losses_become_gap_records_matching_the_kernel_counters() {
     }
 }
 
+/// One write to the terminal (with syscall tracepoints, the hooks that cut terminal data per
+/// write) is recorded whole up to `tty_write_max`, by default the most the programs read: more
+/// than cat's 128 KiB writes. What lies beyond the limit is counted in the record, never cut
+/// silently.
+#[test]
+fn a_terminal_write_is_recorded_up_to_tty_write_max_and_the_rest_counted() {
+    const WRITE: usize = 128 * 1024;
+    const LIMIT: usize = 16 * 1024;
+    users::ensure("custos-alice");
+    // No newline in it (the terminal's output processing would add carriage returns), and its
+    // last bytes a marker the command line does not contain.
+    let mark = marker("WHOLE-");
+    let mut content = vec![b'w'; WRITE - mark.len()];
+    content.extend_from_slice(mark.as_bytes());
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("one-write.bin");
+    std::fs::write(&file, &content).expect("writing the file");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let record = |config: &str| {
+        let agent = Agent::start(config);
+        let (mut shell, session) = login_shell("custos-alice");
+        shell.line(&format!(
+            "dd if={} bs={WRITE} count=1 status=none; echo; echo dd-\"\"done",
+            file.display()
+        ));
+        shell.expect_within("dd-done\r\n", Duration::from_secs(60));
+        shell.expect("custos$ ");
+        shell.line("exit");
+        shell.wait_exit();
+        agent.wait_for("the session's end", SESSION_END, |events| {
+            ended(events, session).then_some(())
+        });
+        let stopped = agent.stop();
+        let events = agent::session(&stopped.events, session);
+        let uncaptured: u64 = events
+            .iter()
+            .filter_map(|e| match &e.event {
+                EventBody::Output(output) => Some(output.uncaptured),
+                _ => None,
+            })
+            .sum();
+        (terminal_bytes(&events, false), uncaptured)
+    };
+
+    let (output, uncaptured) = record("[capture]\nhooks = \"tracepoint\"\n");
+    assert!(
+        contains(&output, &content),
+        "the 128 KiB write is not in the recording whole"
+    );
+    assert_eq!(uncaptured, 0);
+
+    let (output, uncaptured) = record(&format!(
+        "[capture]\nhooks = \"tracepoint\"\ntty_write_max = {LIMIT}\n"
+    ));
+    assert!(contains(&output, &content[..LIMIT]));
+    assert!(
+        !contains(&output, &content[..LIMIT + 1]),
+        "more than tty_write_max of the write was recorded"
+    );
+    assert!(!contains(&output, mark.as_bytes()));
+    assert_eq!(uncaptured, (WRITE - LIMIT) as u64);
+}
+
 #[test]
 fn terminal_scope_also_records_terminals_outside_login_sessions() {
     let run_in_terminal = |mark: &str| {

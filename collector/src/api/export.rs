@@ -166,6 +166,7 @@ mod tests {
             files: 0,
             bytes_out: 0,
             bytes_in: 0,
+            bytes_uncaptured: 0,
             gaps: 0,
             sealed: false,
             held: false,

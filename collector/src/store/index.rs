@@ -15,7 +15,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::chunk::{BatchRef, ChunkHash, RecordingKey};
 
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added `recordings.bytes_uncaptured`; [`Index::open`] upgrades a version 1 index
+/// in place.
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,6 +39,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     files INTEGER NOT NULL DEFAULT 0,
     bytes_out INTEGER NOT NULL DEFAULT 0,
     bytes_in INTEGER NOT NULL DEFAULT 0,
+    bytes_uncaptured INTEGER NOT NULL DEFAULT 0,
     gaps INTEGER NOT NULL DEFAULT 0,
     chunks INTEGER NOT NULL DEFAULT 0,
     stored_len INTEGER NOT NULL DEFAULT 0,
@@ -109,8 +112,15 @@ CREATE TABLE IF NOT EXISTS agents (
 ";
 
 #[derive(Debug, thiserror::Error)]
-#[error("index: {0}")]
-pub struct IndexError(#[from] rusqlite::Error);
+pub enum IndexError {
+    #[error("index: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "index: schema version {found} is newer than this collector's ({SCHEMA_VERSION}); \
+         run the collector release that wrote it, or rebuild the index from the recordings"
+    )]
+    NewerSchema { found: String },
+}
 
 /// A recording as the index knows it.
 #[derive(Clone, Debug)]
@@ -139,6 +149,8 @@ pub struct Summary {
     pub last: Option<Timestamp>,
     pub bytes_out: u64,
     pub bytes_in: u64,
+    /// Terminal bytes counted but beyond the agent's per-write limit.
+    pub bytes_uncaptured: u64,
     pub gaps: Vec<GapRow>,
     pub commands: Vec<CommandRow>,
     pub files: Vec<FileRow>,
@@ -204,11 +216,13 @@ impl Summary {
                 EventBody::SessionEnd(_) => summary.end = Some(event.time),
                 EventBody::Output(output) => {
                     summary.bytes_out += output.data.len() as u64;
+                    summary.bytes_uncaptured += output.uncaptured;
                     // A session whose leader had no terminal is known by the one it wrote to.
                     summary.tty.get_or_insert_with(|| output.tty.name());
                 }
                 EventBody::Input(input) => {
                     summary.bytes_in += input.data.len() as u64;
+                    summary.bytes_uncaptured += input.uncaptured;
                     summary.tty.get_or_insert_with(|| input.tty.name());
                 }
                 EventBody::Gap(gap) => summary.gaps.push(GapRow {
@@ -260,6 +274,31 @@ impl Summary {
     }
 }
 
+/// Brings an index written by an earlier collector to [`SCHEMA_VERSION`], in one transaction;
+/// refuses one written by a later collector rather than misread it.
+fn upgrade(conn: &Connection) -> Result<(), IndexError> {
+    let found: String = conn.query_row(
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        [],
+        |row| row.get(0),
+    )?;
+    match found.parse::<i64>() {
+        Ok(SCHEMA_VERSION) => Ok(()),
+        Ok(1) => {
+            // Recordings stored before keep 0: their uncaptured bytes are in their events, and
+            // `custos-collector index rebuild` counts them.
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE recordings ADD COLUMN bytes_uncaptured INTEGER NOT NULL DEFAULT 0;
+                 UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';
+                 COMMIT;"
+            ))?;
+            Ok(())
+        }
+        _ => Err(IndexError::NewerSchema { found }),
+    }
+}
+
 /// An exit ends the latest running command of its process in the recording (found through
 /// the `commands_running` index).
 const EXIT_UPDATE: &str = "UPDATE commands SET exit_code = ?3, signal = ?4
@@ -285,6 +324,7 @@ impl Index {
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
             params![SCHEMA_VERSION.to_string()],
         )?;
+        upgrade(&conn)?;
         Ok(Self { conn })
     }
 
@@ -356,7 +396,7 @@ impl Index {
             params![key.id(), key.host, key.boot_id.0, key.session.0, path],
         )?;
         self.recording(&key.id())?
-            .ok_or(IndexError(rusqlite::Error::QueryReturnedNoRows))
+            .ok_or(IndexError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
     }
 
     /// Recordings not sealed yet: the ones a crash may have left with chunks the index lacks.
@@ -423,7 +463,8 @@ impl Index {
                 login_user = COALESCE(?11, login_user), login_uid = COALESCE(?12, login_uid),
                 tty = COALESCE(tty, ?13), remote = COALESCE(remote, ?14),
                 start_ns = COALESCE(start_ns, ?15), end_ns = COALESCE(?16, end_ns),
-                last_ns = MAX(COALESCE(last_ns, 0), COALESCE(?17, 0))
+                last_ns = MAX(COALESCE(last_ns, 0), COALESCE(?17, 0)),
+                bytes_uncaptured = bytes_uncaptured + ?18
              WHERE id = ?1",
         )?
         .execute(params![
@@ -444,6 +485,7 @@ impl Index {
             summary.start.map(|t| t.0),
             summary.end.map(|t| t.0),
             summary.last.map(|t| t.0),
+            summary.bytes_uncaptured as i64,
         ])?;
         {
             let mut insert = tx.prepare_cached(
@@ -549,6 +591,135 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::query;
+    use custos_proto::{AuditSessionId, BootId};
+
+    /// A recording with one chunk whose summary counts `uncaptured` bytes.
+    fn store_one(index: &mut Index, session: u32, uncaptured: u64) -> String {
+        let key = RecordingKey {
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            session: AuditSessionId(session),
+        };
+        let row = index.insert_recording(&key, "r.rec").unwrap();
+        let batch = BatchRef {
+            spool: SpoolId("s".into()),
+            seq: BatchSeq(u64::from(session)),
+        };
+        let summary = Summary {
+            events: 1,
+            bytes_out: 10,
+            bytes_uncaptured: uncaptured,
+            ..Summary::default()
+        };
+        index
+            .commit_chunk(&row.id, &batch, 0, 64, &ChunkHash([0; 32]), &summary)
+            .unwrap();
+        row.id
+    }
+
+    fn uncaptured(index: &Index, id: &str) -> u64 {
+        query::session(index.connection(), id)
+            .unwrap()
+            .expect("the recording")
+            .bytes_uncaptured
+    }
+
+    /// An index written by a collector of schema 1 (no uncaptured column) opens, is upgraded in
+    /// place, keeps its recordings and counts uncaptured bytes from then on.
+    #[test]
+    fn a_schema_1_index_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let old = {
+            let mut index = Index::open(&path).unwrap();
+            let id = store_one(&mut index, 1, 0);
+            index
+                .connection()
+                .execute_batch(
+                    "ALTER TABLE recordings DROP COLUMN bytes_uncaptured;
+                     UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+            id
+        };
+        let mut index = Index::open(&path).unwrap();
+        let version: String = index
+            .connection()
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        assert_eq!(uncaptured(&index, &old), 0);
+        let new = store_one(&mut index, 2, 114_688);
+        assert_eq!(uncaptured(&index, &new), 114_688);
+    }
+
+    #[test]
+    fn an_index_of_a_newer_schema_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        Index::open(&path)
+            .unwrap()
+            .connection()
+            .execute(
+                "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        let err = Index::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+
+    #[test]
+    fn uncaptured_terminal_bytes_are_summed_from_output_and_input() {
+        use custos_proto::{
+            ByteString, Seq, Tty,
+            event::{Input, Output},
+        };
+        let event = |seq: u64, body: EventBody| Event {
+            time: Timestamp(1),
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            session: AuditSessionId(1),
+            seq: Seq(seq),
+            process: None,
+            event: body,
+        };
+        let tty = Tty((136 << 20) | 3);
+        let summary = Summary::of(&[
+            event(
+                1,
+                EventBody::Output(Output {
+                    tty,
+                    data: ByteString::from(vec![b'x'; 16]),
+                    uncaptured: 100,
+                    redacted: Default::default(),
+                }),
+            ),
+            event(
+                2,
+                EventBody::Input(Input {
+                    tty,
+                    data: ByteString::from(vec![b'y'; 4]),
+                    echoed: false,
+                    uncaptured: 7,
+                    redacted: Default::default(),
+                }),
+            ),
+        ]);
+        assert_eq!(
+            (
+                summary.bytes_out,
+                summary.bytes_in,
+                summary.bytes_uncaptured
+            ),
+            (16, 4, 107)
+        );
+    }
 
     /// Matching an exit to its command must not scan the recording's commands: a session that
     /// runs tens of thousands of commands would make every batch slower than the last.

@@ -19,7 +19,8 @@ pub struct Filter {
 }
 
 const SUMMARY_COLUMNS: &str = "id, host, boot_id, session, login_user, login_uid, tty, remote,
-    start_ns, end_ns, last_ns, events, commands, files, bytes_out, bytes_in, gaps, sealed";
+    start_ns, end_ns, last_ns, events, commands, files, bytes_out, bytes_in, gaps, sealed,
+    bytes_uncaptured";
 
 fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
     Ok(SessionSummary {
@@ -41,6 +42,7 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
         bytes_in: row.get::<_, i64>(15)? as u64,
         gaps: row.get::<_, i64>(16)? as u64,
         sealed: row.get::<_, i64>(17)? != 0,
+        bytes_uncaptured: row.get::<_, i64>(18)? as u64,
         held: false,
     })
 }
