@@ -279,6 +279,7 @@ async fn run(
         parking,
         tx.clone(),
         stop_rx.clone(),
+        metrics.records_read.clone(),
     ));
     let losses = tokio::spawn(capture::watch_losses(
         monitor,

@@ -44,6 +44,9 @@ pub struct AgentMetrics {
     pub kernel_dropped_records: Counter,
     /// Records the kernel wrote to the ring buffer.
     pub kernel_records: Counter,
+    /// Records the agent has read from the ring buffer (up to date after every read, where the
+    /// kernel's counters above are polled, every second while they move, every 5 s while idle).
+    pub records_read: Counter,
     /// Program runs the kernel ended early because the login uid is out of scope.
     pub kernel_scope_skipped: Counter,
     /// Sessions being recorded now.
@@ -111,6 +114,11 @@ impl AgentMetrics {
             "kernel_records",
             "Records the kernel wrote to the ring buffer",
             self.kernel_records.clone(),
+        );
+        registry.register(
+            "records_read",
+            "Records the agent has read from the ring buffer",
+            self.records_read.clone(),
         );
         registry.register(
             "kernel_scope_skipped",

@@ -19,6 +19,7 @@ use tracing::warn;
 use self::{assemble::Assembler, drops::DropMonitor};
 pub use self::{assemble::Captured, drops::SessionLoss};
 use crate::metrics::AgentMetrics;
+use prometheus_client::metrics::counter::Counter;
 
 /// What capture hands to the session tracker.
 #[derive(Debug)]
@@ -32,6 +33,9 @@ pub enum Capture {
 pub struct ReaderStats {
     pub records: u64,
     pub undecodable: u64,
+    /// `records` as a metric, brought up to date after every drain (so it shows what the agent
+    /// has taken in at once, where the kernel's own counters are polled).
+    read: Counter,
 }
 
 /// The reader's side of the programs' `READER_PARKED` flag: set while the reader sleeps until
@@ -68,13 +72,17 @@ pub async fn read_ring(
     mut parking: Parking,
     tx: mpsc::Sender<Capture>,
     mut stop: watch::Receiver<bool>,
+    read: Counter,
 ) -> anyhow::Result<ReaderStats> {
     // SAFETY: the ring buffer owns its file descriptor, which stays open as long as the AsyncFd
     // that owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|err| err.into_parts().1)?;
     let mut assembler = Assembler::default();
-    let mut stats = ReaderStats::default();
+    let mut stats = ReaderStats {
+        read,
+        ..ReaderStats::default()
+    };
     let mut poll = PollTimer::default();
     let timer = tokio::time::sleep(poll.next());
     tokio::pin!(timer);
@@ -181,6 +189,17 @@ async fn send(tx: &mpsc::Sender<Capture>, events: Vec<Captured>) -> bool {
 }
 
 async fn drain(
+    ring: &mut RingBuf<MapData>,
+    assembler: &mut Assembler,
+    tx: &mpsc::Sender<Capture>,
+    stats: &mut ReaderStats,
+) {
+    let before = stats.records;
+    drain_into(ring, assembler, tx, stats).await;
+    stats.read.inc_by(stats.records - before);
+}
+
+async fn drain_into(
     ring: &mut RingBuf<MapData>,
     assembler: &mut Assembler,
     tx: &mpsc::Sender<Capture>,

@@ -120,6 +120,11 @@ pub enum IndexError {
          run the collector release that wrote it, or rebuild the index from the recordings"
     )]
     NewerSchema { found: String },
+    #[error(
+        "index: schema version {found:?} is not one this collector knows (it reads 1 to \
+         {SCHEMA_VERSION}); the index is damaged: rebuild it from the recordings"
+    )]
+    UnknownSchema { found: String },
 }
 
 /// A recording as the index knows it.
@@ -295,7 +300,8 @@ fn upgrade(conn: &Connection) -> Result<(), IndexError> {
             ))?;
             Ok(())
         }
-        _ => Err(IndexError::NewerSchema { found }),
+        Ok(newer) if newer > SCHEMA_VERSION => Err(IndexError::NewerSchema { found }),
+        _ => Err(IndexError::UnknownSchema { found }),
     }
 }
 

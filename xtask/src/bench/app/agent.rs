@@ -77,8 +77,9 @@ impl Agent {
         scrape(PORTS + 2)
     }
 
-    /// Waits until the agent has taken in everything (records stopped growing for [`QUIET`])
-    /// and the collector acknowledged it, at most `limit`.
+    /// Waits until the agent has taken in everything (the records it read stopped growing for
+    /// [`QUIET`]), its poll of the kernel's counters has caught up with them (so the drop count
+    /// is the run's too), and the collector acknowledged it all; at most `limit`.
     pub fn settle(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         let mut last = self.metrics()?.get(RECORDS);
@@ -90,8 +91,9 @@ impl Agent {
                 last = now.get(RECORDS);
                 changed = Instant::now();
             }
-            let quiet =
-                changed.elapsed() >= QUIET && now.get("custos_agent_spool_pending_batches") == 0.0;
+            let quiet = changed.elapsed() >= QUIET
+                && now.get(KERNEL_RECORDS) >= now.get(RECORDS)
+                && now.get("custos_agent_spool_pending_batches") == 0.0;
             if quiet || Instant::now() > deadline {
                 return Ok(());
             }
@@ -113,13 +115,18 @@ impl Agent {
     }
 }
 
-/// How long the agent's record count must stay still before it counts as drained: its reader
-/// drains the ring buffer on a timer that backs off to 400 ms while records trickle in (a
-/// burst, or a record after it parked, wakes it sooner), and its kernel counters are read once
-/// a second while they move, so a shorter wait can end before the last records are read.
+/// How long the agent's count of records read must stay still before it counts as drained:
+/// its reader drains the ring buffer on a timer that backs off to 400 ms while records trickle
+/// in (a burst, or a record after it parked, wakes it sooner), so a shorter wait can end before
+/// the last records are read.
 pub const QUIET: Duration = Duration::from_millis(1500);
 
-pub const RECORDS: &str = "custos_agent_kernel_records_total";
+/// Records the agent has read, counted as it reads them.
+pub const RECORDS: &str = "custos_agent_records_read_total";
+/// Records the kernel wrote, from the agent's poll of the kernel's counters: every second while
+/// they move, every 5 s once idle, so after a quiet spell it lags behind [`RECORDS`] for up to
+/// 5 s (reading it as the run's count gave one run's records to the next workload).
+pub const KERNEL_RECORDS: &str = "custos_agent_kernel_records_total";
 pub const DROPPED: &str = "custos_agent_kernel_dropped_records_total";
 pub const SPOOL_LOST: &str = "custos_agent_spool_lost_events_total";
 

@@ -381,9 +381,10 @@ fn capacity_tables(md: &mut String, capacity: &Capacity) {
          160,000-175,000, three or four 160,000-187,000, all with both cores saturated); when the generators reach \
          less than {:.0}% of a step's rate without drops, the step runs again with one more \
          process, up to one per core ({} here). The rate steps up until the kernel drops \
-         records or that many processes cannot reach it. Kernel records and drops come from the \
-         agent's `custos_agent_kernel_records_total` and \
-         `custos_agent_kernel_dropped_records_total`; agent CPU from /proc/PID/stat \
+         records or that many processes cannot reach it. Kernel records come from the agent's \
+         `custos_agent_records_read_total` (what it read from the ring buffer), drops from \
+         `custos_agent_kernel_dropped_records_total` once the agent's poll of the kernel's \
+         counters has caught up with what it read; agent CPU from /proc/PID/stat \
          (utime+stime), per million records including the drain after the window. Target: \
          200,000 events/s on one core with zero drops.\n",
         capacity::WINDOW,
