@@ -44,7 +44,7 @@ pub struct AgentMetrics {
     pub kernel_dropped_records: Counter,
     /// Records the kernel wrote to the ring buffer.
     pub kernel_records: Counter,
-    /// Records the agent has read from the ring buffer (up to date after every read, where the
+    /// Records the agent has read from the ring buffer (counted as each is read, where the
     /// kernel's counters above are polled, every second while they move, every 5 s while idle).
     pub records_read: Counter,
     /// Program runs the kernel ended early because the login uid is out of scope.

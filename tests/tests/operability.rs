@@ -166,6 +166,8 @@ fn metrics_count_what_each_daemon_does() {
         sample(&agent_metrics, "custos_agent_kernel_dropped_records_total"),
         0.0
     );
+    // Counted as the reader takes them, so already current when the batch is acknowledged.
+    assert!(sample(&agent_metrics, "custos_agent_records_read_total") >= 1.0);
     assert!(sample(&agent_metrics, "custos_agent_send_latency_seconds_count") >= 1.0);
 
     let collector_metrics = scrape(&collector.daemon.log_text());

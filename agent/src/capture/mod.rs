@@ -33,8 +33,9 @@ pub enum Capture {
 pub struct ReaderStats {
     pub records: u64,
     pub undecodable: u64,
-    /// `records` as a metric, brought up to date after every drain (so it shows what the agent
-    /// has taken in at once, where the kernel's own counters are polled).
+    /// `records` as a metric, counted before the record's events go on (so it is current,
+    /// where the kernel's own counters are polled, and counts a record before its batch can be
+    /// acknowledged).
     read: Counter,
 }
 
@@ -188,18 +189,8 @@ async fn send(tx: &mpsc::Sender<Capture>, events: Vec<Captured>) -> bool {
     true
 }
 
+/// Reads every record the ring buffer holds now and passes on what they make.
 async fn drain(
-    ring: &mut RingBuf<MapData>,
-    assembler: &mut Assembler,
-    tx: &mpsc::Sender<Capture>,
-    stats: &mut ReaderStats,
-) {
-    let before = stats.records;
-    drain_into(ring, assembler, tx, stats).await;
-    stats.read.inc_by(stats.records - before);
-}
-
-async fn drain_into(
     ring: &mut RingBuf<MapData>,
     assembler: &mut Assembler,
     tx: &mpsc::Sender<Capture>,
@@ -212,6 +203,7 @@ async fn drain_into(
                 break;
             };
             stats.records += 1;
+            stats.read.inc();
             decode::decode(&item)
         };
         match record {
