@@ -353,7 +353,7 @@ async fn run(
         let _ = server.await;
     }
     info!(
-        records = stats.records,
+        records = stats.records(),
         undecodable = stats.undecodable,
         kernel_dropped = counters.dropped_records(),
         "stopped"

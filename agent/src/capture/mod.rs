@@ -31,12 +31,18 @@ pub enum Capture {
 /// Counts of what the reader saw.
 #[derive(Debug, Default, Clone)]
 pub struct ReaderStats {
-    pub records: u64,
-    pub undecodable: u64,
-    /// `records` as a metric, counted before the record's events go on (so it is current,
-    /// where the kernel's own counters are polled, and counts a record before its batch can be
-    /// acknowledged).
+    /// Records read: the agent's `records_read` metric, counted before the record's events go
+    /// on (so it is current, where the kernel's own counters are polled, and counts a record
+    /// before its batch can be acknowledged).
     read: Counter,
+    pub undecodable: u64,
+}
+
+impl ReaderStats {
+    /// Records read so far.
+    pub fn records(&self) -> u64 {
+        self.read.get()
+    }
 }
 
 /// The reader's side of the programs' `READER_PARKED` flag: set while the reader sleeps until
@@ -99,9 +105,9 @@ pub async fn read_ring(
                 timer.as_mut().reset(tokio::time::Instant::now() + poll.next());
             }
             _ = &mut timer => {
-                let before = stats.records;
+                let before = stats.records();
                 drain(ring.get_mut(), &mut assembler, &tx, &mut stats).await;
-                poll.found(stats.records > before);
+                poll.found(stats.records() > before);
                 if last_stale.elapsed() >= STALE_CHECK {
                     last_stale = std::time::Instant::now();
                     let mut out = Vec::new();
@@ -113,9 +119,9 @@ pub async fn read_ring(
                 if poll.wants_to_park() && assembler.is_empty() && parking.park() {
                     // A record queued before the programs saw the flag woke nobody: look once
                     // more. Whatever comes after wakes the reader.
-                    let before = stats.records;
+                    let before = stats.records();
                     drain(ring.get_mut(), &mut assembler, &tx, &mut stats).await;
-                    poll.parked(stats.records > before);
+                    poll.parked(stats.records() > before);
                 }
                 timer.as_mut().reset(tokio::time::Instant::now() + poll.next());
             }
@@ -202,7 +208,6 @@ async fn drain(
             let Some(item) = ring.next() else {
                 break;
             };
-            stats.records += 1;
             stats.read.inc();
             decode::decode(&item)
         };

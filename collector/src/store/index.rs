@@ -292,12 +292,12 @@ fn upgrade(conn: &Connection) -> Result<(), IndexError> {
         Ok(1) => {
             // Recordings stored before keep 0: their uncaptured bytes are in their events, and
             // `custos-collector index rebuild` counts them.
-            conn.execute_batch(&format!(
+            conn.execute_batch(
                 "BEGIN IMMEDIATE;
                  ALTER TABLE recordings ADD COLUMN bytes_uncaptured INTEGER NOT NULL DEFAULT 0;
-                 UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';
-                 COMMIT;"
-            ))?;
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                 COMMIT;",
+            )?;
             Ok(())
         }
         Ok(newer) if newer > SCHEMA_VERSION => Err(IndexError::NewerSchema { found }),
