@@ -6,7 +6,7 @@ use std::path::Path;
 
 use custos_proto::{
     Timestamp,
-    api::{AccessEntry, Hold},
+    api::{AccessEntry, Hold, HoldKind},
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -155,7 +155,7 @@ impl Audit {
 
     pub fn add_hold(
         &self,
-        kind: &str,
+        kind: HoldKind,
         target: &str,
         reason: &str,
         by: &str,
@@ -163,11 +163,11 @@ impl Audit {
         let now = Timestamp::now();
         self.conn.execute(
             "INSERT INTO holds (kind, target, reason, created_by, created_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![kind, target, reason, by, now.0],
+            params![kind.as_str(), target, reason, by, now.0],
         )?;
         Ok(Hold {
             id: self.conn.last_insert_rowid() as u64,
-            kind: kind.to_owned(),
+            kind,
             target: target.to_owned(),
             reason: reason.to_owned(),
             created_by: by.to_owned(),
@@ -183,6 +183,8 @@ impl Audit {
             > 0)
     }
 
+    /// Every hold; a kind this collector does not know is an error naming it (not taken for a
+    /// user, which would hold the wrong recordings).
     pub fn holds(&self) -> Result<Vec<Hold>, AuditError> {
         let mut stmt = self.conn.prepare(
             "SELECT id, kind, target, reason, created_by, created_ns FROM holds ORDER BY id",
@@ -191,7 +193,13 @@ impl Audit {
             .query_map([], |r| {
                 Ok(Hold {
                     id: r.get::<_, i64>(0)? as u64,
-                    kind: r.get(1)?,
+                    kind: r.get::<_, String>(1)?.parse().map_err(|why: String| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            1,
+                            rusqlite::types::Type::Text,
+                            why.into(),
+                        )
+                    })?,
                     target: r.get(2)?,
                     reason: r.get(3)?,
                     created_by: r.get(4)?,
@@ -253,5 +261,30 @@ mod tests {
             broken.as_deref(),
             Some("access log entry 2 was altered, or an entry before it removed")
         );
+    }
+
+    #[test]
+    fn holds_keep_their_kind_and_an_unknown_kind_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(&dir.path().join("audit.sqlite")).unwrap();
+        audit
+            .add_hold(HoldKind::Session, "db1-3ceb1d62-7", "case 1", "admin")
+            .unwrap();
+        audit
+            .add_hold(HoldKind::User, "alice", "case 2", "admin")
+            .unwrap();
+        let kinds: Vec<_> = audit.holds().unwrap().iter().map(|h| h.kind).collect();
+        assert_eq!(kinds, vec![HoldKind::Session, HoldKind::User]);
+        // The table refuses such a kind; a database written otherwise (by hand, or a later
+        // collector) may still hold one.
+        audit
+            .conn
+            .execute_batch(
+                "PRAGMA ignore_check_constraints = ON;
+                 UPDATE holds SET kind = 'group' WHERE id = 2;",
+            )
+            .unwrap();
+        let err = audit.holds().expect_err("an unknown kind").to_string();
+        assert!(err.contains("\"group\" is neither"), "{err}");
     }
 }

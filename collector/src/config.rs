@@ -17,7 +17,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub api: ApiConfig,
     pub tls: TlsConfig,
-    pub store: StoreSection,
+    pub store: crate::store::StoreConfig,
     pub retention: RetentionConfig,
     /// Real-time alerts on the live stream.
     pub alerts: crate::alerts::AlertsConfig,
@@ -104,27 +104,6 @@ impl Default for TlsConfig {
             ca: "/etc/custos/pki/ca.pem".into(),
             certificate: "/etc/custos/pki/collector.pem".into(),
             key: "/etc/custos/pki/collector.key".into(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreSection {
-    /// The store directory (recordings and index).
-    pub dir: PathBuf,
-    /// Encryption keys (`custos-collector store keygen`).
-    pub key_file: PathBuf,
-    /// The Ed25519 key that seals ended recordings (`custos-collector pki init` writes it).
-    pub seal_key: PathBuf,
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        Self {
-            dir: "/var/lib/custos-collector".into(),
-            key_file: "/etc/custos/pki/store.key".into(),
-            seal_key: "/etc/custos/pki/seal.key".into(),
         }
     }
 }

@@ -2,14 +2,18 @@
 //!
 //! Along a recording's path: [`ingest`] (QUIC server, agent identity from the certificate) hands
 //! batches to the [`writer`] thread, which owns the [`store`] (per-session chunk files,
-//! encrypted and hash-chained, and their index). [`api`] serves auditors (HTTPS, client
-//! certificates, every access in the [`audit`] log). [`pki`] holds the `pki` subcommands.
+//! encrypted and hash-chained by [`trust`], and their [`index`]). [`api`] serves auditors
+//! (HTTPS, client certificates, every access in the [`audit`] log); [`retention`] purges what
+//! is past its time unless held. [`pki`] holds the `pki` subcommands.
 pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod index;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;
+pub mod retention;
 pub mod store;
+pub mod trust;
 pub mod writer;

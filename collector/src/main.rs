@@ -10,7 +10,9 @@ use custos_collector::{
     ingest::{self, Limits},
     metrics::CollectorMetrics,
     pki::{self, PkiCommand},
-    store::{self, Store, StoreConfig},
+    retention::{self, Retention},
+    store::{self, Store},
+    trust,
     writer::StoreHandle,
 };
 use custos_daemon::{Signal, Signals};
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
         Some(Command::Index {
             command: IndexCommand::Rebuild,
         }) => load_config(cli.config.as_deref()).and_then(|config| {
-            let rebuilt = store::rebuild_index(&store_config(&config))?;
+            let rebuilt = store::rebuild_index(&config.store)?;
             println!(
                 "indexed {} recordings ({} chunks) from {}",
                 rebuilt.recordings,
@@ -138,27 +140,19 @@ fn store_command(config: Option<&std::path::Path>, command: StoreCommand) -> any
                 Some(path) => path,
                 None => load_config(config)?.store.key_file,
             };
-            let id = store::keys::KeyRing::generate(&path)?;
+            let id = trust::keys::KeyRing::generate(&path)?;
             println!("added key {id} to {} (new chunks use it)", path.display());
         }
     }
     Ok(())
 }
 
-fn store_config(config: &Config) -> StoreConfig {
-    StoreConfig {
-        dir: config.store.dir.clone(),
-        key_file: config.store.key_file.clone(),
-        seal_key: config.store.seal_key.clone(),
-    }
-}
-
 /// Validates the configuration and every file it names.
 fn check(config: &Config) -> anyhow::Result<()> {
     ingest::server_config(config)?;
     api::tls_config(config)?;
-    store::keys::KeyRing::load(&config.store.key_file)?;
-    store::keys::SealKey::load(&config.store.seal_key)?;
+    trust::keys::KeyRing::load(&config.store.key_file)?;
+    trust::keys::SealKey::load(&config.store.seal_key)?;
     Ok(())
 }
 
@@ -173,7 +167,7 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
 async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let (server_config, identity) = ingest::server_config(&config)?;
     let api_tls = api::tls_config(&config)?;
-    let store_config = store_config(&config);
+    let store_config = config.store.clone();
     let opening = store_config.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&opening)).await??;
     info!(dir = %config.store.dir.display(), "store open");
@@ -202,11 +196,15 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         }),
         stop_rx.clone(),
     ));
+    let retention = Arc::new(Retention {
+        keep: config.retention.keep,
+        audit: audit.clone(),
+        writer: store.clone(),
+    });
     let api_state = Arc::new(ApiState {
         store: store_config,
-        audit,
-        writer: store.clone(),
-        retention: config.retention.keep,
+        audit: audit.clone(),
+        retention: retention.clone(),
         metrics: metrics.clone(),
     });
     let (api_tls_tx, api_tls_rx) = tokio::sync::watch::channel(api_tls);
@@ -216,8 +214,8 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         api_state.clone(),
         stop_tx.subscribe(),
     ));
-    let retention_task = tokio::spawn(api::retention_job(
-        api_state,
+    let retention_task = tokio::spawn(retention::job(
+        retention,
         config.retention.check_every,
         stop_tx.subscribe(),
     ));

@@ -7,7 +7,7 @@ use custos_pki::{
     issue::{self, PkiDir, Validity},
 };
 
-use crate::store::keys::SealKey;
+use crate::trust::keys::SealKey;
 
 pub const DEFAULT_DIR: &str = "/etc/custos/pki";
 

@@ -7,9 +7,12 @@ use std::{collections::HashMap, sync::Arc, thread::JoinHandle, time::Duration};
 
 use custos_proto::{Timestamp, api::PurgeReport, wire::Batch};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::store::{Appended, Prepared, Store, StoreError};
+use crate::{
+    retention::Purge,
+    store::{Appended, Prepared, Store, StoreError},
+};
 
 /// An agent's contact, recorded in the index's agents table.
 #[derive(Clone, Debug)]
@@ -28,17 +31,6 @@ enum Request {
     Contact(Contact),
     FlushContacts,
     Purge(Purge, oneshot::Sender<Result<PurgeReport, StoreError>>),
-}
-
-/// A retention run: recordings whose last activity is before `cutoff` go, unless held.
-pub struct Purge {
-    pub cutoff: Timestamp,
-    /// Held recording ids and held login users.
-    pub held_sessions: Vec<String>,
-    pub held_users: Vec<String>,
-    /// Where purges are recorded.
-    pub audit: std::sync::Arc<std::sync::Mutex<crate::audit::Audit>>,
-    pub reason: String,
 }
 
 #[derive(Clone)]
@@ -83,13 +75,13 @@ impl StoreHandle {
                             };
                             *entry = (merged, Timestamp::now());
                         }
-                        Request::FlushContacts => flush(&store, &mut contacts),
+                        Request::FlushContacts => flush(&mut store, &mut contacts),
                         Request::Purge(purge, reply) => {
-                            let _ = reply.send(run_purge(&mut store, &purge));
+                            let _ = reply.send(purge.run(&mut store));
                         }
                     }
                 }
-                flush(&store, &mut contacts);
+                flush(&mut store, &mut contacts);
                 store
             })
             .expect("starting the store writer thread");
@@ -179,46 +171,19 @@ fn append_waiting(
     after
 }
 
-fn run_purge(store: &mut Store, purge: &Purge) -> Result<PurgeReport, StoreError> {
-    let mut report = PurgeReport {
-        purged: Vec::new(),
-        held: Vec::new(),
-    };
-    for (id, user) in store.expired(purge.cutoff)? {
-        let held = purge.held_sessions.contains(&id)
-            || user.as_ref().is_some_and(|u| purge.held_users.contains(u));
-        if held {
-            report.held.push(id);
-            continue;
-        }
-        let summary = crate::store::query::session(store.index().connection(), &id)?;
-        store.purge(&id)?;
-        let (start, end) = summary
-            .as_ref()
-            .map(|s| (s.start.map(|t| t.0), s.end.or(s.last).map(|t| t.0)))
-            .unwrap_or((None, None));
-        if let Err(err) = purge
-            .audit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_purge(&id, user.as_deref(), start, end, &purge.reason)
-        {
-            warn!(recording = id, error = %err, "purged, but could not record the purge");
-        }
-        info!(
-            recording = id,
-            user = user.as_deref().unwrap_or("-"),
-            reason = purge.reason,
-            "recording purged"
-        );
-        report.purged.push(id);
+fn flush(store: &mut Store, contacts: &mut HashMap<String, (Contact, Timestamp)>) {
+    if contacts.is_empty() {
+        return;
     }
-    Ok(report)
-}
-
-fn flush(store: &Store, contacts: &mut HashMap<String, (Contact, Timestamp)>) {
+    let writer = match store.index_writer() {
+        Ok(writer) => writer,
+        Err(err) => {
+            warn!(error = %err, "could not record agents' contacts");
+            return;
+        }
+    };
     for (contact, at) in contacts.values() {
-        if let Err(err) = store.index().agent_contact(
+        if let Err(err) = writer.agent_contact(
             &contact.host,
             contact.version.as_deref(),
             contact.boot_id.as_deref(),
@@ -228,6 +193,9 @@ fn flush(store: &Store, contacts: &mut HashMap<String, (Contact, Timestamp)>) {
         ) {
             warn!(host = contact.host, error = %err, "could not record an agent's contact");
         }
+    }
+    if let Err(err) = writer.commit() {
+        warn!(error = %err, "could not record agents' contacts");
     }
     contacts.clear();
 }

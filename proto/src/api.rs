@@ -153,18 +153,66 @@ pub struct AccessLog {
     pub truncated: bool,
 }
 
+/// What a hold is on: one session (by recording id) or every session of a login user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldKind {
+    Session,
+    User,
+}
+
+impl HoldKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldKind::Session => "session",
+            HoldKind::User => "user",
+        }
+    }
+}
+
+impl std::fmt::Display for HoldKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for HoldKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "session" => Ok(HoldKind::Session),
+            "user" => Ok(HoldKind::User),
+            other => Err(format!(
+                "hold kind {other:?} is neither \"session\" nor \"user\""
+            )),
+        }
+    }
+}
+
 /// A legal hold: the session, or every session of the user, is kept past retention.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hold {
     pub id: u64,
-    /// `session` or `user`.
-    pub kind: String,
+    pub kind: HoldKind,
     pub target: String,
     pub reason: String,
     pub created_by: String,
     pub created: Timestamp,
 }
 
+impl Hold {
+    /// Whether this hold keeps the recording `recording` of login user `login_user`.
+    pub fn covers(&self, recording: &str, login_user: Option<&str>) -> bool {
+        match self.kind {
+            HoldKind::Session => self.target == recording,
+            HoldKind::User => login_user == Some(self.target.as_str()),
+        }
+    }
+}
+
+/// A hold asked for; `kind` is checked by the collector (a wrong one is answered, and logged,
+/// as a bad request).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewHold {
     pub kind: String,

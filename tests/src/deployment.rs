@@ -2,7 +2,10 @@
 //! own commands, configuration files, a collector to start and stop, and its store to read.
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use custos_collector::store::{Store, StoreConfig, chunk::RecordingKey};
+use custos_collector::{
+    store::{Store, StoreConfig},
+    trust::chunk::RecordingKey,
+};
 use custos_proto::{AuditSessionId, BootId, Event};
 
 use crate::{bin, daemon::Daemon};
@@ -206,15 +209,7 @@ impl Deployment {
     /// Stored batches, as (spool, seq) pairs, in storing order.
     pub fn stored_batches(&self) -> Vec<(String, u64)> {
         let store = Store::open_read_only(&self.store_config()).expect("opening the store");
-        let mut stmt = store
-            .index()
-            .connection()
-            .prepare("SELECT spool, seq FROM batches ORDER BY rowid")
-            .expect("query");
-        stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
+        store.index().stored_batches().expect("stored batches")
     }
 }
 

@@ -2,7 +2,7 @@
 //! found, shown, replayed, exported, verified and purged with `custos`, every access logged.
 use std::{process::Command, time::Duration};
 
-use custos_collector::store::chunk;
+use custos_collector::trust::chunk;
 use custos_proto::{
     AuditSessionId,
     api::{AccessLog, SessionDetail, SessionList, VerifyReport},

@@ -74,7 +74,7 @@ fn listed(clone: &Path, user: &str) -> Vec<custos_proto::api::SessionSummary> {
 
 fn recording_id(session: AuditSessionId) -> String {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
-    custos_collector::store::chunk::RecordingKey {
+    custos_collector::trust::chunk::RecordingKey {
         host: hostname(),
         boot_id: BootId(boot.trim().to_owned()),
         session,

@@ -1,8 +1,8 @@
 //! `custos-bench-query`: the query benchmark's two halves.
 //!
 //! - `populate`: fills a store's index with many ended sessions through the collector's own
-//!   index code (`store::index::Index`: `insert_recording`, `commit_chunk` with a
-//!   [`Summary`], `set_sealed`), the rows the collector would have written had the sessions
+//!   index code (an `index::IndexWriter`: `insert_recording`, `commit_chunk` with a
+//!   [`ChunkSummary`], `set_sealed`, one transaction per [`BULK`] sessions), the rows the collector would have written had the sessions
 //!   come over the network. Shipping a million sessions through QUIC, each batch fsynced twice,
 //!   would take hours on this machine; the rows are the same either way and the query path
 //!   measured afterwards (the real `custos` binary against the real collector's HTTPS API) does
@@ -19,9 +19,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use custos_bench::Rng;
-use custos_collector::store::{
-    chunk::{BatchRef, ChunkHash, RecordingKey},
-    index::{Index, Summary},
+use custos_collector::{
+    index::{ChunkSummary, Index},
+    trust::chunk::{BatchRef, ChunkHash, RecordingKey},
 };
 use custos_proto::{
     AuditSessionId, BootId, Timestamp,
@@ -85,20 +85,24 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Sessions added per index transaction.
+const BULK: u64 = 10_000;
+
 fn populate(store: &std::path::Path, sessions: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(store).with_context(|| format!("creating {}", store.display()))?;
     let path = store.join("index.sqlite");
     let mut index = Index::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // Bulk loading: the rows are what the collector writes, without its per-commit fsync.
-    let conn = index.connection();
-    conn.pragma_update(None, "synchronous", "OFF")
-        .and_then(|()| conn.pragma_update(None, "journal_mode", "MEMORY"))
-        .and_then(|()| conn.pragma_update(None, "cache_size", -1_000_000))
-        .context("pragma")?;
     let started = Instant::now();
     let mut rng = Rng::new(42);
     let boot = BootId("0d6f1e2a-3b4c-4d5e-8f60-718293a4b5c6".into());
+    let mut writer = index.writer()?;
     for n in 0..sessions {
+        // Bulk loading: the rows are what the collector writes, with one commit (and fsync)
+        // per many sessions instead of one per chunk.
+        if n > 0 && n % BULK == 0 {
+            writer.commit()?;
+            writer = index.writer()?;
+        }
         let key = RecordingKey {
             host: format!("host{:04}", n % HOSTS),
             boot_id: boot.clone(),
@@ -108,12 +112,12 @@ fn populate(store: &std::path::Path, sessions: u64) -> anyhow::Result<()> {
             "recordings/{}/{}/{}.rec",
             key.host, key.boot_id.0, key.session.0
         );
-        let row = index.insert_recording(&key, &path)?;
+        let row = writer.insert_recording(&key, &path)?;
         let start = YEAR_START_NS + rng.below((DAYS * DAY_NS) as u64) as i64;
         // From a minute to eight hours.
         let end = start + 60_000_000_000 + rng.below(8 * 3_600_000_000_000) as i64;
         let user_no = rng.below(USERS);
-        let summary = Summary {
+        let summary = ChunkSummary {
             events: 200 + rng.below(5000),
             login_user: Some(user(user_no)),
             login_uid: Some(1000 + user_no as u32),
@@ -124,7 +128,7 @@ fn populate(store: &std::path::Path, sessions: u64) -> anyhow::Result<()> {
             last: Some(Timestamp(end)),
             bytes_out: rng.below(1 << 20),
             bytes_in: rng.below(1 << 12),
-            ..Summary::default()
+            ..ChunkSummary::default()
         };
         let batch = BatchRef {
             spool: SpoolId(format!("spool-{}", key.host)),
@@ -132,13 +136,10 @@ fn populate(store: &std::path::Path, sessions: u64) -> anyhow::Result<()> {
         };
         let mut hash = [0u8; 32];
         hash[..8].copy_from_slice(&n.to_be_bytes());
-        index.commit_chunk(&row.id, &batch, 0, 4096, &ChunkHash(hash), &summary)?;
-        index.set_sealed(&row.id)?;
+        writer.commit_chunk(&row.id, &batch, 0, 4096, &ChunkHash(hash), &summary)?;
+        writer.set_sealed(&row.id)?;
     }
-    index
-        .connection()
-        .pragma_update(None, "journal_mode", "WAL")
-        .context("back to WAL")?;
+    writer.commit()?;
     println!("sessions={sessions}");
     println!("secs={:.1}", started.elapsed().as_secs_f64());
     Ok(())

@@ -28,7 +28,8 @@ use self::{
 };
 use crate::{
     metrics::{CollectorMetrics, RuleLabel},
-    store::{StoreConfig, chunk::RecordingKey},
+    store::StoreConfig,
+    trust::chunk::RecordingKey,
 };
 
 /// `[alerts]` in collector.toml.
@@ -408,7 +409,7 @@ impl Engine {
         };
         let agents = crate::store::Store::open_read_only(&self.store)
             .ok()
-            .and_then(|store| crate::store::query::agents(store.index().connection()).ok())
+            .and_then(|store| store.index().agents().ok())
             .unwrap_or_default();
         let now = Timestamp::now();
         for agent in agents {

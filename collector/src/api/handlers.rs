@@ -1,6 +1,6 @@
 //! The API's endpoints. Each checks the caller's role, does its work on a blocking thread with
 //! its own read-only view of the store, and writes one access log entry.
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Extension, Json,
@@ -13,7 +13,7 @@ use custos_pki::Role;
 use custos_proto::{
     Timestamp,
     api::{
-        AccessEntry, AccessLog, ApiError, Holds, NewHold, RetentionInfo, SearchResults,
+        AccessEntry, AccessLog, ApiError, HoldKind, Holds, NewHold, RetentionInfo, SearchResults,
         SessionList, VerifyReport,
     },
 };
@@ -21,13 +21,7 @@ use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiState, Caller, export};
-use crate::{
-    store::{
-        Store,
-        query::{self, Filter},
-    },
-    writer::Purge,
-};
+use crate::{index::Filter, retention, store::Store};
 
 /// An error response: a status and a message for the auditor.
 pub struct Failure(StatusCode, String);
@@ -132,35 +126,20 @@ impl ApiState {
         ))
     }
 
-    /// Held recording ids and users.
-    fn held(&self) -> Result<(Vec<String>, Vec<String>), Failure> {
-        let holds = self
-            .audit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .holds()
-            .map_err(internal)?;
-        let (mut sessions, mut users) = (Vec::new(), Vec::new());
-        for hold in holds {
-            match hold.kind.as_str() {
-                "session" => sessions.push(hold.target),
-                _ => users.push(hold.target),
-            }
-        }
-        Ok((sessions, users))
+    /// Every hold in place.
+    fn holds(&self) -> Result<Vec<custos_proto::api::Hold>, Failure> {
+        self.retention.holds().map_err(internal)
     }
 
     fn mark_held(
         &self,
         summaries: &mut [&mut custos_proto::api::SessionSummary],
     ) -> Result<(), Failure> {
-        let (sessions, users) = self.held()?;
+        let holds = self.holds()?;
         for summary in summaries {
-            summary.held = sessions.contains(&summary.id)
-                || summary
-                    .login_user
-                    .as_ref()
-                    .is_some_and(|u| users.contains(u));
+            summary.held = holds
+                .iter()
+                .any(|hold| hold.covers(&summary.id, summary.login_user.as_deref()));
         }
         Ok(())
     }
@@ -221,7 +200,7 @@ pub async fn sessions(
     let outcome = async {
         let filter = q.filter()?;
         let (mut sessions, truncated) = with_store(&state, move |store| {
-            query::sessions(store.index().connection(), &filter).map_err(internal)
+            store.index().sessions(&filter).map_err(internal)
         })
         .await?;
         state.mark_held(&mut sessions.iter_mut().collect::<Vec<_>>())?;
@@ -249,7 +228,9 @@ pub async fn show(
     let key = id.clone();
     let outcome = async {
         let mut detail = with_store(&state, move |store| {
-            query::detail(store.index().connection(), &key)
+            store
+                .index()
+                .detail(&key)
                 .map_err(internal)?
                 .ok_or_else(|| unknown(&key))
         })
@@ -293,7 +274,9 @@ async fn existing(
 ) -> Result<custos_proto::api::SessionSummary, Failure> {
     let key = id.to_owned();
     with_store(state, move |store| {
-        query::session(store.index().connection(), &key)
+        store
+            .index()
+            .session(&key)
             .map_err(internal)?
             .ok_or_else(|| unknown(&key))
     })
@@ -384,7 +367,9 @@ pub async fn search(
                     )
                 })?;
                 with_store(&state, move |store| {
-                    query::search_commands(store.index().connection(), &regex, &filter)
+                    store
+                        .index()
+                        .search_commands(&regex, &filter)
                         .map_err(internal)
                 })
                 .await?
@@ -392,7 +377,9 @@ pub async fn search(
             (None, Some(prefix)) => {
                 let prefix = prefix.clone();
                 with_store(&state, move |store| {
-                    query::search_files(store.index().connection(), &prefix, &filter)
+                    store
+                        .index()
+                        .search_files(&prefix, &filter)
                         .map_err(internal)
                 })
                 .await?
@@ -432,7 +419,7 @@ pub async fn verify(
                     .ok_or_else(|| unknown(id))?;
                 vec![id.clone()]
             }
-            None => store.recording_ids().map_err(internal)?,
+            None => store.index().recording_ids().map_err(internal)?,
         };
         let results = ids
             .iter()
@@ -488,13 +475,9 @@ pub async fn holds(
 ) -> Result<Json<Holds>, Failure> {
     let outcome = (|| {
         state.require_admin(&caller, "listing holds")?;
-        let holds = state
-            .audit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .holds()
-            .map_err(internal)?;
-        Ok(Json(Holds { holds }))
+        Ok(Json(Holds {
+            holds: state.holds()?,
+        }))
     })();
     state.logged(&caller, "holds", "list", outcome)
 }
@@ -507,26 +490,29 @@ pub async fn add_hold(
     let target = format!("add {} {} ({})", new.kind, new.target, new.reason);
     let outcome = async {
         state.require_admin(&caller, "placing a hold")?;
-        if !matches!(new.kind.as_str(), "session" | "user") || new.target.is_empty() {
-            return Err(Failure(
-                StatusCode::BAD_REQUEST,
-                "a hold is on a session id or a user".into(),
-            ));
-        }
+        let kind = match new.kind.parse::<HoldKind>() {
+            Ok(kind) if !new.target.is_empty() => kind,
+            _ => {
+                return Err(Failure(
+                    StatusCode::BAD_REQUEST,
+                    "a hold is on a session id or a user".into(),
+                ));
+            }
+        };
         if new.reason.trim().is_empty() {
             return Err(Failure(
                 StatusCode::BAD_REQUEST,
                 "a hold needs a reason".into(),
             ));
         }
-        if new.kind == "session" {
+        if kind == HoldKind::Session {
             existing(&state, &new.target).await?;
         }
         let hold = state
             .audit
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add_hold(&new.kind, &new.target, &new.reason, &caller.identity.name)
+            .add_hold(kind, &new.target, &new.reason, &caller.identity.name)
             .map_err(internal)?;
         Ok(Json(hold))
     }
@@ -560,30 +546,12 @@ pub async fn retention(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<RetentionInfo>, Failure> {
-    let keep = state.retention;
+    let keep = state.retention.keep;
     let outcome = async {
         state.require_admin(&caller, "reading retention")?;
-        let (held_sessions, held_users) = state.held()?;
+        let holds = state.holds()?;
         let (sessions, held) = with_store(&state, move |store| {
-            let conn = store.index().connection();
-            let sessions: i64 = conn
-                .query_row("SELECT COUNT(*) FROM recordings", [], |r| r.get(0))
-                .map_err(internal)?;
-            let mut stmt = conn
-                .prepare("SELECT id, login_user FROM recordings")
-                .map_err(internal)?;
-            let held = stmt
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-                })
-                .map_err(internal)?
-                .filter_map(Result::ok)
-                .filter(|(id, user)| {
-                    held_sessions.contains(id)
-                        || user.as_ref().is_some_and(|u| held_users.contains(u))
-                })
-                .count();
-            Ok((sessions as u64, held as u64))
+            retention::count_held(store.index(), &holds).map_err(internal)
         })
         .await?;
         Ok(Json(RetentionInfo {
@@ -602,37 +570,15 @@ pub async fn purge(
 ) -> Result<Json<custos_proto::api::PurgeReport>, Failure> {
     let outcome = async {
         state.require_admin(&caller, "purging")?;
-        let report = run_retention(
-            &state,
-            &format!("retention run by {}", caller.identity.name),
-        )
-        .await?;
+        let report = state
+            .retention
+            .run(&format!("retention run by {}", caller.identity.name))
+            .await
+            .map_err(internal)?;
         Ok(Json(report))
     }
     .await;
     state.logged(&caller, "purge", "expired recordings", outcome)
-}
-
-/// One retention run: removes recordings idle for longer than the retention period, except
-/// held ones.
-pub async fn run_retention(
-    state: &Arc<ApiState>,
-    reason: &str,
-) -> Result<custos_proto::api::PurgeReport, Failure> {
-    let (held_sessions, held_users) = state.held()?;
-    let keep = i64::try_from(state.retention.as_nanos()).unwrap_or(i64::MAX);
-    let cutoff = Timestamp(Timestamp::now().0.saturating_sub(keep));
-    state
-        .writer
-        .purge(Purge {
-            cutoff,
-            held_sessions,
-            held_users,
-            audit: state.audit.clone(),
-            reason: reason.to_owned(),
-        })
-        .await
-        .map_err(internal)
 }
 
 pub async fn agents(
@@ -642,7 +588,9 @@ pub async fn agents(
     let outcome = async {
         state.require_admin(&caller, "listing agents")?;
         with_store(&state, |store| {
-            let agents: Vec<serde_json::Value> = query::agents(store.index().connection())
+            let agents: Vec<serde_json::Value> = store
+                .index()
+                .agents()
                 .map_err(internal)?
                 .into_iter()
                 .map(|a| {
@@ -677,28 +625,4 @@ pub async fn not_found(
         Err(Failure(StatusCode::NOT_FOUND, String::new())),
     );
     failure
-}
-
-/// Runs retention every `every` until the collector stops.
-pub async fn retention_job(
-    state: Arc<ApiState>,
-    every: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        match run_retention(&state, "retention period passed").await {
-            Ok(report) if !report.purged.is_empty() || !report.held.is_empty() => tracing::info!(
-                purged = report.purged.len(),
-                held = report.held.len(),
-                "retention run"
-            ),
-            Ok(_) => {}
-            Err(Failure(_, message)) => tracing::warn!(error = message, "retention run failed"),
-        }
-    }
 }

@@ -22,10 +22,9 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::{config::Config, store::StoreConfig, writer::StoreHandle};
+use crate::{config::Config, retention::Retention, store::StoreConfig};
 
 pub use export::Asciicast;
-pub use handlers::retention_job;
 
 /// Who is asking.
 #[derive(Clone, Debug)]
@@ -37,9 +36,8 @@ pub struct Caller {
 pub struct ApiState {
     pub store: StoreConfig,
     pub audit: Arc<std::sync::Mutex<crate::audit::Audit>>,
-    pub writer: StoreHandle,
-    /// Recordings are kept this long after their last activity.
-    pub retention: Duration,
+    /// Retention: its period, the holds, and purging.
+    pub retention: Arc<Retention>,
     pub metrics: Arc<crate::metrics::CollectorMetrics>,
 }
 

@@ -89,7 +89,7 @@ pub struct ChunkHeader {
     pub raw_len: u64,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChunkError {
     #[error("no chunk magic at this offset")]
     BadMagic,

@@ -1,4 +1,4 @@
-//! The store's keys.
+//! The store's keys (the files, and checking a seal's signature).
 //!
 //! - The encryption key file: one key per line, `<id> <64 hex digits>`, `#` comments. The last
 //!   key encrypts new chunks; the others still decrypt the chunks they encrypted, so rotating is
@@ -97,6 +97,14 @@ impl KeyRing {
             return Err(err(path, "holds no key"));
         }
         Ok(Self { keys })
+    }
+
+    /// A key ring of one key (tests build chains without key files).
+    #[cfg(test)]
+    pub(crate) fn single(id: &str, key: [u8; 32]) -> Self {
+        Self {
+            keys: vec![(id.to_owned(), key)],
+        }
     }
 
     /// The key new chunks are encrypted with.

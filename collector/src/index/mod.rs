@@ -1,0 +1,112 @@
+//! The index: recordings with their metadata and counts, the commands and file opens in them,
+//! the batches stored (for exactly-once), and the agents seen. Every question asked of it, and
+//! every change made to it, is a method here: no caller holds a connection or writes SQL.
+//!
+//! Everything in it can be rebuilt from the recording files (`custos-collector index rebuild`),
+//! and after a crash the store replays the chunks the index had not committed yet. Writes go
+//! through an [`IndexWriter`], one transaction that rolls back unless committed: each stored
+//! chunk is committed together with its batch row and what its events add (the group of chunks
+//! the store writer stores at once shares one transaction).
+//!
+//! Today's only backend is SQLite ([`sqlite`]). When PostgreSQL joins it, [`Index`] and
+//! [`IndexWriter`] become two traits with these methods, implemented by `sqlite` and a sibling
+//! `postgres` module; [`ChunkSummary`], [`RecordingRow`], [`Filter`] and [`AgentRow`] are
+//! already backend-free.
+pub mod sqlite;
+mod summary;
+
+use std::path::Path;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+pub use self::{
+    sqlite::{queries::Filter, schema::SCHEMA_VERSION},
+    summary::{ChunkSummary, CommandRow, FileOpenRow, GapRow},
+};
+use crate::trust::chunk::{ChunkHash, RecordingKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "index: schema version {found} is newer than this collector's ({SCHEMA_VERSION}); \
+         run the collector release that wrote it, or rebuild the index from the recordings"
+    )]
+    NewerSchema { found: String },
+    #[error(
+        "index: schema version {found:?} is not one this collector knows (it reads 1 to \
+         {SCHEMA_VERSION}); the index is damaged: rebuild it from the recordings"
+    )]
+    UnknownSchema { found: String },
+}
+
+/// A recording as the index knows it.
+#[derive(Clone, Debug)]
+pub struct RecordingRow {
+    pub id: String,
+    pub key: RecordingKey,
+    /// Path of the recording file, relative to the store directory.
+    pub path: String,
+    pub chunks: u64,
+    /// Length of the file up to the last committed chunk.
+    pub stored_len: u64,
+    pub last_hash: ChunkHash,
+    pub sealed: bool,
+}
+
+/// An agent that ever connected, and when.
+#[derive(Clone, Debug)]
+pub struct AgentRow {
+    pub host: String,
+    pub version: Option<String>,
+    pub boot_id: Option<String>,
+    pub address: Option<String>,
+    pub first_contact: custos_proto::Timestamp,
+    pub last_contact: custos_proto::Timestamp,
+}
+
+/// The index, open for reading (any number at once) or, through [`Index::writer`], for
+/// writing (one collector per store).
+pub struct Index {
+    conn: Connection,
+}
+
+impl Index {
+    /// Opens (creating, or upgrading from an earlier schema) the index at `path`.
+    pub fn open(path: &Path) -> Result<Self, IndexError> {
+        Ok(Self {
+            conn: sqlite::schema::open(path)?,
+        })
+    }
+
+    /// Opens the index to read only (safe while a collector writes it).
+    pub fn open_read_only(path: &Path) -> Result<Self, IndexError> {
+        Ok(Self {
+            conn: sqlite::schema::open_read_only(path)?,
+        })
+    }
+
+    /// Starts a write transaction: nothing it does is seen, by this index or any other reader,
+    /// until [`IndexWriter::commit`]; dropped uncommitted, it rolls back.
+    pub fn writer(&mut self) -> Result<IndexWriter<'_>, IndexError> {
+        Ok(IndexWriter {
+            tx: self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?,
+        })
+    }
+}
+
+/// One write transaction on the index (see [`Index::writer`]).
+pub struct IndexWriter<'a> {
+    tx: Transaction<'a>,
+}
+
+impl IndexWriter<'_> {
+    /// Makes everything written through this writer durable and visible, at once.
+    pub fn commit(self) -> Result<(), IndexError> {
+        self.tx.commit()?;
+        Ok(())
+    }
+}

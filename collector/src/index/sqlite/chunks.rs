@@ -1,0 +1,379 @@
+//! The SQLite index's side of storing: committing a chunk (its batch, the recording's new
+//! length, count and hash, and what its events add), new recordings, seals and agents'
+//! contacts; and the rows the store reads back to continue a recording.
+use custos_proto::{
+    Timestamp,
+    wire::{BatchSeq, SpoolId},
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{
+    index::{ChunkSummary, Index, IndexError, IndexWriter, RecordingRow},
+    trust::chunk::{BatchRef, ChunkHash, RecordingKey},
+};
+
+/// An exit ends the latest running command of its process in the recording (found through
+/// the `commands_running` index).
+const EXIT_UPDATE: &str = "UPDATE commands SET exit_code = ?3, signal = ?4
+     WHERE rowid = (SELECT rowid FROM commands WHERE recording = ?1 AND pid = ?2
+                    AND exit_code IS NULL AND signal IS NULL
+                    ORDER BY seq DESC LIMIT 1)";
+
+const ROW_COLUMNS: &str = "id, host, boot_id, session, path, chunks, stored_len, sealed, last_hash";
+
+fn recording_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RecordingRow> {
+    let hash: Vec<u8> = row.get(8)?;
+    let mut last_hash = [0u8; 32];
+    if hash.len() == 32 {
+        last_hash.copy_from_slice(&hash);
+    }
+    Ok(RecordingRow {
+        id: row.get(0)?,
+        key: RecordingKey {
+            host: row.get(1)?,
+            boot_id: custos_proto::BootId(row.get(2)?),
+            session: custos_proto::AuditSessionId(row.get::<_, i64>(3)? as u32),
+        },
+        path: row.get(4)?,
+        chunks: row.get::<_, i64>(5)? as u64,
+        stored_len: row.get::<_, i64>(6)? as u64,
+        sealed: row.get::<_, i64>(7)? != 0,
+        last_hash: ChunkHash(last_hash),
+    })
+}
+
+fn recording(conn: &Connection, id: &str) -> Result<Option<RecordingRow>, IndexError> {
+    let sql = format!("SELECT {ROW_COLUMNS} FROM recordings WHERE id = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![id], recording_row)
+        .optional()?)
+}
+
+impl Index {
+    pub fn recording(&self, id: &str) -> Result<Option<RecordingRow>, IndexError> {
+        recording(&self.conn, id)
+    }
+
+    /// Recordings not sealed yet: the ones a crash may have left with chunks the index lacks.
+    pub fn unsealed(&self) -> Result<Vec<RecordingRow>, IndexError> {
+        let sql = format!("SELECT {ROW_COLUMNS} FROM recordings WHERE sealed = 0");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map([], recording_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Whether the recording's end has been stored (its session ended).
+    pub fn has_ended(&self, id: &str) -> Result<bool, IndexError> {
+        Ok(self.conn.query_row(
+            "SELECT end_ns IS NOT NULL FROM recordings WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Stored batches, as (spool, seq) pairs, in storing order.
+    pub fn stored_batches(&self) -> Result<Vec<(String, u64)>, IndexError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT spool, seq FROM batches ORDER BY rowid")?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+}
+
+impl IndexWriter<'_> {
+    /// The recording a batch was stored in, if it was.
+    pub fn batch_recording(
+        &self,
+        spool: &SpoolId,
+        seq: BatchSeq,
+    ) -> Result<Option<String>, IndexError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT recording FROM batches WHERE spool = ?1 AND seq = ?2")?
+            .query_row(params![spool.0, seq.0 as i64], |row| row.get(0))
+            .optional()?)
+    }
+
+    /// A recording's row as this transaction sees it.
+    pub fn recording(&self, id: &str) -> Result<Option<RecordingRow>, IndexError> {
+        recording(&self.tx, id)
+    }
+
+    /// Creates the row of a new recording (committed before its file is written, so that a
+    /// crash leaves nothing the recovery does not look at).
+    pub fn insert_recording(
+        &self,
+        key: &RecordingKey,
+        path: &str,
+    ) -> Result<RecordingRow, IndexError> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO recordings (id, host, boot_id, session, path) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![key.id(), key.host, key.boot_id.0, key.session.0, path],
+        )?;
+        self.recording(&key.id())?
+            .ok_or(IndexError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Records a stored chunk: its batch, the recording's new length, count and hash, and what
+    /// its events add. All or nothing: a savepoint within the writer's transaction, so that one
+    /// chunk that fails leaves the group's others in it.
+    pub fn commit_chunk(
+        &mut self,
+        recording: &str,
+        batch: &BatchRef,
+        chunk_index: u64,
+        stored_len: u64,
+        hash: &ChunkHash,
+        summary: &ChunkSummary,
+    ) -> Result<(), IndexError> {
+        let tx = self.tx.savepoint()?;
+        tx.prepare_cached(
+            "INSERT INTO batches (spool, seq, recording, chunk) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            batch.spool.0,
+            batch.seq.0 as i64,
+            recording,
+            chunk_index as i64
+        ])?;
+        tx.prepare_cached(
+            "UPDATE recordings SET
+                chunks = ?2, stored_len = ?3, last_hash = ?4,
+                events = events + ?5, bytes_out = bytes_out + ?6, bytes_in = bytes_in + ?7,
+                gaps = gaps + ?8, commands = commands + ?9, files = files + ?10,
+                login_user = COALESCE(?11, login_user), login_uid = COALESCE(?12, login_uid),
+                tty = COALESCE(tty, ?13), remote = COALESCE(remote, ?14),
+                start_ns = COALESCE(start_ns, ?15), end_ns = COALESCE(?16, end_ns),
+                last_ns = MAX(COALESCE(last_ns, 0), COALESCE(?17, 0)),
+                bytes_uncaptured = bytes_uncaptured + ?18
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            recording,
+            (chunk_index + 1) as i64,
+            stored_len as i64,
+            hash.0.to_vec(),
+            summary.events as i64,
+            summary.bytes_out as i64,
+            summary.bytes_in as i64,
+            summary.gaps.len() as i64,
+            summary.commands.len() as i64,
+            summary.files.len() as i64,
+            summary.login_user,
+            summary.login_uid,
+            summary.tty,
+            summary.remote,
+            summary.start.map(|t| t.0),
+            summary.end.map(|t| t.0),
+            summary.last.map(|t| t.0),
+            summary.bytes_uncaptured as i64,
+        ])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO commands (recording, time_ns, seq, pid, ppid, uid, euid, user, filename, argv, cwd)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for c in &summary.commands {
+                insert.execute(params![
+                    recording,
+                    c.time.0,
+                    c.seq as i64,
+                    c.pid,
+                    c.ppid,
+                    c.uid,
+                    c.euid,
+                    c.user,
+                    c.filename,
+                    serde_json::to_string(&c.argv).unwrap_or_default(),
+                    c.cwd,
+                ])?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO files (recording, time_ns, seq, pid, path, access, flags, result)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for f in &summary.files {
+                insert.execute(params![
+                    recording,
+                    f.time.0,
+                    f.seq as i64,
+                    f.pid,
+                    f.path,
+                    f.access,
+                    f.flags,
+                    f.result
+                ])?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO gaps (recording, seq, reason, records, bytes, from_ns, to_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for g in &summary.gaps {
+                insert.execute(params![
+                    recording,
+                    g.seq as i64,
+                    g.reason,
+                    g.records as i64,
+                    g.bytes as i64,
+                    g.from.0,
+                    g.to.0
+                ])?;
+            }
+            let mut exit = tx.prepare_cached(EXIT_UPDATE)?;
+            for (pid, code, signal) in &summary.exits {
+                exit.execute(params![recording, pid, code, signal])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_sealed(&self, id: &str) -> Result<(), IndexError> {
+        self.tx.execute(
+            "UPDATE recordings SET sealed = 1 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Notes an agent's contact.
+    pub fn agent_contact(
+        &self,
+        host: &str,
+        version: Option<&str>,
+        boot_id: Option<&str>,
+        spool: Option<&str>,
+        address: &str,
+        now: Timestamp,
+    ) -> Result<(), IndexError> {
+        self.tx.execute(
+            "INSERT INTO agents (host, version, boot_id, spool, address, first_contact_ns, last_contact_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+             ON CONFLICT (host) DO UPDATE SET
+                version = COALESCE(?2, version), boot_id = COALESCE(?3, boot_id),
+                spool = COALESCE(?4, spool), address = ?5, last_contact_ns = ?6",
+            params![host, version, boot_id, spool, address, now.0],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custos_proto::{AuditSessionId, BootId};
+
+    use super::{super::schema::SCHEMA_VERSION, *};
+
+    /// A recording with one chunk whose summary counts `uncaptured` bytes.
+    fn store_one(index: &mut Index, session: u32, uncaptured: u64) -> String {
+        let key = RecordingKey {
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            session: AuditSessionId(session),
+        };
+        let mut writer = index.writer().unwrap();
+        let row = writer.insert_recording(&key, "r.rec").unwrap();
+        let batch = BatchRef {
+            spool: SpoolId("s".into()),
+            seq: BatchSeq(u64::from(session)),
+        };
+        let summary = ChunkSummary {
+            events: 1,
+            bytes_out: 10,
+            bytes_uncaptured: uncaptured,
+            ..ChunkSummary::default()
+        };
+        writer
+            .commit_chunk(&row.id, &batch, 0, 64, &ChunkHash([0; 32]), &summary)
+            .unwrap();
+        writer.commit().unwrap();
+        row.id
+    }
+
+    fn uncaptured(index: &Index, id: &str) -> u64 {
+        index
+            .session(id)
+            .unwrap()
+            .expect("the recording")
+            .bytes_uncaptured
+    }
+
+    /// An index written by a collector of schema 1 (no uncaptured column) opens, is upgraded in
+    /// place, keeps its recordings and counts uncaptured bytes from then on.
+    #[test]
+    fn a_schema_1_index_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let old = {
+            let mut index = Index::open(&path).unwrap();
+            let id = store_one(&mut index, 1, 0);
+            index
+                .conn
+                .execute_batch(
+                    "ALTER TABLE recordings DROP COLUMN bytes_uncaptured;
+                     UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+            id
+        };
+        let mut index = Index::open(&path).unwrap();
+        let version: String = index
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        assert_eq!(uncaptured(&index, &old), 0);
+        let new = store_one(&mut index, 2, 114_688);
+        assert_eq!(uncaptured(&index, &new), 114_688);
+    }
+
+    #[test]
+    fn an_index_of_a_newer_schema_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        Index::open(&path)
+            .unwrap()
+            .conn
+            .execute(
+                "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        let err = Index::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+
+    /// Matching an exit to its command must not scan the recording's commands: a session that
+    /// runs tens of thousands of commands would make every batch slower than the last.
+    #[test]
+    fn exit_finds_its_command_through_the_running_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let plan: Vec<String> = index
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {EXIT_UPDATE}"))
+            .unwrap()
+            .query_map(params!["r", 1, 0, 0], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("commands_running")),
+            "plan: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("USE TEMP B-TREE")),
+            "plan: {plan:?}"
+        );
+    }
+}

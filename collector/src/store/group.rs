@@ -1,0 +1,320 @@
+//! Storing batches durably, once, a group at a time: each batch's chunk is written at its
+//! recording's committed end, the group's files are fsynced together, ended recordings sealed,
+//! and the index commits the group in one transaction (which rolls back if anything before the
+//! commit fails).
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{Seek, SeekFrom, Write},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use custos_proto::wire::{self, Batch};
+use tracing::warn;
+
+use super::{Store, StoreError, io_err, seal};
+use crate::{
+    index::{ChunkSummary, IndexWriter, RecordingRow},
+    trust::{
+        chain::MAX_CHUNK_RAW,
+        chunk::{self, BatchRef, ChunkHeader, RecordingKey},
+        keys::KeyRing,
+    },
+};
+
+/// What storing a batch did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Appended {
+    Stored {
+        recording: String,
+        chunk: u64,
+    },
+    /// Stored before (a resend); nothing written.
+    Duplicate {
+        recording: String,
+    },
+}
+
+/// A batch decoded and summarised for the index, ready for [`Store::append_group`]. Decoding
+/// is most of the work of storing a batch; it needs no store, so it runs before the writer, on
+/// any thread.
+pub struct Prepared {
+    batch: Box<Batch>,
+    summary: ChunkSummary,
+}
+
+impl Prepared {
+    /// Decodes the batch's events (refusing a batch whose events do not match its header) and
+    /// summarises what they add to the index.
+    pub fn new(batch: Box<Batch>) -> Result<Prepared, StoreError> {
+        let events = wire::unpack_events(&batch.header, &batch.events, MAX_CHUNK_RAW)
+            .map_err(|err| StoreError::Refused(err.to_string()))?;
+        let summary = ChunkSummary::of(&events);
+        Ok(Prepared { batch, summary })
+    }
+}
+
+impl Store {
+    /// Stores one batch (already checked against its header and the sender's identity) durably,
+    /// once.
+    pub fn append(&mut self, batch: Batch) -> Result<Appended, StoreError> {
+        let prepared = Prepared::new(Box::new(batch))?;
+        let mut stored = self.append_group(std::slice::from_ref(&prepared));
+        stored.pop().unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
+    /// Stores a group of batches, each durably and once, with one index commit for the group:
+    /// every chunk is written, the written files are fsynced together (concurrent fsyncs share
+    /// the filesystem's journal commits), ended recordings are sealed, and the index commits the
+    /// group. One result per batch, in order: `Ok` means stored durably (an `Err` after the
+    /// chunk was committed, a seal that could not be written, is answered as a duplicate when
+    /// the agent resends). A batch that fails does not stop the others; an fsync or a commit
+    /// that fails fails them all (their chunks are past the committed end, cut off by the next
+    /// append or replayed by the next start).
+    pub fn append_group(&mut self, group: &[Prepared]) -> Vec<Result<Appended, StoreError>> {
+        let fail_all = |why: String| {
+            group
+                .iter()
+                .map(|_| Err(StoreError::Commit(why.clone())))
+                .collect()
+        };
+        let Store {
+            dir,
+            index,
+            keys,
+            seal_key,
+            ..
+        } = self;
+        let mut writer = match index.writer() {
+            Ok(writer) => writer,
+            Err(err) => return fail_all(err.to_string()),
+        };
+        let staged: Vec<_> = group
+            .iter()
+            .map(|batch| stage(&mut writer, keys, dir, batch))
+            .collect();
+        let written: Vec<&Written> = staged
+            .iter()
+            .filter_map(|staged| staged.as_ref().ok()?.written.as_ref())
+            .collect();
+        if let Err(err) = make_durable(&written) {
+            drop(writer);
+            warn!(batches = group.len(), error = %err, "chunks not made durable; the group is not stored");
+            return fail_all(err.to_string());
+        }
+        let stored: Vec<_> = staged
+            .into_iter()
+            .map(|staged| {
+                let staged = staged?;
+                if let Some(id) = &staged.seal {
+                    seal::write_seal(&writer, seal_key, dir, id)?;
+                }
+                Ok(staged.appended)
+            })
+            .collect();
+        match writer.commit() {
+            Ok(()) => stored,
+            Err(err) => {
+                warn!(batches = group.len(), error = %err, "the index did not commit a group of batches");
+                fail_all(err.to_string())
+            }
+        }
+    }
+}
+
+/// Where a recording's file goes, relative to the store directory; refuses a host or boot id
+/// that would lead elsewhere.
+fn recording_path(key: &RecordingKey) -> Result<String, StoreError> {
+    let safe = |part: &str| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    if !safe(&key.host) || !safe(&key.boot_id.0) {
+        return Err(StoreError::Refused(format!(
+            "host {:?} or boot id {:?} is not usable in a path",
+            key.host, key.boot_id.0
+        )));
+    }
+    Ok(format!(
+        "recordings/{}/{}/{}.rec",
+        key.host, key.boot_id.0, key.session.0
+    ))
+}
+
+/// Writes one prepared batch's chunk (not yet fsynced) and records it in the open index
+/// transaction.
+fn stage(
+    writer: &mut IndexWriter<'_>,
+    keys: &KeyRing,
+    dir: &Path,
+    prepared: &Prepared,
+) -> Result<Staged, StoreError> {
+    let Prepared { batch, summary } = prepared;
+    let header = &batch.header;
+    if let Some(recording) = writer.batch_recording(&header.spool, header.seq)? {
+        return Ok(Staged {
+            appended: Appended::Duplicate { recording },
+            written: None,
+            seal: None,
+        });
+    }
+    let key = RecordingKey {
+        host: header.host.clone(),
+        boot_id: header.boot_id.clone(),
+        session: header.session,
+    };
+    let row = match writer.recording(&key.id())? {
+        Some(row) => row,
+        None => writer.insert_recording(&key, &recording_path(&key)?)?,
+    };
+    let (key_id, enc_key) = keys.current();
+    let mut nonce = [0u8; 24];
+    getrandom::fill(&mut nonce).map_err(|e| io_err(dir, format!("no randomness: {e}")))?;
+    let chunk_header = ChunkHeader {
+        version: chunk::VERSION,
+        recording: key,
+        index: row.chunks,
+        prev_hash: row.last_hash,
+        key_id: key_id.to_owned(),
+        nonce,
+        batch: BatchRef {
+            spool: header.spool.clone(),
+            seq: header.seq,
+        },
+        events: header.events,
+        first_seq: header.first_seq,
+        last_seq: header.last_seq,
+        first_time: header.first_time,
+        last_time: header.last_time,
+        raw_len: header.raw_len,
+    };
+    let (bytes, hash) = chunk::encode(&chunk_header, &batch.events, enc_key);
+    let written = write_chunk(dir, &row, &bytes)?;
+    writer.commit_chunk(
+        &row.id,
+        &chunk_header.batch,
+        row.chunks,
+        written.stored_len,
+        &hash,
+        summary,
+    )?;
+    let seal = (summary.end.is_some() || row.sealed).then(|| row.id.clone());
+    Ok(Staged {
+        appended: Appended::Stored {
+            recording: row.id,
+            chunk: row.chunks,
+        },
+        written: Some(written),
+        seal,
+    })
+}
+
+/// Writes chunk bytes at the committed end of the recording; [`make_durable`] fsyncs them.
+fn write_chunk(dir: &Path, row: &RecordingRow, bytes: &[u8]) -> Result<Written, StoreError> {
+    let path = dir.join(&row.path);
+    let parent = path.parent().unwrap_or(dir).to_path_buf();
+    let created = !path.exists();
+    if created {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&parent)
+            .map_err(|e| io_err(&parent, e))?;
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    if created {
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_err(&path, e))?;
+    }
+    let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+    if len != row.stored_len {
+        // Bytes past the committed end were never acknowledged (a write whose commit failed).
+        warn!(recording = %row.id, file_len = len, committed = row.stored_len, "cutting uncommitted bytes");
+        file.set_len(row.stored_len).map_err(|e| io_err(&path, e))?;
+    }
+    file.seek(SeekFrom::Start(row.stored_len))
+        .and_then(|_| file.write_all(bytes))
+        .map_err(|e| io_err(&path, e))?;
+    Ok(Written {
+        stored_len: row.stored_len + bytes.len() as u64,
+        new_in: created.then_some(parent),
+        path,
+        file,
+    })
+}
+
+/// A chunk written to its recording file, not yet fsynced.
+struct Written {
+    /// The recording's committed length once this chunk is committed.
+    stored_len: u64,
+    path: PathBuf,
+    file: File,
+    /// The directory of the recording file this chunk created: it and its parent are fsynced
+    /// too.
+    new_in: Option<PathBuf>,
+}
+
+/// One batch of a group, staged: its chunk written and its rows in the open index transaction.
+struct Staged {
+    appended: Appended,
+    written: Option<Written>,
+    /// The recording to seal once the chunk is durable (its session ended).
+    seal: Option<String>,
+}
+
+/// The most fsyncs in flight at once.
+const SYNC_THREADS: usize = 16;
+
+/// Fsyncs the written chunks' files, several at once (a filesystem's journal commits concurrent
+/// fsyncs together, so a group waits about one commit instead of one per chunk), each file once
+/// however many of the group's chunks it got (fsync flushes the file, whichever handle asks),
+/// then the directories of new files.
+fn make_durable(written: &[&Written]) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    let files: Vec<&Written> = written
+        .iter()
+        .copied()
+        .filter(|w| seen.insert(w.path.as_path()))
+        .collect();
+    let sync = |part: &[&Written]| {
+        part.iter()
+            .try_for_each(|w| w.file.sync_data().map_err(|e| io_err(&w.path, e)))
+    };
+    if files.len() <= 1 {
+        sync(&files)?;
+    } else {
+        let per_thread = files.len().div_ceil(SYNC_THREADS);
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = files
+                .chunks(per_thread)
+                .map(|part| scope.spawn(move || sync(part)))
+                .collect();
+            threads.into_iter().try_for_each(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(io_err(Path::new("."), "an fsync thread panicked")))
+            })
+        })?;
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for dir in written.iter().filter_map(|w| w.new_in.as_deref()) {
+        dirs.insert(dir);
+        dirs.extend(dir.parent());
+    }
+    dirs.into_iter().try_for_each(sync_dir)
+}
+
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
