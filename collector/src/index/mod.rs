@@ -17,10 +17,11 @@ mod summary;
 
 use std::path::Path;
 
+use custos_proto::Timestamp;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub use self::{
-    sqlite::{queries::Filter, schema::SCHEMA_VERSION},
+    sqlite::schema::SCHEMA_VERSION,
     summary::{ChunkSummary, CommandRow, FileOpenRow, GapRow},
 };
 use crate::trust::chunk::{ChunkHash, RecordingKey};
@@ -55,6 +56,16 @@ pub struct RecordingRow {
     pub sealed: bool,
 }
 
+/// Which sessions: by login user, host, and a time window the session overlaps.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub user: Option<String>,
+    pub host: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    pub limit: usize,
+}
+
 /// An agent that ever connected, and when.
 #[derive(Clone, Debug)]
 pub struct AgentRow {
@@ -62,8 +73,8 @@ pub struct AgentRow {
     pub version: Option<String>,
     pub boot_id: Option<String>,
     pub address: Option<String>,
-    pub first_contact: custos_proto::Timestamp,
-    pub last_contact: custos_proto::Timestamp,
+    pub first_contact: Timestamp,
+    pub last_contact: Timestamp,
 }
 
 /// The index, open for reading (any number at once) or, through [`Index::writer`], for

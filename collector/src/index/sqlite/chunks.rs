@@ -376,4 +376,31 @@ mod tests {
             "plan: {plan:?}"
         );
     }
+
+    /// A writer dropped before its commit leaves nothing behind (a group whose fsync failed is
+    /// not in the index), and what one writer commits another reader sees.
+    #[test]
+    fn a_writer_dropped_uncommitted_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let mut index = Index::open(&path).unwrap();
+        let key = RecordingKey {
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            session: AuditSessionId(1),
+        };
+        {
+            let writer = index.writer().unwrap();
+            writer.insert_recording(&key, "r.rec").unwrap();
+            assert!(
+                writer.recording(&key.id()).unwrap().is_some(),
+                "seen inside"
+            );
+        }
+        assert!(index.recording(&key.id()).unwrap().is_none());
+        let id = store_one(&mut index, 2, 0);
+        let reader = Index::open_read_only(&path).unwrap();
+        assert_eq!(reader.recording(&id).unwrap().unwrap().chunks, 1);
+        assert_eq!(reader.stored_batches().unwrap(), vec![("s".to_owned(), 2)]);
+    }
 }

@@ -7,17 +7,7 @@ use custos_proto::{
 };
 use rusqlite::{OptionalExtension, params_from_iter, types::Value};
 
-use crate::index::{AgentRow, Index, IndexError};
-
-/// Which sessions: by login user, host, and a time window the session overlaps.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    pub user: Option<String>,
-    pub host: Option<String>,
-    pub since: Option<Timestamp>,
-    pub until: Option<Timestamp>,
-    pub limit: usize,
-}
+use crate::index::{AgentRow, Filter, Index, IndexError};
 
 const SUMMARY_COLUMNS: &str = "id, host, boot_id, session, login_user, login_uid, tty, remote,
     start_ns, end_ns, last_ns, events, commands, files, bytes_out, bytes_in, gaps, sealed,
