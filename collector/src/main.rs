@@ -211,7 +211,9 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let api_task = tokio::spawn(api::serve(
         api::bind(config.api.listen).await?,
         api_tls_rx,
-        api_state.clone(),
+        // Moved, not shared: the store writer ends (and the collector stops) only once every
+        // handle to it, the retention's among them, is gone.
+        api_state,
         stop_tx.subscribe(),
     ));
     let retention_task = tokio::spawn(retention::job(
