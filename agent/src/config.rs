@@ -10,8 +10,7 @@ use std::{
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-/// Where ops put the configuration.
-pub const DEFAULT_PATH: &str = "/etc/custos/agent.toml";
+pub use custos_daemon::config::{ConfigError, ConfigFile};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -344,40 +343,12 @@ pub const CAPTURE_MAX: u64 = 256 * 1024;
 #[error("{0}")]
 pub struct Unhonoured(pub String);
 
-/// A configuration the agent cannot honour.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path}: {key}: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        reason: String,
-    },
-}
+impl ConfigFile for Config {
+    /// Where ops put the configuration.
+    const DEFAULT_PATH: &'static str = "/etc/custos/agent.toml";
 
-impl Config {
-    /// Reads and checks `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
-    }
-
-    /// Parses and checks configuration text (`path` is only for messages).
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
-            path: path.to_owned(),
-            message: custos_daemon::toml_error_line(text, &err),
-        })?;
+    fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = custos_daemon::config::from_toml(path, text)?;
         config
             .validate()
             .map_err(|(key, reason)| ConfigError::Invalid {
@@ -392,7 +363,9 @@ impl Config {
         })?;
         Ok(config)
     }
+}
 
+impl Config {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let capture = &self.capture;
         let ring = capture.ring_buffer_size.as_u64();

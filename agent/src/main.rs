@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use crate::{
     batch::Batcher,
     capture::drops::DropMonitor,
-    config::Config,
+    config::{Config, ConfigFile as _},
     metrics::AgentMetrics,
     pipeline::{Output, Spooler},
     session::{Tracker, host::HostIdentity},
@@ -75,9 +75,9 @@ fn main() -> ExitCode {
     memory::configure_allocator();
     let cli = Cli::parse();
     custos_daemon::init_logging();
-    let (config, config_path) = match load_config(cli.config.as_deref()) {
+    let (config, config_path) = match Config::load_or_default(cli.config.as_deref()) {
         Ok(loaded) => loaded,
-        Err(err) => return refuse(err),
+        Err(err) => return refuse(err.into()),
     };
     if cli.apply_notice {
         return match notice::apply(&config.notice, &cli.root) {
@@ -134,15 +134,6 @@ fn main() -> ExitCode {
 fn refuse(err: anyhow::Error) -> ExitCode {
     eprintln!("custos-agent: {err:#}");
     ExitCode::from(2)
-}
-
-fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, PathBuf)> {
-    let default = Path::new(config::DEFAULT_PATH);
-    match path {
-        Some(path) => Ok((Config::load(path)?, path.to_owned())),
-        None if default.exists() => Ok((Config::load(default)?, default.to_owned())),
-        None => Ok((Config::default(), default.to_owned())),
-    }
 }
 
 /// Checks what shipping needs before anything is loaded: the collector's address and this

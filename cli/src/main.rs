@@ -129,10 +129,10 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
         /// Start this far into the session ("90s", "5m").
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = custos_proto::time::parse_duration)]
         from: Option<Duration>,
         /// Cut pauses longer than this ("2s").
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = custos_proto::time::parse_duration)]
         max_wait: Option<Duration>,
     },
     /// Export a session: asciicast v2 (for asciinema) or JSON lines of every event (for a SIEM).
@@ -293,10 +293,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("--speed must be more than 0");
             }
             let response = client.stream(&format!("{}/events", session_path(&id)), &[])?;
-            let events = BufReader::new(response).lines().map(|line| {
-                let line = line.context("reading the recording")?;
-                serde_json::from_str::<Event>(&line).context("unreadable event")
-            });
+            let events = BufReader::new(response.into_body().into_reader())
+                .lines()
+                .map(|line| {
+                    let line = line.context("reading the recording")?;
+                    serde_json::from_str::<Event>(&line).context("unreadable event")
+                });
             let options = replay::Options {
                 speed,
                 from: from.unwrap_or_default(),
@@ -360,7 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .get("x-custos-chain")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let log: AccessLog = response.json().context("unreadable access log")?;
+            let log: AccessLog = crate::client::json("/v1/access-log", response)?;
             if json {
                 print_json(&log)?;
             } else {
@@ -477,7 +479,7 @@ fn export(
         indicatif::ProgressBar::hidden()
     };
     let mut lines = 0u64;
-    for line in BufReader::new(response).lines() {
+    for line in BufReader::new(response.into_body().into_reader()).lines() {
         let line = line.context("reading the export")?;
         sink.write_all(line.as_bytes())?;
         sink.write_all(b"\n")?;

@@ -23,7 +23,7 @@ fn duration(summary: &SessionSummary) -> String {
     match (summary.start, summary.end.or(summary.last)) {
         (Some(start), Some(end)) if end >= start => {
             let secs = end.seconds_since(start).round() as u64;
-            let text = humantime::format_duration(std::time::Duration::from_secs(secs)).to_string();
+            let text = custos_proto::time::format_duration(secs);
             if summary.end.is_none() {
                 format!("{text}+")
             } else {

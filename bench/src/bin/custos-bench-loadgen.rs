@@ -12,6 +12,9 @@
 //! Subcommands: `certs` (issue agent certificates), `ingest` (N agents at full speed),
 //! `storage` (ship a workload, print its raw sizes), `session` (ship one session of a given
 //! number of events and print its recording id).
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
