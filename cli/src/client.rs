@@ -18,7 +18,7 @@ use crate::settings::Settings;
 pub type Streamed = Response<ureq::Body>;
 
 pub struct Client {
-    base: url::Url,
+    base: ureq::http::Uri,
     http: ureq::Agent,
     /// The certificate's name and role, for messages.
     pub identity: custos_pki::Identity,
@@ -48,16 +48,20 @@ impl Client {
         })
     }
 
+    /// The collector's scheme and authority, `path` (already encoded) and the query.
     fn url(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<String> {
-        let mut url = self
+        let authority = self
             .base
-            .join(path)
-            .with_context(|| format!("building the URL for {path}"))?;
-        if !query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+            .authority()
+            .with_context(|| format!("{} names no host", self.base))?;
+        let mut url = format!("https://{authority}{path}");
+        for (i, (key, value)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&encode(key));
+            url.push('=');
+            url.push_str(&encode(value));
         }
-        Ok(url.into())
+        Ok(url)
     }
 
     fn check(&self, sent: Result<Streamed, ureq::Error>) -> anyhow::Result<Streamed> {
@@ -140,6 +144,18 @@ impl Client {
         let _ = response.into_body().into_reader().read_to_end(&mut sink);
         Ok(())
     }
+}
+
+/// Percent-encodes everything but unreserved characters, for a path segment or a query value.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Reads a JSON body as it comes (no size limit: a long session list is the auditor's ask).

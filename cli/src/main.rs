@@ -24,7 +24,10 @@ use custos_proto::{
     },
 };
 
-use crate::{client::Client, settings::Given};
+use crate::{
+    client::{Client, encode},
+    settings::Given,
+};
 
 /// Find, show, replay, export and verify recorded login sessions.
 #[derive(Parser, Debug)]
@@ -233,16 +236,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 fn session_path(id: &str) -> String {
-    format!("/v1/sessions/{}", url_segment(id))
-}
-
-fn url_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    format!("/v1/sessions/{}", encode(id))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
