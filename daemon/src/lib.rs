@@ -6,10 +6,12 @@
 //! - [`toml_error_line`]: a TOML syntax error as the one line ops get;
 //! - [`duration`]: `60s`, `5m`, `1h 30m` in configuration files;
 //! - [`Signals`]: shutdown (SIGINT, SIGTERM) and reload (SIGHUP);
+//! - [`quic`]: reading one frame from a QUIC stream;
 //! - [`metrics`]: the Prometheus endpoint, and readiness for systemd;
 //! - [`reference`]: keeping the commented reference configurations in step with the code.
 pub mod config;
 pub mod metrics;
+pub mod quic;
 pub mod reference;
 
 use std::time::Duration;

@@ -18,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use custos_daemon::quic::{ReadFrameError, read_frame};
 use custos_pki::{Role, tls::TlsFiles};
 use custos_proto::{
     BootId,
@@ -230,41 +231,19 @@ async fn request(connection: &quinn::Connection, frame: &Frame) -> Result<Frame,
             .await
             .map_err(|e| SendError::Connection(e.to_string()))?;
         let _ = send.finish();
-        let mut prefix = [0u8; 4];
-        if let Err(err) = recv.read_exact(&mut prefix).await {
+        match read_frame(&mut recv, MAX_RESPONSE).await {
+            Ok(frame) => Ok(frame),
             // A stream reset by the collector carries the reason as its code.
-            if let quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)) = &err {
-                return Err(SendError::Rejected(
-                    code_to_error(code.into_inner()),
-                    format!("stream reset with code {code}"),
-                ));
-            }
-            return Err(SendError::Connection(err.to_string()));
+            Err(err @ ReadFrameError::Reset(code)) => Err(SendError::Rejected(
+                ErrorCode::from_stream_code(code).unwrap_or(ErrorCode::Unavailable),
+                err.to_string(),
+            )),
+            Err(err) => Err(SendError::Connection(err.to_string())),
         }
-        let len = wire::frame_len(prefix, MAX_RESPONSE)
-            .map_err(|e| SendError::Connection(e.to_string()))?;
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body)
-            .await
-            .map_err(|e| SendError::Connection(e.to_string()))?;
-        wire::decode_frame(&body).map_err(|e| SendError::Connection(e.to_string()))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .unwrap_or_else(|_| Err(SendError::Connection("no answer in time".into())))
-}
-
-fn code_to_error(code: u64) -> ErrorCode {
-    [
-        ErrorCode::Malformed,
-        ErrorCode::TooLarge,
-        ErrorCode::IdentityMismatch,
-        ErrorCode::Unsupported,
-        ErrorCode::Unavailable,
-    ]
-    .into_iter()
-    .find(|c| u64::from(c.stream_code()) == code)
-    .unwrap_or(ErrorCode::Unavailable)
 }
 
 /// An outstanding batch: when it left, its session, what the log says when it is acknowledged.

@@ -940,16 +940,9 @@ mod client {
             let (mut send, mut recv) = connection.open_bi().await.context("opening a stream")?;
             send.write_all(bytes).await.context("sending")?;
             let _ = send.finish();
-            let mut prefix = [0u8; 4];
-            recv.read_exact(&mut prefix)
+            custos_daemon::quic::read_frame(&mut recv, MAX_RESPONSE)
                 .await
-                .context("reading the answer")?;
-            let len = wire::frame_len(prefix, MAX_RESPONSE)?;
-            let mut body = vec![0u8; len];
-            recv.read_exact(&mut body)
-                .await
-                .context("reading the answer")?;
-            Ok(wire::decode_frame(&body)?)
+                .context("reading the answer")
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await

@@ -638,25 +638,23 @@ pub async fn run_retention(
 pub async fn agents(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<serde_json::Value>, Failure> {
+) -> Result<Json<custos_proto::api::Agents>, Failure> {
     let outcome = async {
         state.require_admin(&caller, "listing agents")?;
         with_store(&state, |store| {
-            let agents: Vec<serde_json::Value> = query::agents(store.index().connection())
+            let agents = query::agents(store.index().connection())
                 .map_err(internal)?
                 .into_iter()
-                .map(|a| {
-                    serde_json::json!({
-                        "host": a.host,
-                        "version": a.version,
-                        "boot_id": a.boot_id,
-                        "address": a.address,
-                        "first_contact": a.first_contact,
-                        "last_contact": a.last_contact,
-                    })
+                .map(|a| custos_proto::api::AgentInfo {
+                    host: a.host,
+                    version: a.version,
+                    boot_id: a.boot_id,
+                    address: a.address,
+                    first_contact: a.first_contact,
+                    last_contact: a.last_contact,
                 })
                 .collect();
-            Ok(Json(serde_json::json!({ "agents": agents })))
+            Ok(Json(custos_proto::api::Agents { agents }))
         })
         .await
     }
