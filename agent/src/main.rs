@@ -256,7 +256,7 @@ async fn run(
     let rules = policy::Rules::compile(&config).map_err(config::Unhonoured)?;
     tracker.set_policy(
         policy::Policy::new(rules, Some(metrics.clone())),
-        Some(load::ScopeFilter::take(&mut probes.ebpf)?),
+        Some(load::ExcludedUids::take(&mut probes.ebpf)?),
     );
     // Sessions already running; their events wait in the ring buffer meanwhile.
     tracker.seed(agent_tgid, &mut events);

@@ -12,10 +12,8 @@ pub const PREFIX: &str = "/v1";
 pub mod path {
     pub const SESSIONS: &str = "/v1/sessions";
     pub const SESSION: &str = "/v1/sessions/{id}";
-    pub const SESSION_EVENTS: &str =
-        "/v1/sessions/{id}/events";
-    pub const SESSION_EXPORT: &str =
-        "/v1/sessions/{id}/export";
+    pub const SESSION_EVENTS: &str = "/v1/sessions/{id}/events";
+    pub const SESSION_EXPORT: &str = "/v1/sessions/{id}/export";
     pub const SEARCH: &str = "/v1/search";
     pub const VERIFY: &str = "/v1/verify";
     pub const ACCESS_LOG: &str = "/v1/access-log";
