@@ -167,7 +167,6 @@ fn prepare_shipping(
             options: config.shipping.clone(),
             host: identity.name,
             boot_id: host.boot_id,
-            spool_dir: config.spool.dir.clone(),
         },
         spool,
         recovered,
