@@ -642,18 +642,7 @@ pub async fn agents(
     let outcome = async {
         state.require_admin(&caller, "listing agents")?;
         with_store(&state, |store| {
-            let agents = query::agents(store.index().connection())
-                .map_err(internal)?
-                .into_iter()
-                .map(|a| custos_proto::api::AgentInfo {
-                    host: a.host,
-                    version: a.version,
-                    boot_id: a.boot_id,
-                    address: a.address,
-                    first_contact: a.first_contact,
-                    last_contact: a.last_contact,
-                })
-                .collect();
+            let agents = query::agents(store.index().connection()).map_err(internal)?;
             Ok(Json(custos_proto::api::Agents { agents }))
         })
         .await

@@ -270,23 +270,13 @@ fn group(
     Ok((hits, truncated))
 }
 
-/// An agent that ever connected, and when.
-#[derive(Clone, Debug)]
-pub struct AgentRow {
-    pub host: String,
-    pub version: Option<String>,
-    pub boot_id: Option<String>,
-    pub address: Option<String>,
-    pub first_contact: Timestamp,
-    pub last_contact: Timestamp,
-}
-
-pub fn agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRow>> {
+/// Every agent that ever connected, and when (the API's body type: the index keeps no other).
+pub fn agents(conn: &Connection) -> rusqlite::Result<Vec<custos_proto::api::AgentInfo>> {
     let mut stmt = conn.prepare(
         "SELECT host, version, boot_id, address, first_contact_ns, last_contact_ns FROM agents ORDER BY host",
     )?;
     stmt.query_map([], |r| {
-        Ok(AgentRow {
+        Ok(custos_proto::api::AgentInfo {
             host: r.get(0)?,
             version: r.get(1)?,
             boot_id: r.get(2)?,
