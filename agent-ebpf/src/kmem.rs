@@ -62,7 +62,7 @@ pub fn direct() -> bool {
 }
 
 /// Reads a `T` at `base + offset`, or zero, where `base` is a BTF-typed pointer when direct
-/// reads are on: the current task from [`crate::scope::current`], its saved registers from
+/// reads are on: the current task from [`crate::gate::current`], its saved registers from
 /// [`crate::task::saved_regs`], or a struct pointer read from one of those with [`typed`]
 /// (a `void *` or a pointer to a pointer field gives an untyped value: read through that with
 /// [`read`]). With direct reads this is one load that the verifier checks against the kernel's

@@ -8,7 +8,7 @@
 //!   paths where the kernel allows BPF trampolines. The agent chooses at start.
 //! - [`capture`]: one module per event family (tty, exec, open, process), independent of how it
 //!   was hooked.
-//! - [`scope`]: the in-kernel filter (which tasks are captured at all).
+//! - [`gate`]: the in-kernel filter (which tasks are captured at all).
 //! - [`task`], [`path`], [`kmem`]: reading kernel structures through the offsets the agent read
 //!   from BTF ([`globals`]).
 //! - [`emit`]: building records in a per-CPU scratch buffer, writing them to the ring buffer and
@@ -18,11 +18,11 @@
 
 mod capture;
 mod emit;
+mod gate;
 mod globals;
 mod hooks;
 mod kmem;
 mod path;
-mod scope;
 mod task;
 
 #[cfg(not(test))]

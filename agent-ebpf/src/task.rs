@@ -6,9 +6,9 @@ use aya_ebpf::{
 use custos_agent_abi::{COMM_LEN, TaskIds, dev_make};
 
 use crate::{
+    gate::Task,
     globals::off,
     kmem::{self, Fault},
-    scope::Task,
 };
 
 /// Who the current task is: ids, credentials, audit ids, controlling terminal, comm.

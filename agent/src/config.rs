@@ -10,8 +10,7 @@ use std::{
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-/// Where ops put the configuration.
-pub const DEFAULT_PATH: &str = "/etc/custos/agent.toml";
+pub use custos_daemon::config::{ConfigError, ConfigFile};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -20,8 +19,8 @@ pub struct Config {
     pub collector: CollectorConfig,
     pub spool: SpoolConfig,
     pub shipping: ShippingConfig,
-    /// Who is recorded.
-    pub scope: ScopeConfig,
+    /// Who is recorded (`[scope]`: the user and group rules).
+    pub scope: RecordedUsersConfig,
     /// File opens left out, PHI paths always kept.
     pub files: FileFilterConfig,
     /// Commands left out.
@@ -38,7 +37,7 @@ pub struct Config {
 /// Exclusions win; with no include list, everyone else is recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ScopeConfig {
+pub struct RecordedUsersConfig {
     pub users: Vec<String>,
     pub groups: Vec<String>,
     pub exclude_users: Vec<String>,
@@ -271,10 +270,10 @@ impl Default for ShippingConfig {
     }
 }
 
-/// Which tasks the kernel side captures.
+/// Which tasks the kernel side captures (`[capture] scope`), before any user rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Scope {
+pub enum TaskSelection {
     /// Tasks in an audit login session (pam_loginuid set a session id): ssh, console and su -l
     /// logins. Services never are.
     #[default]
@@ -302,7 +301,7 @@ pub enum Hooks {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
-    pub scope: Scope,
+    pub scope: TaskSelection,
     pub hooks: Hooks,
     /// Kernel ring buffer between the programs and the agent. A power of two, 64 KiB to 1 GiB
     /// (the largest record is a little over 16 KiB).
@@ -324,7 +323,7 @@ pub struct CaptureConfig {
 impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
-            scope: Scope::default(),
+            scope: TaskSelection::default(),
             hooks: Hooks::default(),
             ring_buffer_size: ByteSize::mib(8),
             argv_max: ByteSize::kib(16),
@@ -344,40 +343,12 @@ pub const CAPTURE_MAX: u64 = 256 * 1024;
 #[error("{0}")]
 pub struct Unhonoured(pub String);
 
-/// A configuration the agent cannot honour.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path}: {key}: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        reason: String,
-    },
-}
+impl ConfigFile for Config {
+    /// Where ops put the configuration.
+    const DEFAULT_PATH: &'static str = "/etc/custos/agent.toml";
 
-impl Config {
-    /// Reads and checks `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
-    }
-
-    /// Parses and checks configuration text (`path` is only for messages).
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
-            path: path.to_owned(),
-            message: custos_daemon::toml_error_line(text, &err),
-        })?;
+    fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = custos_daemon::config::from_toml(path, text)?;
         config
             .validate()
             .map_err(|(key, reason)| ConfigError::Invalid {
@@ -392,7 +363,9 @@ impl Config {
         })?;
         Ok(config)
     }
+}
 
+impl Config {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let capture = &self.capture;
         let ring = capture.ring_buffer_size.as_u64();
@@ -488,7 +461,7 @@ mod tests {
     #[test]
     fn empty_file_gives_documented_defaults() {
         let config = parse("").unwrap();
-        assert_eq!(config.capture.scope, Scope::LoginSessions);
+        assert_eq!(config.capture.scope, TaskSelection::LoginSessions);
         assert_eq!(config.capture.ring_buffer_size.as_u64(), 8 << 20);
         assert_eq!(config.capture.argv_max.as_u64(), 16 << 10);
         assert!(config.capture.suppress_echo_off_input);

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use crate::{
     batch::Batcher,
     capture::drops::DropMonitor,
-    config::Config,
+    config::{Config, ConfigFile as _},
     metrics::AgentMetrics,
     pipeline::{Output, Spooler},
     session::{Tracker, host::HostIdentity},
@@ -75,9 +75,9 @@ fn main() -> ExitCode {
     memory::configure_allocator();
     let cli = Cli::parse();
     custos_daemon::init_logging();
-    let (config, config_path) = match load_config(cli.config.as_deref()) {
+    let (config, config_path) = match Config::load_or_default(cli.config.as_deref()) {
         Ok(loaded) => loaded,
-        Err(err) => return refuse(err),
+        Err(err) => return refuse(err.into()),
     };
     if cli.apply_notice {
         return match notice::apply(&config.notice, &cli.root) {
@@ -136,15 +136,6 @@ fn refuse(err: anyhow::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, PathBuf)> {
-    let default = Path::new(config::DEFAULT_PATH);
-    match path {
-        Some(path) => Ok((Config::load(path)?, path.to_owned())),
-        None if default.exists() => Ok((Config::load(default)?, default.to_owned())),
-        None => Ok((Config::default(), default.to_owned())),
-    }
-}
-
 /// Checks what shipping needs before anything is loaded: the collector's address and this
 /// host's certificate (readable, valid, an agent's, matching its key). The certificate's name is
 /// the host name recordings carry.
@@ -176,7 +167,6 @@ fn prepare_shipping(
             options: config.shipping.clone(),
             host: identity.name,
             boot_id: host.boot_id,
-            spool_dir: config.spool.dir.clone(),
         },
         spool,
         recovered,
@@ -265,7 +255,7 @@ async fn run(
     let rules = policy::Rules::compile(&config).map_err(config::Unhonoured)?;
     tracker.set_policy(
         policy::Policy::new(rules, Some(metrics.clone())),
-        Some(load::ScopeFilter::take(&mut probes.ebpf)?),
+        Some(load::ExcludedUids::take(&mut probes.ebpf)?),
     );
     // Sessions already running; their events wait in the ring buffer meanwhile.
     tracker.seed(agent_tgid, &mut events);

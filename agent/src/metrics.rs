@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use custos_daemon::metrics::Registry;
+pub use custos_daemon::metrics::RuleLabel;
 use custos_proto::Event;
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -23,11 +24,6 @@ pub struct KindLabel {
 pub struct HookLabels {
     pub capture: &'static str,
     pub backend: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RuleLabel {
-    pub rule: String,
 }
 
 #[derive(Default)]

@@ -1,6 +1,9 @@
 //! Benchmark workloads and load generators for `cargo xtask bench` (see xtask/src/bench/).
 //!
 //! Each binary under src/bin is one workload or generator; this library holds what they share.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 
 /// A small deterministic pseudo-random generator (xorshift64*): workloads are the same bytes in
 /// every run, without a dependency.

@@ -1,18 +1,25 @@
 //! The HTTPS client of the collector's query API, authenticated with the auditor's
 //! certificate. Errors say what went wrong in the auditor's terms: the collector cannot be
 //! reached, the certificate was refused, the role is not allowed, the session does not exist.
-use std::{io::Read, time::Duration};
+use std::{io::Read, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
 use custos_pki::{Role, tls::TlsFiles};
 use custos_proto::api::ApiError;
 use serde::{Serialize, de::DeserializeOwned};
+use ureq::{
+    http::Response,
+    tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig},
+};
 
 use crate::settings::Settings;
 
+/// A response whose body is read as it comes.
+pub type Streamed = Response<ureq::Body>;
+
 pub struct Client {
-    base: url::Url,
-    http: reqwest::blocking::Client,
+    base: ureq::http::Uri,
+    http: ureq::Agent,
     /// The certificate's name and role, for messages.
     pub identity: custos_pki::Identity,
 }
@@ -24,14 +31,16 @@ impl Client {
             certificate: &settings.certificate,
             key: &settings.key,
         };
-        let (tls, identity) =
+        // Checks the files as the daemons do (readable, the key matches, an auditor's or an
+        // admin's certificate) and names the identity for messages.
+        let (_, identity) =
             custos_pki::tls::client_config(&files, &[Role::Auditor, Role::Admin], &[b"http/1.1"])?;
-        let http = reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(None)
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls_config(&files)?)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
             .build()
-            .context("setting up HTTPS")?;
+            .into();
         Ok(Client {
             base: settings.collector.clone(),
             http,
@@ -39,28 +48,29 @@ impl Client {
         })
     }
 
-    fn url(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<url::Url> {
-        let mut url = self
+    /// The collector's scheme and authority, `path` (already encoded) and the query.
+    fn url(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<String> {
+        let authority = self
             .base
-            .join(path)
-            .with_context(|| format!("building the URL for {path}"))?;
-        if !query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+            .authority()
+            .with_context(|| format!("{} names no host", self.base))?;
+        let mut url = format!("https://{authority}{path}");
+        for (i, (key, value)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&encode(key));
+            url.push('=');
+            url.push_str(&encode(value));
         }
         Ok(url)
     }
 
-    fn send(
-        &self,
-        request: reqwest::blocking::RequestBuilder,
-    ) -> anyhow::Result<reqwest::blocking::Response> {
-        let response = request.send().map_err(|err| self.transport_error(err))?;
+    fn check(&self, sent: Result<Streamed, ureq::Error>) -> anyhow::Result<Streamed> {
+        let mut response = sent.map_err(|err| self.transport_error(err))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
-        let text = response.text().unwrap_or_default();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
         let message = serde_json::from_str::<ApiError>(&text)
             .map(|e| e.error)
             .unwrap_or(text);
@@ -72,7 +82,7 @@ impl Client {
         }
     }
 
-    fn transport_error(&self, err: reqwest::Error) -> anyhow::Error {
+    fn transport_error(&self, err: ureq::Error) -> anyhow::Error {
         let mut chain = Vec::new();
         let mut source: Option<&dyn std::error::Error> = Some(&err);
         while let Some(cause) = source {
@@ -80,19 +90,23 @@ impl Client {
             source = cause.source();
         }
         let detail = chain.join(": ");
-        if err.is_connect()
-            && !detail.to_lowercase().contains("certificate")
-            && !detail.contains("alert")
-        {
-            anyhow!("cannot reach the collector at {}: {detail}", self.base)
-        } else if err.is_timeout() {
-            anyhow!("the collector at {} did not answer in time", self.base)
-        } else {
-            anyhow!(
+        let tls = matches!(err, ureq::Error::Rustls(_) | ureq::Error::Tls(_))
+            || detail.to_lowercase().contains("certificate")
+            || detail.contains("alert");
+        match err {
+            ureq::Error::Timeout(_) => {
+                anyhow!("the collector at {} did not answer in time", self.base)
+            }
+            ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound
+                if !tls =>
+            {
+                anyhow!("cannot reach the collector at {}: {detail}", self.base)
+            }
+            _ => anyhow!(
                 "the collector at {} refused the connection (is {} a certificate it accepts?): {detail}",
                 self.base,
                 self.identity
-            )
+            ),
         }
     }
 
@@ -101,19 +115,12 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
-        let response = self.send(self.http.get(self.url(path, query)?))?;
-        response
-            .json()
-            .with_context(|| format!("unreadable answer from {path}"))
+        json(path, self.stream(path, query)?)
     }
 
     /// A GET whose body is read as it comes, with the response's headers.
-    pub fn stream(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> anyhow::Result<reqwest::blocking::Response> {
-        self.send(self.http.get(self.url(path, query)?))
+    pub fn stream(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Streamed> {
+        self.check(self.http.get(self.url(path, query)?).call())
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(
@@ -121,16 +128,62 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let response = self.send(self.http.post(self.url(path, &[])?).json(body))?;
-        response
-            .json()
-            .with_context(|| format!("unreadable answer from {path}"))
+        let body = serde_json::to_vec(body).context("encoding the request")?;
+        let response = self.check(
+            self.http
+                .post(self.url(path, &[])?)
+                .content_type("application/json")
+                .send(&body[..]),
+        )?;
+        json(path, response)
     }
 
     pub fn delete(&self, path: &str) -> anyhow::Result<()> {
-        let mut response = self.send(self.http.delete(self.url(path, &[])?))?;
+        let response = self.check(self.http.delete(self.url(path, &[])?).call())?;
         let mut sink = Vec::new();
-        let _ = response.read_to_end(&mut sink);
+        let _ = response.into_body().into_reader().read_to_end(&mut sink);
         Ok(())
     }
+}
+
+/// Percent-encodes everything but unreserved characters, for a path segment or a query value.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Reads a JSON body as it comes (no size limit: a long session list is the auditor's ask).
+pub fn json<T: DeserializeOwned>(path: &str, response: Streamed) -> anyhow::Result<T> {
+    serde_json::from_reader(response.into_body().into_reader())
+        .with_context(|| format!("unreadable answer from {path}"))
+}
+
+/// The deployment's CA as the only root, the auditor's certificate as the client's, TLS from
+/// the same crypto provider as the daemons'.
+fn tls_config(files: &TlsFiles<'_>) -> anyhow::Result<TlsConfig> {
+    let roots: Vec<Certificate<'static>> = custos_pki::files::read_certificates(files.ca)?
+        .iter()
+        .map(|der| Certificate::from_der(der).to_owned())
+        .collect();
+    let chain: Vec<Certificate<'static>> = custos_pki::files::read_certificates(files.certificate)?
+        .iter()
+        .map(|der| Certificate::from_der(der).to_owned())
+        .collect();
+    // Read (and checked) by custos_pki first, for its messages.
+    custos_pki::files::read_private_key(files.key)?;
+    let pem =
+        std::fs::read(files.key).with_context(|| format!("reading {}", files.key.display()))?;
+    let key = PrivateKey::from_pem(&pem)
+        .with_context(|| format!("{}: no private key in it", files.key.display()))?;
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::new_with_certs(&roots))
+        .client_cert(Some(ClientCert::new_with_certs(&chain, key)))
+        .unversioned_rustls_crypto_provider(Arc::new(custos_pki::tls::provider()))
+        .build())
 }

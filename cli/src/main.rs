@@ -19,12 +19,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use custos_proto::{
     Event,
     api::{
-        AccessLog, Hold, Holds, NewHold, PurgeReport, RetentionInfo, SearchResults, SessionDetail,
-        SessionList, SessionSummary, VerifyReport,
+        AccessLog, Agents, Hold, Holds, NewHold, PurgeReport, RetentionInfo, SearchResults,
+        SessionDetail, SessionList, SessionSummary, VerifyReport, path,
     },
 };
 
-use crate::{client::Client, settings::Given};
+use crate::{
+    client::{Client, encode},
+    settings::Given,
+};
 
 /// Find, show, replay, export and verify recorded login sessions.
 #[derive(Parser, Debug)]
@@ -129,10 +132,10 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
         /// Start this far into the session ("90s", "5m").
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = custos_proto::time::parse_duration)]
         from: Option<Duration>,
         /// Cut pauses longer than this ("2s").
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = custos_proto::time::parse_duration)]
         max_wait: Option<Duration>,
     },
     /// Export a session: asciicast v2 (for asciinema) or JSON lines of every event (for a SIEM).
@@ -172,7 +175,10 @@ enum Command {
         command: Option<RetentionCommand>,
     },
     /// Agents that reported, and when they last did (admin).
-    Agents,
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -232,24 +238,16 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn session_path(id: &str) -> String {
-    format!("/v1/sessions/{}", url_segment(id))
-}
-
-fn url_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A session's endpoint (`path::SESSION...`) for `id`, encoded.
+fn session_path(template: &str, id: &str) -> String {
+    path::with_id(template, &encode(id))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = client(&cli.connection)?;
     match cli.command {
         Command::Sessions { window, json } => {
-            let list: SessionList = client.get("/v1/sessions", &window.query()?)?;
+            let list: SessionList = client.get(path::SESSIONS, &window.query()?)?;
             if json {
                 print_json(&list)?;
             } else {
@@ -257,7 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Show { id, json } => {
-            let detail: SessionDetail = client.get(&session_path(&id), &[])?;
+            let detail: SessionDetail = client.get(&session_path(path::SESSION, &id), &[])?;
             if json {
                 print_json(&detail)?;
             } else {
@@ -276,7 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(file)) => query.push(("file", file)),
                 (None, None) => bail!("give --command or --file"),
             }
-            let results: SearchResults = client.get("/v1/search", &query)?;
+            let results: SearchResults = client.get(path::SEARCH, &query)?;
             if json {
                 print_json(&results)?;
             } else {
@@ -292,11 +290,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !(speed > 0.0 && speed.is_finite()) {
                 bail!("--speed must be more than 0");
             }
-            let response = client.stream(&format!("{}/events", session_path(&id)), &[])?;
-            let events = BufReader::new(response).lines().map(|line| {
-                let line = line.context("reading the recording")?;
-                serde_json::from_str::<Event>(&line).context("unreadable event")
-            });
+            let response = client.stream(&session_path(path::SESSION_EVENTS, &id), &[])?;
+            let events = BufReader::new(response.into_body().into_reader())
+                .lines()
+                .map(|line| {
+                    let line = line.context("reading the recording")?;
+                    serde_json::from_str::<Event>(&line).context("unreadable event")
+                });
             let options = replay::Options {
                 speed,
                 from: from.unwrap_or_default(),
@@ -338,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, true) => vec![],
                 (None, false) => bail!("give a session id, or --all"),
             };
-            let report: VerifyReport = client.get("/v1/verify", &query)?;
+            let report: VerifyReport = client.get(path::VERIFY, &query)?;
             if json {
                 print_json(&report)?;
             } else {
@@ -354,13 +354,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let time = timeexpr::parse(&since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
                 query.push(("since", time.to_string()));
             }
-            let response = client.stream("/v1/access-log", &query)?;
+            let response = client.stream(path::ACCESS_LOG, &query)?;
             let broken = response
                 .headers()
                 .get("x-custos-chain")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let log: AccessLog = response.json().context("unreadable access log")?;
+            let log: AccessLog = crate::client::json(path::ACCESS_LOG, response)?;
             if json {
                 print_json(&log)?;
             } else {
@@ -373,7 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Holds { command } => match command.unwrap_or(HoldCommand::List) {
             HoldCommand::List => {
-                let holds: Holds = client.get("/v1/holds", &[])?;
+                let holds: Holds = client.get(path::HOLDS, &[])?;
                 for h in &holds.holds {
                     println!(
                         "{}  {} {}  by {} at {}: {}",
@@ -395,7 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (None, None) => bail!("give --session or --user"),
                 };
                 let hold: Hold = client.post(
-                    "/v1/holds",
+                    path::HOLDS,
                     &NewHold {
                         kind: kind.into(),
                         target,
@@ -405,13 +405,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("hold {} placed on {} {}", hold.id, hold.kind, hold.target);
             }
             HoldCommand::Remove { id } => {
-                client.delete(&format!("/v1/holds/{id}"))?;
+                client.delete(&path::with_id(path::HOLD, &encode(&id.to_string())))?;
                 println!("hold {id} lifted");
             }
         },
         Command::Retention { command } => match command.unwrap_or(RetentionCommand::Show) {
             RetentionCommand::Show => {
-                let info: RetentionInfo = client.get("/v1/retention", &[])?;
+                let info: RetentionInfo = client.get(path::RETENTION, &[])?;
                 println!(
                     "recordings are kept {:.0} days after their last activity; {} recordings, {} held",
                     info.keep_days, info.sessions, info.held_sessions
@@ -419,7 +419,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             RetentionCommand::Purge => {
                 let report: PurgeReport =
-                    client.post("/v1/retention/purge", &serde_json::json!({}))?;
+                    client.post(path::RETENTION_PURGE, &serde_json::json!({}))?;
                 for id in &report.purged {
                     println!("purged {id}");
                 }
@@ -433,9 +433,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         },
-        Command::Agents => {
-            let agents: serde_json::Value = client.get("/v1/agents", &[])?;
-            print_json(&agents)?;
+        Command::Agents { json } => {
+            let agents: Agents = client.get(path::AGENTS, &[])?;
+            if json {
+                print_json(&agents)?;
+            } else {
+                print!("{}", render::agents(&agents.agents));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -448,13 +452,15 @@ fn export(
     format: Format,
     output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let summary: SessionSummary = client.get::<SessionDetail>(&session_path(id), &[])?.summary;
+    let summary: SessionSummary = client
+        .get::<SessionDetail>(&session_path(path::SESSION, id), &[])?
+        .summary;
     let format_name = match format {
         Format::Asciicast => "asciicast",
         Format::Jsonl => "jsonl",
     };
     let response = client.stream(
-        &format!("{}/export", session_path(id)),
+        &session_path(path::SESSION_EXPORT, id),
         &[("format", format_name.to_owned())],
     )?;
     let mut sink: Box<dyn Write> = match &output {
@@ -477,7 +483,7 @@ fn export(
         indicatif::ProgressBar::hidden()
     };
     let mut lines = 0u64;
-    for line in BufReader::new(response).lines() {
+    for line in BufReader::new(response.into_body().into_reader()).lines() {
         let line = line.context("reading the export")?;
         sink.write_all(line.as_bytes())?;
         sink.write_all(b"\n")?;

@@ -1,12 +1,13 @@
 //! What auditors read: tables of sessions, a session's timeline as a process tree, search
-//! results, verification reports, the access log.
+//! results, verification reports, the access log, the agents.
 use std::collections::{BTreeMap, HashMap};
 
 use comfy_table::{Table, presets::NOTHING};
 use custos_proto::{
     Timestamp,
     api::{
-        AccessEntry, CommandInfo, FileInfo, SearchHit, SessionDetail, SessionSummary, VerifyResult,
+        AccessEntry, AgentInfo, CommandInfo, FileInfo, SearchHit, SessionDetail, SessionSummary,
+        VerifyResult,
     },
 };
 
@@ -23,7 +24,7 @@ fn duration(summary: &SessionSummary) -> String {
     match (summary.start, summary.end.or(summary.last)) {
         (Some(start), Some(end)) if end >= start => {
             let secs = end.seconds_since(start).round() as u64;
-            let text = humantime::format_duration(std::time::Duration::from_secs(secs)).to_string();
+            let text = custos_proto::time::format_duration(secs);
             if summary.end.is_none() {
                 format!("{text}+")
             } else {
@@ -337,6 +338,32 @@ pub fn access_log(entries: &[AccessEntry]) -> String {
             e.action.clone(),
             e.target.clone(),
             e.result.clone(),
+        ]);
+    }
+    format!("{table}\n")
+}
+
+pub fn agents(agents: &[AgentInfo]) -> String {
+    if agents.is_empty() {
+        return "no agent has connected\n".into();
+    }
+    let mut table = table(&[
+        "HOST",
+        "VERSION",
+        "ADDRESS",
+        "BOOT",
+        "FIRST CONTACT",
+        "LAST CONTACT",
+    ]);
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    for a in agents {
+        table.add_row(vec![
+            a.host.clone(),
+            or_dash(&a.version),
+            or_dash(&a.address),
+            or_dash(&a.boot_id),
+            time(Some(a.first_contact)),
+            time(Some(a.last_contact)),
         ]);
     }
     format!("{table}\n")

@@ -17,7 +17,7 @@ struct File {
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub collector: url::Url,
+    pub collector: ureq::http::Uri,
     pub ca: PathBuf,
     pub certificate: PathBuf,
     pub key: PathBuf,
@@ -78,10 +78,14 @@ impl Settings {
                 "which collector? give --collector https://HOST:7444, set CUSTOS_COLLECTOR, or write ~/.config/custos/cli.toml"
             );
         };
-        let collector = url::Url::parse(&collector).with_context(|| {
-            format!("--collector {collector:?} is not a URL (https://HOST:7444)")
-        })?;
-        if collector.scheme() != "https" {
+        let collector: ureq::http::Uri = collector
+            .parse()
+            .ok()
+            .filter(|uri: &ureq::http::Uri| uri.authority().is_some())
+            .with_context(|| {
+                format!("--collector {collector:?} is not a URL (https://HOST:7444)")
+            })?;
+        if collector.scheme_str() != Some("https") {
             bail!("--collector {collector}: the API is HTTPS only");
         }
         let pick = |flag: &Option<PathBuf>, var: &str, from_file: Option<PathBuf>, what: &str| {

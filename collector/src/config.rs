@@ -9,7 +9,7 @@ use std::{
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-pub const DEFAULT_PATH: &str = "/etc/custos/collector.toml";
+pub use custos_daemon::config::{ConfigError, ConfigFile};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -108,37 +108,11 @@ impl Default for TlsConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path}: {key}: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        reason: String,
-    },
-}
+impl ConfigFile for Config {
+    const DEFAULT_PATH: &'static str = "/etc/custos/collector.toml";
 
-impl Config {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
-    }
-
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
-            path: path.to_owned(),
-            message: custos_daemon::toml_error_line(text, &err),
-        })?;
+    fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = custos_daemon::config::from_toml(path, text)?;
         config
             .validate()
             .map_err(|(key, reason)| ConfigError::Invalid {
@@ -156,7 +130,9 @@ impl Config {
             })?;
         Ok(config)
     }
+}
 
+impl Config {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let frame = self.ingest.max_frame_size.as_u64();
         if !(64 * 1024..=1024 * 1024 * 1024).contains(&frame) {

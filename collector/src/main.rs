@@ -1,4 +1,6 @@
 //! `custos-collector`: the central server.
+// The dependencies are the library's, checked there.
+#![allow(unused_crate_dependencies)]
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -6,7 +8,7 @@ use clap::{Parser, Subcommand};
 use custos_collector::{
     api::{self, ApiState},
     audit::Audit,
-    config::{self, Config},
+    config::{Config, ConfigFile as _},
     ingest::{self, Limits},
     metrics::CollectorMetrics,
     pki::{self, PkiCommand},
@@ -120,17 +122,7 @@ fn main() -> ExitCode {
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    match path {
-        Some(path) => Ok(Config::load(path)?),
-        None => {
-            let default = std::path::Path::new(config::DEFAULT_PATH);
-            if default.exists() {
-                Ok(Config::load(default)?)
-            } else {
-                Ok(Config::default())
-            }
-        }
-    }
+    Ok(Config::load_or_default(path)?.0)
 }
 
 fn store_command(config: Option<&std::path::Path>, command: StoreCommand) -> anyhow::Result<()> {

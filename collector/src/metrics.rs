@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use custos_daemon::metrics::Registry;
+pub use custos_daemon::metrics::RuleLabel;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -56,11 +57,6 @@ pub struct QueryLabels {
     pub action: String,
     /// ok, denied, not_found, bad_request, error.
     pub result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RuleLabel {
-    pub rule: String,
 }
 
 #[derive(Default)]

@@ -2,12 +2,16 @@
 //!
 //! - [`init_logging`]: logs on stderr, one line per event with `key=value` fields, as journald
 //!   stores them (no timestamps under systemd, no colours unless on a terminal);
-//! - [`toml_error_line`]: a TOML error as the one line ops get, naming the key;
+//! - [`config`]: configuration files (the default path if present, errors naming the key path);
+//! - [`toml_error_line`]: a TOML syntax error as the one line ops get;
 //! - [`duration`]: `60s`, `5m`, `1h 30m` in configuration files;
 //! - [`Signals`]: shutdown (SIGINT, SIGTERM) and reload (SIGHUP);
+//! - [`quic`]: reading one frame from a QUIC stream;
 //! - [`metrics`]: the Prometheus endpoint, and readiness for systemd;
 //! - [`reference`]: keeping the commented reference configurations in step with the code.
+pub mod config;
 pub mod metrics;
+pub mod quic;
 pub mod reference;
 
 use std::time::Duration;
@@ -30,8 +34,8 @@ pub fn init_logging() {
     }
 }
 
-/// toml's messages span several lines (a source excerpt); ops get one: the key (with its
-/// table), the reason and the line.
+/// toml's messages span several lines (a source excerpt); ops get one: the reason and the line
+/// (with a guess at the key, for errors `serde_path_to_error` cannot place, see [`config`]).
 pub fn toml_error_line(text: &str, err: &toml::de::Error) -> String {
     let message = err.message().trim().replace('\n', " ");
     let Some(span) = err.span() else {
@@ -58,7 +62,7 @@ pub fn toml_error_line(text: &str, err: &toml::de::Error) -> String {
 /// Deserializes a duration written like `60s`, `5m`, `1h 30m`.
 pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text)
+    custos_proto::time::parse_duration(&text)
         .map_err(|err| serde::de::Error::custom(format!("bad duration {text:?}: {err}")))
 }
 

@@ -9,6 +9,12 @@ use serde::Deserialize;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{info, warn};
 
+/// The label of a count kept per policy or alert rule (`rule="files.exclude /tmp/**"`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+}
+
 /// `[metrics]` in a daemon's configuration; by default on loopback port `PORT`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricsConfig<const PORT: u16> {

@@ -7,6 +7,44 @@ use crate::Timestamp;
 /// Path prefix of every endpoint.
 pub const PREFIX: &str = "/v1";
 
+/// The endpoints' paths, for the collector's router and its clients alike. `{id}` stands for
+/// a path parameter (axum's syntax); [`path::with_id`] fills it in.
+pub mod path {
+    pub const SESSIONS: &str = "/v1/sessions";
+    pub const SESSION: &str = "/v1/sessions/{id}";
+    pub const SESSION_EVENTS: &str = "/v1/sessions/{id}/events";
+    pub const SESSION_EXPORT: &str = "/v1/sessions/{id}/export";
+    pub const SEARCH: &str = "/v1/search";
+    pub const VERIFY: &str = "/v1/verify";
+    pub const ACCESS_LOG: &str = "/v1/access-log";
+    pub const HOLDS: &str = "/v1/holds";
+    pub const HOLD: &str = "/v1/holds/{id}";
+    pub const RETENTION: &str = "/v1/retention";
+    pub const RETENTION_PURGE: &str = "/v1/retention/purge";
+    pub const AGENTS: &str = "/v1/agents";
+
+    /// Every path, for checks.
+    pub const ALL: [&str; 12] = [
+        SESSIONS,
+        SESSION,
+        SESSION_EVENTS,
+        SESSION_EXPORT,
+        SEARCH,
+        VERIFY,
+        ACCESS_LOG,
+        HOLDS,
+        HOLD,
+        RETENTION,
+        RETENTION_PURGE,
+        AGENTS,
+    ];
+
+    /// `template` with its `{id}` replaced by `id`, which the caller has percent-encoded.
+    pub fn with_id(template: &str, id: &str) -> String {
+        template.replace("{id}", id)
+    }
+}
+
 /// One recorded login session, as listed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionSummary {
@@ -241,8 +279,46 @@ pub struct PurgeReport {
     pub held: Vec<String>,
 }
 
+/// `GET /v1/agents`: each agent that ever connected, by host name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Agents {
+    pub agents: Vec<AgentInfo>,
+}
+
+/// An agent as the collector last saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// The name in its certificate.
+    pub host: String,
+    pub version: Option<String>,
+    pub boot_id: Option<String>,
+    /// The address it last connected from.
+    pub address: Option<String>,
+    pub first_contact: Timestamp,
+    pub last_contact: Timestamp,
+}
+
 /// The body of every error response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_under_the_prefix() {
+        for p in path::ALL {
+            assert!(
+                p.starts_with(PREFIX) && p[PREFIX.len()..].starts_with('/'),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            path::with_id(path::SESSION_EVENTS, "h-1-2"),
+            "/v1/sessions/h-1-2/events"
+        );
+    }
 }

@@ -1,9 +1,36 @@
 //! [`Timestamp`]: a point in time, nanoseconds since the Unix epoch (UTC).
 //!
 //! RFC 3339 with nanoseconds in human-readable formats, an i64 in binary ones.
+//!
+//! [`parse_duration`] and [`format_duration`]: spans of time as people write them (`90s`,
+//! `1h 30m`, `2192days`), for configuration files and command lines alike.
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// Parses a span of time in jiff's friendly format (`60s`, `5m`, `1h 30m`, `2192days`, days of
+/// 24 hours) or ISO 8601 (`PT1H`). Months, years and negative spans are refused.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let span: jiff::Span = text.trim().parse().map_err(|err| format!("{err}"))?;
+    let signed = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|err| format!("{err}"))?;
+    std::time::Duration::try_from(signed).map_err(|_| "a duration cannot be negative".into())
+}
+
+/// Whole seconds as people read them: `1d 2h 3m 4s`, `45s`.
+pub fn format_duration(seconds: u64) -> String {
+    let round = jiff::SpanRound::new()
+        .largest(jiff::Unit::Day)
+        .days_are_24_hours();
+    let span = i64::try_from(seconds)
+        .map_err(|_| ())
+        .and_then(|s| jiff::Span::new().try_seconds(s).map_err(|_| ()));
+    match span.and_then(|span| span.round(round).map_err(|_| ())) {
+        Ok(span) => format!("{span:#}"),
+        Err(_) => format!("{seconds}s"),
+    }
+}
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Timestamp(pub i64);
@@ -103,6 +130,23 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        let secs = |text| parse_duration(text).map(|d| d.as_secs());
+        assert_eq!(secs("60s"), Ok(60));
+        assert_eq!(secs("5m"), Ok(300));
+        assert_eq!(secs("1h 30m"), Ok(5400));
+        assert_eq!(secs("1m 30s"), Ok(90));
+        assert_eq!(secs("2192days"), Ok(2192 * 86_400));
+        assert_eq!(secs("2w"), Ok(14 * 86_400));
+        assert!(secs("soon").is_err());
+        assert!(secs("1h ago").is_err());
+        assert!(secs("1 month").is_err());
+        assert_eq!(format_duration(90), "1m 30s");
+        assert_eq!(format_duration(93_784), "1d 2h 3m 4s");
+        assert_eq!(format_duration(0), "0s");
+    }
 
     #[test]
     fn json_is_rfc3339_and_binary_is_nanoseconds() {

@@ -143,6 +143,15 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for mappings derived from [`ErrorCode::stream_code`].
+    pub const ALL: [ErrorCode; 5] = [
+        ErrorCode::Malformed,
+        ErrorCode::TooLarge,
+        ErrorCode::IdentityMismatch,
+        ErrorCode::Unsupported,
+        ErrorCode::Unavailable,
+    ];
+
     /// Retrying the same request can succeed.
     pub fn is_transient(self) -> bool {
         matches!(self, ErrorCode::Unavailable)
@@ -157,6 +166,14 @@ impl ErrorCode {
             ErrorCode::Unsupported => 0x14,
             ErrorCode::Unavailable => 0x15,
         }
+    }
+
+    /// The reason of a stream reset with `code` (the inverse of [`ErrorCode::stream_code`]);
+    /// `None` for a code of no known reason.
+    pub fn from_stream_code(code: u64) -> Option<ErrorCode> {
+        Self::ALL
+            .into_iter()
+            .find(|c| u64::from(c.stream_code()) == code)
     }
 }
 
@@ -415,6 +432,17 @@ pub fn make_batch(spool: &SpoolId, seq: BatchSeq, events: &[Event]) -> Option<Ba
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_codes_map_back_to_their_reason() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                ErrorCode::from_stream_code(code.stream_code().into()),
+                Some(code)
+            );
+        }
+        assert_eq!(ErrorCode::from_stream_code(0), None);
+    }
     use crate::{EventBody, event::SessionEnd};
 
     fn event(seq: u64) -> Event {

@@ -13,6 +13,9 @@
 //!
 //! Every wait is bounded and ends on an event (a line of output, a process exit), never on a
 //! sleep.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 pub mod agent;
 pub mod bpf;
 pub mod daemon;

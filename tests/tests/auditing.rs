@@ -1,5 +1,8 @@
 //! The auditor's side, end to end: sessions recorded by a real agent through a real collector,
 //! found, shown, replayed, exported, verified and purged with `custos`, every access logged.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{process::Command, time::Duration};
 
 use custos_collector::trust::chunk;

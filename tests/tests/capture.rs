@@ -1,6 +1,9 @@
 //! Kernel capture, end to end: a real agent on the real kernel records real login sessions.
 //!
 //! Run with `cargo xtask test` (root; one test at a time, since every agent sees every session).
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{process::Command, time::Duration};
 
 use custos_proto::{

@@ -1,6 +1,9 @@
 //! README's first command, as a new user runs it: `cargo xtask run` in a clean clone reaches
 //! "recording", a login session is then listed by `custos sessions` and replays, Ctrl-C stops
 //! everything cleanly, and a second run picks up the same data.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{
     path::{Path, PathBuf},
     process::Command,

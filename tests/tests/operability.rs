@@ -1,6 +1,9 @@
 //! What ops rely on: a broken configuration stops each daemon at start with one documented
 //! line and status 2, `--version` answers, and the Prometheus endpoints count what the daemons
 //! do.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{process::Command, time::Duration};
 
 use custos_tests::{

@@ -1,6 +1,9 @@
 //! Shipping, end to end: a real agent sends real sessions over QUIC with mutual TLS to a real
 //! collector, which stores them; outages, kills, bad certificates, garbage and a lossy, slow
 //! network do not lose or duplicate anything.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{
     collections::HashSet,
     net::{SocketAddr, UdpSocket},

@@ -10,11 +10,10 @@ use custos_agent_abi::{
 
 use crate::{
     emit::{self, HEADER_SIZE},
+    gate::Task,
     globals::{off, setting},
     kmem::{self, Fault},
-    path,
-    scope::Task,
-    task,
+    path, task,
 };
 
 #[inline(always)]

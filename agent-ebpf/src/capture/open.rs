@@ -10,11 +10,10 @@ use custos_agent_abi::{
 
 use crate::{
     emit::{self, HEADER_SIZE},
+    gate::Task,
     globals::off,
     kmem::{self, Fault},
-    path,
-    scope::Task,
-    task,
+    path, task,
 };
 
 /// `AT_FDCWD`: a relative path is relative to the cwd.

@@ -4,10 +4,9 @@ use custos_agent_abi::{Exit, Fork, RecordKind};
 
 use crate::{
     emit::{self, HEADER_SIZE},
+    gate::Task,
     globals::off,
-    kmem,
-    scope::Task,
-    task,
+    kmem, task,
 };
 
 /// `task` (the parent, current) created `child`.

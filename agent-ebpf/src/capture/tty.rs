@@ -11,9 +11,9 @@ use custos_agent_abi::{
 
 use crate::{
     emit::{self, HEADER_SIZE},
+    gate::Task,
     globals::{off, setting},
     kmem::{self, Fault},
-    scope::Task,
     task,
 };
 

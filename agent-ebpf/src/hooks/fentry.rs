@@ -19,13 +19,14 @@ use crate::{
         open::{self, OpenArgs},
         tty::{self, Source},
     },
+    gate,
     globals::off,
-    kmem, scope, task,
+    kmem, task,
 };
 
 #[fexit(function = "n_tty_write")]
 pub fn fexit_n_tty_write(ctx: FExitContext) -> i32 {
-    let Some(task) = scope::current() else {
+    let Some(task) = gate::current() else {
         return 0;
     };
     let tty: *const u8 = ctx.arg(0);
@@ -39,7 +40,7 @@ pub fn fexit_n_tty_write(ctx: FExitContext) -> i32 {
 
 #[fexit(function = "do_sys_openat2")]
 pub fn fexit_do_sys_openat2(ctx: FExitContext) -> i32 {
-    let Some(task) = scope::current() else {
+    let Some(task) = gate::current() else {
         return 0;
     };
     let ret: i64 = ctx.arg(3);

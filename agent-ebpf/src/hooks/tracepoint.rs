@@ -4,7 +4,7 @@
 //!   task's saved user registers, so one hook per syscall sees arguments and result;
 //! - BTF tracepoints on the scheduler for exec, fork and exit, which cost nothing on syscalls.
 //!
-//! Every program asks [`scope::current`] first, so a task outside the scope leaves at once.
+//! Every program asks [`gate::current`] first, so a task outside the scope leaves at once.
 use aya_ebpf::{
     EbpfContext as _,
     macros::{btf_tracepoint, tracepoint},
@@ -20,10 +20,9 @@ use crate::{
         tty::{self, Source},
     },
     emit,
+    gate::{self, Task},
     globals::off,
-    kmem,
-    scope::{self, Task},
-    task,
+    kmem, task,
 };
 
 /// Field offsets of `syscalls/sys_exit_*` records (the agent checks them against the format
@@ -46,7 +45,7 @@ impl SyscallExit {
 
 #[inline(always)]
 fn syscall_exit(ctx: &TracePointContext) -> Option<SyscallExit> {
-    let task = scope::current()?;
+    let task = gate::current()?;
     // SAFETY: fields of the sys_exit record, which the verifier lets a tracepoint program load
     // directly (no helper call).
     let (ret, nr) = unsafe {
@@ -131,7 +130,7 @@ pub fn sys_exit_openat2(ctx: TracePointContext) {
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) {
-    let Some(task) = scope::current() else {
+    let Some(task) = gate::current() else {
         return;
     };
     let old_pid: i32 = ctx.arg(1);
@@ -141,7 +140,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) {
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) {
-    let Some(task) = scope::current() else {
+    let Some(task) = gate::current() else {
         return;
     };
     let child: *const u8 = ctx.arg(1);
@@ -150,7 +149,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) {
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: BtfTracePointContext) {
-    let Some(task) = scope::current() else {
+    let Some(task) = gate::current() else {
         return;
     };
     process::on_exit(&task);

@@ -24,7 +24,7 @@ use custos_agent_abi::{
 };
 use tracing::{debug, error, info, warn};
 
-use crate::config::{CaptureConfig, Hooks, Scope, Unhonoured};
+use crate::config::{CaptureConfig, Hooks, TaskSelection, Unhonoured};
 
 /// The compiled programs, embedded at build time by build.rs.
 static PROGRAMS: &[u8] =
@@ -75,13 +75,13 @@ impl Backend {
     }
 }
 
-/// The kernel's filter of login uids out of scope (map `SCOPE_EXCLUDED_UIDS`): a task of an
-/// excluded uid leaves every program after the scope check.
-pub struct ScopeFilter {
+/// The login uids the user rules exclude, as the kernel's gate sees them (map
+/// `SCOPE_EXCLUDED_UIDS`): a task of an excluded uid leaves every program at the gate.
+pub struct ExcludedUids {
     map: aya::maps::HashMap<aya::maps::MapData, u32, u8>,
 }
 
-impl ScopeFilter {
+impl ExcludedUids {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let map = ebpf
             .take_map("SCOPE_EXCLUDED_UIDS")
@@ -135,7 +135,7 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
     let kernel = btf::read_kernel(Path::new(btf::VMLINUX_BTF))?;
     debug!(offsets = ?kernel.offsets, "kernel struct offsets from BTF");
     let mut flags = 0;
-    if capture.scope == Scope::LoginSessionsAndTerminals {
+    if capture.scope == TaskSelection::LoginSessionsAndTerminals {
         flags |= SETTING_CAPTURE_TTY_TASKS;
     }
     if capture.suppress_echo_off_input {

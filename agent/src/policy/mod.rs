@@ -1,5 +1,6 @@
 //! The customer's policy, applied in the agent before anything is spooled or shipped:
-//! - [`scope`]: who is recorded (users and groups; decisions pushed into the kernel filter);
+//! - [`users`]: who is recorded (the user and group rules of `[scope]`; decisions pushed into
+//!   the kernel's excluded uids);
 //! - [`filter`]: file opens and commands left out, read-only reopens folded into a count;
 //! - [`redact`]: values masked, pseudonymised or dropped in terminal data and argv.
 //!
@@ -8,7 +9,7 @@
 //! running an excluded command, and the counts the session's end record reports.
 pub mod filter;
 pub mod redact;
-pub mod scope;
+pub mod users;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,7 +26,7 @@ use custos_proto::{
 use self::{
     filter::{CommandFilter, FileFilter, OpenVerdict},
     redact::{Action, Counts, Redactor, Rule, Stream, Window},
-    scope::Scope,
+    users::UserRules,
 };
 use crate::{
     config::{Config, RedactionAction, RuleConfig},
@@ -35,7 +36,7 @@ use crate::{
 /// The compiled rules.
 #[derive(Clone)]
 pub struct Rules {
-    pub scope: Scope,
+    pub users: UserRules,
     files: FileFilter,
     commands: CommandFilter,
     redactor: Redactor,
@@ -69,7 +70,7 @@ impl Rules {
             (Some(path), true) => read_key(path)?,
         };
         Ok(Self {
-            scope: Scope::new(config.scope.clone()),
+            users: UserRules::new(config.scope.clone()),
             files: FileFilter::new(&config.files)?,
             commands: CommandFilter::new(&config.commands)?,
             redactor: Redactor::new(rules, key),
@@ -230,8 +231,8 @@ impl Policy {
         self.rules = rules;
     }
 
-    pub fn scope(&mut self) -> &mut Scope {
-        &mut self.rules.scope
+    pub fn user_rules(&mut self) -> &mut UserRules {
+        &mut self.rules.users
     }
 
     fn count(&self, session: &mut SessionPolicy, rule: &str, filtered: bool) {
@@ -554,7 +555,7 @@ impl Policy {
 
     /// Counts an event of an out-of-scope session that reached userspace before the kernel
     /// filter knew.
-    pub fn count_out_of_scope(&self) {
+    pub fn count_not_recorded(&self) {
         if let Some(metrics) = &self.metrics {
             metrics
                 .filtered

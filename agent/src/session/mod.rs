@@ -10,6 +10,7 @@
 //! hole in the numbering, and terminal data a redaction window holds back is numbered when it
 //! is released.
 pub mod host;
+pub mod key;
 pub mod procfs;
 pub mod users;
 
@@ -26,17 +27,14 @@ use custos_proto::{
 
 use self::{
     host::{BootClock, HostIdentity},
+    key::SessionKey,
     users::UserNames,
 };
 use crate::{
     capture::{Captured, SessionLoss},
-    load::ScopeFilter,
+    load::ExcludedUids,
     policy::{Passed, Policy, Rules},
 };
-
-/// Sessions of tasks outside an audit login, captured for their terminal
-/// (`scope = "login_sessions_and_terminals"`), get this bit and their terminal's dev_t as id.
-pub const TERMINAL_SESSION_BIT: u32 = 1 << 31;
 
 /// A session whose processes all look dead is ended only after this much quiet, so that an
 /// exit record still on its way is not overtaken.
@@ -84,10 +82,11 @@ pub struct Tracker {
     /// Sessions restored from a previous run, not yet found again in /proc.
     resumed: HashMap<u32, SessionSnapshot>,
     policy: Policy,
-    /// Sessions out of scope, and when they were last seen (forgotten after a quiet while).
-    out_of_scope: HashMap<u32, Instant>,
-    /// The kernel's filter of login uids out of scope.
-    kernel_scope: Option<ScopeFilter>,
+    /// Sessions the user rules do not record, and when they were last seen (forgotten after a
+    /// quiet while).
+    not_recorded: HashMap<u32, Instant>,
+    /// The login uids the kernel's gate turns away.
+    kernel_excluded: Option<ExcludedUids>,
 }
 
 impl Tracker {
@@ -100,17 +99,17 @@ impl Tracker {
             ended: HashMap::new(),
             resumed: HashMap::new(),
             policy: Policy::new(Rules::defaults(), None),
-            out_of_scope: HashMap::new(),
-            kernel_scope: None,
+            not_recorded: HashMap::new(),
+            kernel_excluded: None,
         }
     }
 
     /// Applies `policy` from now on, with the kernel's login uid filter kept in step with its
     /// scope (every local user out of scope is in it before any session of theirs starts).
-    pub fn set_policy(&mut self, policy: Policy, kernel_scope: Option<ScopeFilter>) {
+    pub fn set_policy(&mut self, policy: Policy, kernel_excluded: Option<ExcludedUids>) {
         self.policy = policy;
-        self.kernel_scope = kernel_scope;
-        self.sync_kernel_scope();
+        self.kernel_excluded = kernel_excluded;
+        self.sync_kernel_excluded();
     }
 
     /// Replaces the policy's rules (SIGHUP); what redaction windows held is released first.
@@ -120,12 +119,12 @@ impl Tracker {
         for (session, passed) in released {
             self.push(session, passed, out);
         }
-        self.sync_kernel_scope();
+        self.sync_kernel_excluded();
     }
 
-    fn sync_kernel_scope(&mut self) {
-        let excluded = self.policy.scope().excluded_local_uids();
-        if let Some(filter) = &mut self.kernel_scope
+    fn sync_kernel_excluded(&mut self) {
+        let excluded = self.policy.user_rules().excluded_local_uids();
+        if let Some(filter) = &mut self.kernel_excluded
             && let Err(err) = filter.reset(&excluded)
         {
             tracing::warn!(error = %err, "cannot update the kernel's scope filter; out-of-scope sessions are dropped in the agent instead");
@@ -133,12 +132,12 @@ impl Tracker {
     }
 
     /// Whether a new session of `uid` is recorded; if not, the kernel is told to skip the uid.
-    fn in_scope(&mut self, sessionid: u32, uid: u32) -> bool {
-        if self.policy.scope().records(uid) {
+    fn records_session(&mut self, sessionid: u32, uid: u32) -> bool {
+        if self.policy.user_rules().records(uid) {
             return true;
         }
-        self.out_of_scope.insert(sessionid, Instant::now());
-        if let Some(filter) = &mut self.kernel_scope
+        self.not_recorded.insert(sessionid, Instant::now());
+        if let Some(filter) = &mut self.kernel_excluded
             && let Err(err) = filter.exclude(uid)
         {
             tracing::warn!(uid, error = %err, "cannot add a login uid to the kernel's scope filter");
@@ -263,7 +262,7 @@ impl Tracker {
                 );
                 continue;
             }
-            if !self.in_scope(sessionid, leader.loginuid) {
+            if !self.records_session(sessionid, leader.loginuid) {
                 continue;
             }
             let tty = procfs::tty_of(leader.tgid).filter(|tty| *tty != 0);
@@ -341,11 +340,11 @@ impl Tracker {
             ts_boot_ns,
             body,
         } = captured;
-        let sessionid = session_key(&task);
-        if let Some(seen) = self.out_of_scope.get_mut(&sessionid) {
+        let sessionid = SessionKey::of(&task).id();
+        if let Some(seen) = self.not_recorded.get_mut(&sessionid) {
             // Reached userspace before the kernel's filter knew the uid.
             *seen = Instant::now();
-            self.policy.count_out_of_scope();
+            self.policy.count_not_recorded();
             return;
         }
         let time = self.clock.wall(ts_boot_ns);
@@ -368,8 +367,8 @@ impl Tracker {
                 } else {
                     task.uid
                 };
-                if !self.in_scope(sessionid, uid) {
-                    self.policy.count_out_of_scope();
+                if !self.records_session(sessionid, uid) {
+                    self.policy.count_not_recorded();
                     return;
                 }
                 // The process that did the session's first event (for a fork: the parent).
@@ -439,7 +438,7 @@ impl Tracker {
         to: Timestamp,
         out: &mut Vec<Event>,
     ) {
-        if self.out_of_scope.contains_key(&sessionid) {
+        if self.not_recorded.contains_key(&sessionid) {
             return;
         }
         if !self.sessions.contains_key(&sessionid) {
@@ -480,7 +479,7 @@ impl Tracker {
         let now = Instant::now();
         self.ended
             .retain(|_, ended| now.duration_since(ended.ended_at) < ENDED_MEMORY);
-        self.out_of_scope
+        self.not_recorded
             .retain(|_, seen| now.duration_since(*seen) < ENDED_MEMORY);
         let mut finished = Vec::new();
         for (sessionid, state) in &mut self.sessions {
@@ -489,7 +488,7 @@ impl Tracker {
             }
             state
                 .processes
-                .retain(|tgid| alive_in_session(*tgid, *sessionid));
+                .retain(|tgid| alive_in_session(*tgid, SessionKey::from_id(*sessionid)));
             if state.processes.is_empty() {
                 finished.push(*sessionid);
             }
@@ -607,19 +606,9 @@ impl Tracker {
     }
 }
 
-/// The session an event belongs to: its audit session, or for a terminal-only task, its
-/// terminal.
-fn session_key(task: &TaskIds) -> u32 {
-    if task.sessionid != AUDIT_UNSET {
-        task.sessionid
-    } else {
-        TERMINAL_SESSION_BIT | (task.tty & !TERMINAL_SESSION_BIT)
-    }
-}
-
-fn alive_in_session(tgid: u32, sessionid: u32) -> bool {
+fn alive_in_session(tgid: u32, key: SessionKey) -> bool {
     match procfs::session_of(tgid) {
-        Some(found) => found == sessionid || sessionid & TERMINAL_SESSION_BIT != 0,
+        Some(found) => found == key.id() || key.is_terminal(),
         None => false,
     }
 }

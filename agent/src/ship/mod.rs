@@ -4,20 +4,21 @@
 //! One connection at a time, reconnecting with exponential backoff and jitter; the agent's
 //! certificate and the CA are read again at every connection, so rotated files take effect at
 //! the next reconnect. Up to `in_flight` batches are outstanding, each on its own stream, but
-//! never two of one session: a session's batches are stored in the order they were made. A
-//! batch leaves the spool only when the collector acknowledged it (durably stored). A batch refused for
-//! good (malformed, too large) is moved aside to `rejected/` in the spool directory and logged:
+//! never two of one session: a session's batches are stored in the order they were made; the
+//! [`window`] decides what goes and what each result means, this module does the I/O. A batch
+//! leaves the spool only when the collector acknowledged it (durably stored). A batch refused
+//! for good (malformed, too large) is set aside by the spool in `rejected/` and logged:
 //! resending it could never succeed, and it must not block the rest.
-use crate::metrics::{AgentMetrics, ShipMetrics};
+mod window;
+
 use std::{
-    collections::{HashMap, HashSet},
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use custos_daemon::quic::{ReadFrameError, read_frame};
 use custos_pki::{Role, tls::TlsFiles};
 use custos_proto::{
     BootId,
@@ -30,8 +31,10 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use self::window::{Outcome, SendError, Window};
 use crate::{
     config::{CollectorConfig, ShippingConfig},
+    metrics::{AgentMetrics, ShipMetrics},
     spool::{Spool, SpoolError},
 };
 
@@ -45,17 +48,6 @@ pub struct Shipping {
     pub options: ShippingConfig,
     pub host: String,
     pub boot_id: BootId,
-    pub spool_dir: PathBuf,
-}
-
-/// Why one batch was not acknowledged.
-enum SendError {
-    /// The connection failed; everything outstanding is sent again on the next one.
-    Connection(String),
-    /// The collector refused it for good.
-    Rejected(ErrorCode, String),
-    /// The collector could not store it now.
-    Retry(String),
 }
 
 /// Sends until `stop` turns true, then for at most `shutdown_grace` while batches are pending.
@@ -230,49 +222,19 @@ async fn request(connection: &quinn::Connection, frame: &Frame) -> Result<Frame,
             .await
             .map_err(|e| SendError::Connection(e.to_string()))?;
         let _ = send.finish();
-        let mut prefix = [0u8; 4];
-        if let Err(err) = recv.read_exact(&mut prefix).await {
+        match read_frame(&mut recv, MAX_RESPONSE).await {
+            Ok(frame) => Ok(frame),
             // A stream reset by the collector carries the reason as its code.
-            if let quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)) = &err {
-                return Err(SendError::Rejected(
-                    code_to_error(code.into_inner()),
-                    format!("stream reset with code {code}"),
-                ));
-            }
-            return Err(SendError::Connection(err.to_string()));
+            Err(err @ ReadFrameError::Reset(code)) => Err(SendError::Rejected(
+                ErrorCode::from_stream_code(code).unwrap_or(ErrorCode::Unavailable),
+                err.to_string(),
+            )),
+            Err(err) => Err(SendError::Connection(err.to_string())),
         }
-        let len = wire::frame_len(prefix, MAX_RESPONSE)
-            .map_err(|e| SendError::Connection(e.to_string()))?;
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body)
-            .await
-            .map_err(|e| SendError::Connection(e.to_string()))?;
-        wire::decode_frame(&body).map_err(|e| SendError::Connection(e.to_string()))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .unwrap_or_else(|_| Err(SendError::Connection("no answer in time".into())))
-}
-
-fn code_to_error(code: u64) -> ErrorCode {
-    [
-        ErrorCode::Malformed,
-        ErrorCode::TooLarge,
-        ErrorCode::IdentityMismatch,
-        ErrorCode::Unsupported,
-        ErrorCode::Unavailable,
-    ]
-    .into_iter()
-    .find(|c| u64::from(c.stream_code()) == code)
-    .unwrap_or(ErrorCode::Unavailable)
-}
-
-/// An outstanding batch: when it left, its session, what the log says when it is acknowledged.
-struct Sent {
-    at: std::time::Instant,
-    key: (BootId, u32),
-    last_seq: u64,
-    events: u32,
 }
 
 /// How many pending batches one window fill looks at.
@@ -301,7 +263,7 @@ async fn send_batch(
 }
 
 /// Keeps up to `in_flight` batches outstanding on `connection` until it fails or shutdown's
-/// grace ends.
+/// grace ends: the I/O around the [`Window`], which decides what goes and what each result means.
 async fn send_loop(
     connection: &quinn::Connection,
     shipping: &Shipping,
@@ -312,87 +274,53 @@ async fn send_loop(
     metrics: &ShipMetrics,
 ) -> anyhow::Result<()> {
     let mut in_flight: JoinSet<(BatchSeq, Result<(), SendError>)> = JoinSet::new();
-    let mut sent: HashMap<BatchSeq, Sent> = HashMap::new();
-    // Sessions with a batch outstanding: the next of theirs waits for its acknowledgement.
-    let mut busy: HashSet<(BootId, u32)> = HashSet::new();
+    let mut window = Window::new(shipping.options.in_flight);
     loop {
-        // Fill the window with the oldest pending batches of sessions not already busy.
-        if in_flight.len() < shipping.options.in_flight {
+        window.release(Instant::now());
+        if window.len() < shipping.options.in_flight {
             let pending = lock(spool).pending_batches(PENDING_SCAN);
-            for (seq, boot, session) in pending {
-                if in_flight.len() >= shipping.options.in_flight {
-                    break;
-                }
-                let key = (boot, session);
-                if sent.contains_key(&seq) || busy.contains(&key) {
-                    // Later batches of a busy session wait their turn.
-                    busy.insert(key);
-                    continue;
-                }
-                let batch = match lock(spool).read(seq) {
-                    Ok(batch) => batch,
-                    Err(SpoolError::Gone(_)) => continue,
-                    Err(err) => {
-                        error!(error = %err, "unreadable spooled batch skipped");
-                        lock(spool).ack(seq);
-                        continue;
-                    }
-                };
-                busy.insert(key.clone());
-                sent.insert(
-                    seq,
-                    Sent {
-                        at: std::time::Instant::now(),
-                        key,
-                        last_seq: batch.header.last_seq.0,
-                        events: batch.header.events,
-                    },
-                );
+            let batches = window.fill(pending, Instant::now(), |seq| read(spool, seq));
+            for batch in batches {
                 in_flight.spawn(send_batch(connection.clone(), batch));
             }
-            // Sessions marked busy only because they were skipped above are not outstanding.
-            busy.retain(|key| sent.values().any(|s| &s.key == key));
         }
-        if deadline.is_some() && in_flight.is_empty() && lock(spool).pending() == 0 {
+        if deadline.is_some() && window.is_idle() && lock(spool).pending() == 0 {
             return Ok(());
         }
+        let retry = window.next_retry().map(tokio::time::Instant::from_std);
         tokio::select! {
             Some(done) = in_flight.join_next() => {
                 let (seq, result) = done.map_err(|e| anyhow!("send task failed: {e}"))?;
-                let outstanding = sent.remove(&seq);
-                if let Some(outstanding) = &outstanding {
-                    busy.remove(&outstanding.key);
-                }
-                match result {
-                    Ok(()) => {
+                match window.complete(seq, result, Instant::now()) {
+                    Outcome::Acked(sent) => {
                         lock(spool).ack(seq);
                         metrics.batches_acked.inc();
-                        if let Some(batch) = outstanding {
+                        if let Some(batch) = sent {
                             metrics.ack_latency.observe(batch.at.elapsed().as_secs_f64());
                             debug!(
                                 seq = seq.0,
-                                session = batch.key.1,
+                                session = batch.session.1,
                                 last_event = batch.last_seq,
                                 events = batch.events,
                                 "batch acknowledged"
                             );
                         }
                     }
-                    Err(SendError::Rejected(code, message)) => {
+                    Outcome::Rejected(code, message) => {
                         metrics.batches_rejected.inc();
-                        reject(shipping, spool, seq, code, &message);
+                        reject(spool, seq, code, &message);
                     }
-                    Err(SendError::Retry(message)) => {
-                        // It stays pending and goes again at the next fill.
+                    Outcome::Retry(message) => {
+                        // It stays pending and goes again once the window's wait is over.
                         warn!(seq = seq.0, message, "the collector could not store a batch; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
-                    Err(SendError::Connection(message)) => {
+                    Outcome::ConnectionLost(message) => {
                         bail!("batch {seq}: {message}");
                     }
                 }
             }
             _ = wake.notified() => {}
+            _ = sleep_until(retry) => {}
             _ = reconnect.notified() => {
                 info!("reconnecting to use the certificates as they are now");
                 return Ok(());
@@ -406,28 +334,24 @@ async fn send_loop(
     }
 }
 
-/// Moves a batch the collector refused for good out of the queue, keeping it for inspection.
-fn reject(
-    shipping: &Shipping,
-    spool: &Mutex<Spool>,
-    seq: BatchSeq,
-    code: ErrorCode,
-    message: &str,
-) {
-    let dir = shipping.spool_dir.join("rejected");
+/// A pending batch read back for sending; `None` when it is gone, or unreadable (then it is
+/// dropped from the spool: it could never be sent).
+fn read(spool: &Mutex<Spool>, seq: BatchSeq) -> Option<Batch> {
     let mut spool = lock(spool);
-    let kept = spool
-        .read(seq)
-        .map_err(|e| e.to_string())
-        .and_then(|batch| {
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let path = dir.join(format!("{:020}.batch", seq.0));
-            std::fs::write(&path, wire::encode_frame(&Frame::Batch(batch)))
-                .map_err(|e| e.to_string())?;
-            Ok(path)
-        });
-    spool.ack(seq);
-    match kept {
+    match spool.read(seq) {
+        Ok(batch) => Some(batch),
+        Err(SpoolError::Gone(_)) => None,
+        Err(err) => {
+            error!(error = %err, "unreadable spooled batch skipped");
+            spool.ack(seq);
+            None
+        }
+    }
+}
+
+/// A batch the collector refused for good: the spool sets it aside; the log says where.
+fn reject(spool: &Mutex<Spool>, seq: BatchSeq, code: ErrorCode, message: &str) {
+    match lock(spool).set_aside(seq) {
         Ok(path) => error!(
             seq = seq.0,
             ?code,
@@ -439,7 +363,7 @@ fn reject(
             seq = seq.0,
             ?code,
             message,
-            error = err,
+            error = %err,
             "the collector refused a batch for good"
         ),
     }

@@ -374,6 +374,23 @@ impl Spool {
         }
     }
 
+    /// Takes a batch the collector refused for good out of the queue, keeping a copy in
+    /// `rejected/` for inspection (as a length-prefixed frame). It leaves the queue even when
+    /// the copy cannot be written: resending it could never succeed, and it must not block the
+    /// rest.
+    pub fn set_aside(&mut self, seq: BatchSeq) -> Result<PathBuf, SpoolError> {
+        let kept = self.read(seq).and_then(|batch| {
+            let dir = self.dir.join("rejected");
+            fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            let path = dir.join(format!("{:020}.batch", seq.0));
+            let frame = custos_proto::wire::encode_frame(&custos_proto::wire::Frame::Batch(batch));
+            fs::write(&path, frame).map_err(|e| io(&path, e))?;
+            Ok(path)
+        });
+        self.ack(seq);
+        kept
+    }
+
     /// Marks a batch acknowledged.
     pub fn ack(&mut self, seq: BatchSeq) {
         if let Some(entry) = self.entries.get_mut(&seq) {

@@ -12,6 +12,9 @@
 //! Subcommands: `certs` (issue agent certificates), `ingest` (N agents at full speed),
 //! `storage` (ship a workload, print its raw sizes), `session` (ship one session of a given
 //! number of events and print its recording id).
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -937,16 +940,9 @@ mod client {
             let (mut send, mut recv) = connection.open_bi().await.context("opening a stream")?;
             send.write_all(bytes).await.context("sending")?;
             let _ = send.finish();
-            let mut prefix = [0u8; 4];
-            recv.read_exact(&mut prefix)
+            custos_daemon::quic::read_frame(&mut recv, MAX_RESPONSE)
                 .await
-                .context("reading the answer")?;
-            let len = wire::frame_len(prefix, MAX_RESPONSE)?;
-            let mut body = vec![0u8; len];
-            recv.read_exact(&mut body)
-                .await
-                .context("reading the answer")?;
-            Ok(wire::decode_frame(&body)?)
+                .context("reading the answer")
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await

@@ -10,6 +10,9 @@
 //! - `time`: runs the real `custos` CLI repeatedly (`sessions --user U --since T --until T`, or
 //!   `show ID`) and prints wall-time percentiles of whole invocations (process start, mutual TLS
 //!   handshake, query, rendering) as `key=value` lines.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{
     path::PathBuf,
     process::Command,

@@ -6,6 +6,9 @@
 //! uid written to /proc/self/loginuid, which gives it a fresh audit session id, as pam_loginuid
 //! does at login) or outside any (`--no-session`: the login uid unset), so its children are
 //! recorded or not recorded by the agent. Timing is done by the caller around the whole process.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{
     ffi::CString,
     fs::{File, OpenOptions},

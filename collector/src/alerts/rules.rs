@@ -292,9 +292,11 @@ fn silence<'de, D: serde::Deserializer<'de>>(
     if text == "off" {
         return Ok(None);
     }
-    humantime::parse_duration(&text).map(Some).map_err(|err| {
-        serde::de::Error::custom(format!("bad duration {text:?}: {err} (or \"off\")"))
-    })
+    custos_proto::time::parse_duration(&text)
+        .map(Some)
+        .map_err(|err| {
+            serde::de::Error::custom(format!("bad duration {text:?}: {err} (or \"off\")"))
+        })
 }
 
 impl Default for BuiltinConfig {

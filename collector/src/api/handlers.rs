@@ -584,27 +584,12 @@ pub async fn purge(
 pub async fn agents(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<serde_json::Value>, Failure> {
+) -> Result<Json<custos_proto::api::Agents>, Failure> {
     let outcome = async {
         state.require_admin(&caller, "listing agents")?;
         with_store(&state, |store| {
-            let agents: Vec<serde_json::Value> = store
-                .index()
-                .agents()
-                .map_err(internal)?
-                .into_iter()
-                .map(|a| {
-                    serde_json::json!({
-                        "host": a.host,
-                        "version": a.version,
-                        "boot_id": a.boot_id,
-                        "address": a.address,
-                        "first_contact": a.first_contact,
-                        "last_contact": a.last_contact,
-                    })
-                })
-                .collect();
-            Ok(Json(serde_json::json!({ "agents": agents })))
+            let agents = store.index().agents().map_err(internal)?;
+            Ok(Json(custos_proto::api::Agents { agents }))
         })
         .await
     }

@@ -13,6 +13,7 @@ use axum::{
     routing::{delete, get, post},
 };
 use custos_pki::{Identity, Role, tls::TlsFiles};
+use custos_proto::api::path;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -57,18 +58,18 @@ pub fn tls_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> 
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
-        .route("/v1/sessions", get(handlers::sessions))
-        .route("/v1/sessions/{id}", get(handlers::show))
-        .route("/v1/sessions/{id}/events", get(handlers::events))
-        .route("/v1/sessions/{id}/export", get(handlers::export))
-        .route("/v1/search", get(handlers::search))
-        .route("/v1/verify", get(handlers::verify))
-        .route("/v1/access-log", get(handlers::access_log))
-        .route("/v1/holds", get(handlers::holds).post(handlers::add_hold))
-        .route("/v1/holds/{id}", delete(handlers::remove_hold))
-        .route("/v1/retention", get(handlers::retention))
-        .route("/v1/retention/purge", post(handlers::purge))
-        .route("/v1/agents", get(handlers::agents))
+        .route(path::SESSIONS, get(handlers::sessions))
+        .route(path::SESSION, get(handlers::show))
+        .route(path::SESSION_EVENTS, get(handlers::events))
+        .route(path::SESSION_EXPORT, get(handlers::export))
+        .route(path::SEARCH, get(handlers::search))
+        .route(path::VERIFY, get(handlers::verify))
+        .route(path::ACCESS_LOG, get(handlers::access_log))
+        .route(path::HOLDS, get(handlers::holds).post(handlers::add_hold))
+        .route(path::HOLD, delete(handlers::remove_hold))
+        .route(path::RETENTION, get(handlers::retention))
+        .route(path::RETENTION_PURGE, post(handlers::purge))
+        .route(path::AGENTS, get(handlers::agents))
         .fallback(handlers::not_found)
         .with_state(state)
 }

@@ -10,7 +10,7 @@
 //!
 //! Today's only backend is SQLite ([`sqlite`]). When PostgreSQL joins it, [`Index`] and
 //! [`IndexWriter`] become two traits with these methods, implemented by `sqlite` and a sibling
-//! `postgres` module; [`ChunkSummary`], [`RecordingRow`], [`Filter`] and [`AgentRow`] are
+//! `postgres` module; [`ChunkSummary`], [`RecordingRow`] and [`Filter`] are
 //! already backend-free.
 pub mod sqlite;
 mod summary;
@@ -64,17 +64,6 @@ pub struct Filter {
     pub since: Option<Timestamp>,
     pub until: Option<Timestamp>,
     pub limit: usize,
-}
-
-/// An agent that ever connected, and when.
-#[derive(Clone, Debug)]
-pub struct AgentRow {
-    pub host: String,
-    pub version: Option<String>,
-    pub boot_id: Option<String>,
-    pub address: Option<String>,
-    pub first_contact: Timestamp,
-    pub last_contact: Timestamp,
 }
 
 /// The index, open for reading (any number at once) or, through [`Index::writer`], for

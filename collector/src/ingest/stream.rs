@@ -1,12 +1,13 @@
 //! One request stream: read one frame (within the limits), answer it, close.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use custos_daemon::quic::{ReadFrameError, read_frame};
 use custos_pki::Identity;
 use custos_proto::wire::{self, Ack, ErrorCode, ErrorFrame, Frame, Welcome};
 use quinn::{RecvStream, SendStream};
 use tracing::{debug, warn};
 
-use super::{Ingest, Limits};
+use super::Ingest;
 use crate::{
     store::{Appended, StoreError},
     writer::Contact,
@@ -21,24 +22,6 @@ pub struct Peer {
 /// How long a client may take to send its request frame.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-enum ReadError {
-    Wire(wire::WireError),
-    Stream(String),
-}
-
-async fn read_frame(recv: &mut RecvStream, limits: Limits) -> Result<Frame, ReadError> {
-    let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|err| ReadError::Stream(err.to_string()))?;
-    let len = wire::frame_len(prefix, limits.max_frame).map_err(ReadError::Wire)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|err| ReadError::Stream(err.to_string()))?;
-    wire::decode_frame(&body).map_err(ReadError::Wire)
-}
-
 pub async fn handle(
     mut send: SendStream,
     mut recv: RecvStream,
@@ -47,9 +30,10 @@ pub async fn handle(
 ) {
     let (metrics, limits) = (&ingest.metrics, ingest.limits);
     let agent = peer.identity.name.as_str();
-    let frame = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, limits)).await {
+    let read = read_frame(&mut recv, limits.max_frame);
+    let frame = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
         Ok(Ok(frame)) => frame,
-        Ok(Err(ReadError::Wire(err))) => {
+        Ok(Err(ReadFrameError::Wire(err))) => {
             let code = err.code();
             if code == ErrorCode::TooLarge {
                 metrics.frames_too_large.inc();
@@ -61,8 +45,8 @@ pub async fn handle(
             let _ = send.reset(code.stream_code().into());
             return;
         }
-        Ok(Err(ReadError::Stream(err))) => {
-            debug!(agent, error = err, "stream ended before a full frame");
+        Ok(Err(err @ (ReadFrameError::Stream(_) | ReadFrameError::Reset(_)))) => {
+            debug!(agent, error = %err, "stream ended before a full frame");
             return;
         }
         Err(_) => {

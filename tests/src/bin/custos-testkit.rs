@@ -13,6 +13,9 @@
 //! - `udp-relay LISTEN UPSTREAM DELAY_MS --`: relays UDP datagrams between one client and
 //!   UPSTREAM, holding each one DELAY_MS milliseconds in each direction (a slow network, since
 //!   the kernel has no netem).
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{
     ffi::CString,
     io::{Read, Write},

@@ -8,6 +8,9 @@
 //! - `bench RUNS RESULTS`: times hooked and unhooked calls with no agent and with the agent on
 //!   each backend ([`bench`]), and writes the samples to RESULTS, one per line.
 //! - `bench-loop WORKLOAD WHERE CALLS AGENT_PID`: one timed loop (bench's worker process).
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{fs::File, io::Write as _, os::fd::AsFd as _};
 
 use anyhow::{Context as _, bail};

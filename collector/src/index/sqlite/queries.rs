@@ -7,7 +7,9 @@ use custos_proto::{
 };
 use rusqlite::{OptionalExtension, params_from_iter, types::Value};
 
-use crate::index::{AgentRow, Filter, Index, IndexError};
+use custos_proto::api::AgentInfo;
+
+use crate::index::{Filter, Index, IndexError};
 
 const SUMMARY_COLUMNS: &str = "id, host, boot_id, session, login_user, login_uid, tty, remote,
     start_ns, end_ns, last_ns, events, commands, files, bytes_out, bytes_in, gaps, sealed,
@@ -270,14 +272,14 @@ impl Index {
         Ok(ids)
     }
 
-    /// Every agent that ever connected, by host.
-    pub fn agents(&self) -> Result<Vec<AgentRow>, IndexError> {
+    /// Every agent that ever connected, by host (the API's body type: the index keeps no twin).
+    pub fn agents(&self) -> Result<Vec<AgentInfo>, IndexError> {
         let mut stmt = self.conn.prepare(
             "SELECT host, version, boot_id, address, first_contact_ns, last_contact_ns FROM agents ORDER BY host",
         )?;
         let agents = stmt
             .query_map([], |r| {
-                Ok(AgentRow {
+                Ok(AgentInfo {
                     host: r.get(0)?,
                     version: r.get(1)?,
                     boot_id: r.get(2)?,

@@ -1,22 +1,22 @@
-//! Who is recorded: include and exclude rules by user and group, like SSSD's session recording
-//! scope. A login uid's decision is made once (for every local user when the policy is loaded,
-//! for others at their first session) and pushed into the kernel's filter, so that sessions out
-//! of scope cost nothing there.
+//! Who is recorded: the user rules, include and exclude lists by user and group (`[scope]`,
+//! like SSSD's session recording scope). A login uid's decision is made once (for every local
+//! user when the policy is loaded, for others at their first session) and pushed into the
+//! kernel's excluded uids, so that sessions not recorded cost nothing there.
 use std::collections::HashMap;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
-use crate::config::ScopeConfig;
+use crate::config::RecordedUsersConfig;
 
 /// The rules, and decisions made so far.
 #[derive(Clone, Debug, Default)]
-pub struct Scope {
-    config: ScopeConfig,
+pub struct UserRules {
+    config: RecordedUsersConfig,
     decided: HashMap<u32, bool>,
 }
 
-impl Scope {
-    pub fn new(config: ScopeConfig) -> Self {
+impl UserRules {
+    pub fn new(config: RecordedUsersConfig) -> Self {
         Self {
             config,
             decided: HashMap::new(),
@@ -93,14 +93,14 @@ fn groups_of(user: &User) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn scope(
+    fn rules(
         users: &[&str],
         groups: &[&str],
         exclude_users: &[&str],
         exclude_groups: &[&str],
-    ) -> Scope {
+    ) -> UserRules {
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
-        Scope::new(ScopeConfig {
+        UserRules::new(RecordedUsersConfig {
             users: names(users),
             groups: names(groups),
             exclude_users: names(exclude_users),
@@ -110,13 +110,13 @@ mod tests {
 
     #[test]
     fn exclusions_win_and_include_lists_narrow() {
-        let everyone = scope(&[], &[], &[], &[]);
+        let everyone = rules(&[], &[], &[], &[]);
         assert!(everyone.decide("alice", &[]));
-        let no_robots = scope(&[], &[], &["backup"], &["robots"]);
+        let no_robots = rules(&[], &[], &["backup"], &["robots"]);
         assert!(no_robots.decide("alice", &["staff".into()]));
         assert!(!no_robots.decide("backup", &[]));
         assert!(!no_robots.decide("ci", &["robots".into()]));
-        let admins = scope(&["root"], &["wheel"], &["svc"], &[]);
+        let admins = rules(&["root"], &["wheel"], &["svc"], &[]);
         assert!(admins.decide("root", &[]));
         assert!(admins.decide("dana", &["wheel".into()]));
         assert!(!admins.decide("alice", &["staff".into()]));

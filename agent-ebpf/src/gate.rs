@@ -1,4 +1,5 @@
-//! The in-kernel filter: which tasks are captured at all. It runs first in every program and
+//! The gate: which tasks are captured at all (the task selection of `[capture] scope`, then
+//! the login uids the agent excluded). It runs first in every program and
 //! costs one helper call and one load (a second helper call without direct reads) for a task
 //! outside a login session, which is every service on a server.
 use aya_ebpf::{
@@ -23,7 +24,7 @@ static SCOPE_EXCLUDED_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(SCOPE_E
 #[map]
 static SCOPE_SKIPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// A task inside the capture scope.
+/// A task through the gate.
 pub struct Task {
     /// `struct task_struct *` of the current task, BTF-typed with direct reads: read its fields
     /// with [`kmem::typed`] (or the probe reads of [`kmem::read`], which take either kind).
