@@ -1,7 +1,10 @@
 //! README's first command, as a new user runs it: `cargo xtask run` in a clean clone reaches
 //! "recording", a login session is then listed by `custos sessions` and replays, Ctrl-C stops
-//! everything cleanly, and a second run picks up the same data.
+//! everything cleanly, and a second run picks up the same data. The clone and its build live
+//! where only root can enter (as in /root, or a `mktemp -d` folder), and the capture scenario of
+//! `cargo xtask vm-test` runs on this host from that build.
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -9,6 +12,10 @@ use std::{
 
 use custos_proto::{AuditSessionId, BootId, api::SessionList};
 use custos_tests::{daemon::Daemon, deployment::hostname, login_shell, marker, users, wait_until};
+
+/// The clean clone's build directory (kept between runs: registry crates stay built), and the
+/// folder the clone is made in. Only root may enter it, as /root on Debian.
+const CLONE_HOME: &str = "target/clean-clone";
 
 /// The release build of a fresh clone dominates.
 const BUILD: Duration = Duration::from_secs(40 * 60);
@@ -42,17 +49,19 @@ fn xtask_run(clone: &Path, ports: u16) -> Daemon {
         .arg(ports.to_string())
         .current_dir(clone)
         // Its own build directory: the suite's cargo holds the lock on the workspace's.
-        .env(
-            "CARGO_TARGET_DIR",
-            workspace_root().join("target/clean-clone"),
-        )
+        .env("CARGO_TARGET_DIR", workspace_root().join(CLONE_HOME))
         .env_remove("CUSTOS_BIN_DIR");
     let (daemon, _) = Daemon::spawn("cargo xtask run", command, false);
     daemon
 }
 
+/// The clean clone's release binaries.
+fn release() -> PathBuf {
+    workspace_root().join(CLONE_HOME).join("release")
+}
+
 fn custos(clone: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(workspace_root().join("target/clean-clone/release/custos"))
+    Command::new(release().join("custos"))
         .arg("--config")
         .arg(clone.join("custos-data/cli.toml"))
         .args(args)
@@ -85,7 +94,11 @@ fn recording_id(session: AuditSessionId) -> String {
 #[test]
 fn cargo_xtask_run_from_a_clean_clone_records_a_session_that_custos_lists_and_replays() {
     users::ensure("custos-alice");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let home = workspace_root().join(CLONE_HOME);
+    std::fs::create_dir_all(&home).expect("creating the clone's folder");
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+        .expect("making the clone's folder root's alone");
+    let dir = tempfile::tempdir_in(&home).expect("temp dir");
     let clone = dir.path().join("custos");
     let cloned = Command::new("git")
         .args(["clone", "--quiet", "--no-hardlinks"])
@@ -159,4 +172,29 @@ fn cargo_xtask_run_from_a_clean_clone_records_a_session_that_custos_lists_and_re
     assert!(listed(&clone, "custos-alice").iter().any(|s| s.id == id));
     again.signal(libc::SIGINT);
     assert!(again.wait_exit(Duration::from_secs(120)).success());
+
+    // The capture scenario on this host, as `cargo xtask vm-test` runs it, from the clone's
+    // build: its login user runs programs of ours though it may not enter the clone's folder.
+    let report = dir.path().join("host.report");
+    let scenario = Command::new(release().join("custos-vmtest"))
+        .args(["guest", "auto"])
+        .arg(&report)
+        .env("CUSTOS_BIN_DIR", release())
+        .output()
+        .expect("running custos-vmtest guest");
+    assert!(
+        scenario.status.success(),
+        "the capture scenario from a folder only root may enter: {}",
+        String::from_utf8_lossy(&scenario.stderr)
+    );
+    let judged = Command::new(release().join("custos-vmtest"))
+        .arg("judge")
+        .arg(&report)
+        .output()
+        .expect("running custos-vmtest judge");
+    assert!(
+        judged.status.success(),
+        "the capture scenario's report: {}",
+        String::from_utf8_lossy(&judged.stdout)
+    );
 }
