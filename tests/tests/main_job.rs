@@ -1,5 +1,6 @@
 //! README's first command, as a new user runs it: `cargo xtask run` in a clean clone reaches
-//! "recording", a login session is then listed by `custos sessions` and replays, Ctrl-C stops
+//! "recording", the login session it suggests (`cargo xtask login`) is then listed by `custos
+//! sessions` under its user and replays, Ctrl-C stops
 //! everything cleanly, and a second run picks up the same data. The clone and its build live
 //! where only root can enter (as in /root, or a `mktemp -d` folder), and the capture scenario of
 //! `cargo xtask vm-test` runs on this host from that build.
@@ -11,7 +12,7 @@ use std::{
 };
 
 use custos_proto::{AuditSessionId, BootId, api::SessionList};
-use custos_tests::{daemon::Daemon, deployment::hostname, login_shell, marker, users, wait_until};
+use custos_tests::{daemon::Daemon, deployment::hostname, marker, terminal::Terminal, wait_until};
 
 /// The clean clone's build directory (kept between runs: registry crates stay built), and the
 /// folder the clone is made in. Only root may enter it, as /root on Debian.
@@ -38,19 +39,25 @@ fn free_port_block() -> u16 {
         .expect("four free ports")
 }
 
-/// `cargo xtask run` in `clone`, its output (stdout and stderr) as the daemon's log.
-fn xtask_run(clone: &Path, ports: u16) -> Daemon {
+/// `sh -c SCRIPT cargo ARGS...` in `clone`, with the clone's build directory.
+fn cargo_in(clone: &Path, script: &str) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new("sh");
     command
         .arg("-c")
-        .arg("exec \"$0\" xtask run --ports \"$1\" 1>&2")
+        .arg(script)
         .arg(cargo)
-        .arg(ports.to_string())
         .current_dir(clone)
         // Its own build directory: the suite's cargo holds the lock on the workspace's.
         .env("CARGO_TARGET_DIR", workspace_root().join(CLONE_HOME))
         .env_remove("CUSTOS_BIN_DIR");
+    command
+}
+
+/// `cargo xtask run` in `clone`, its output (stdout and stderr) as the daemon's log.
+fn xtask_run(clone: &Path, ports: u16) -> Daemon {
+    let mut command = cargo_in(clone, "exec \"$0\" xtask run --ports \"$1\" 1>&2");
+    command.arg(ports.to_string());
     let (daemon, _) = Daemon::spawn("cargo xtask run", command, false);
     daemon
 }
@@ -93,7 +100,6 @@ fn recording_id(session: AuditSessionId) -> String {
 
 #[test]
 fn cargo_xtask_run_from_a_clean_clone_records_a_session_that_custos_lists_and_replays() {
-    users::ensure("custos-alice");
     let home = workspace_root().join(CLONE_HOME);
     std::fs::create_dir_all(&home).expect("creating the clone's folder");
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
@@ -114,17 +120,36 @@ fn cargo_xtask_run_from_a_clean_clone_records_a_session_that_custos_lists_and_re
     // What to do next follows, naming the CLI configuration it wrote.
     run.wait_log(&["custos-data/cli.toml sessions"], Duration::from_secs(10));
 
-    let (mut shell, session) = login_shell("custos-alice");
+    // The session it suggests, opened as suggested: `cargo xtask login` in the clone.
+    assert!(
+        run.log_text()
+            .contains("open a recorded session, in another terminal here: cargo xtask login "),
+        "cargo xtask run suggests cargo xtask login:\n{}",
+        run.log_text()
+    );
+    let mut shell = Terminal::spawn(cargo_in(&clone, "exec \"$0\" xtask login"));
+    // "login: session N, user NAME, terminal ...".
+    let opened = shell.stderr_value("login: session ");
+    let (session, user) = opened
+        .split_once(", user ")
+        .and_then(|(session, rest)| Some((session.parse().ok()?, rest.split(',').next()?)))
+        .unwrap_or_else(|| panic!("cargo xtask login named its session and user: {opened}"));
+    let session = AuditSessionId(session);
+    let user = user.to_owned();
+    assert!(
+        run.log_text()
+            .contains(&format!("(a login shell as {user};")),
+        "the session is the suggested user's"
+    );
     let mark = marker("RUN-");
     let (head, tail) = mark.split_at(4);
     shell.line(&format!("echo \"{head}\"\"{tail}\""));
     shell.expect(&format!("{mark}\r\n"));
-    shell.expect("custos$ ");
     shell.line("exit 0");
-    shell.wait_exit();
+    assert!(shell.wait_exit().success(), "{}", shell.stderr());
     let id = recording_id(session);
     wait_until("the session to be listed, sealed", DELIVERY, || {
-        listed(&clone, "custos-alice")
+        listed(&clone, &user)
             .iter()
             .any(|s| s.id == id && s.sealed)
             .then_some(())
@@ -169,7 +194,7 @@ fn cargo_xtask_run_from_a_clean_clone_records_a_session_that_custos_lists_and_re
         std::fs::read(clone.join("custos-data/pki/ca.pem")).expect("CA"),
         ca
     );
-    assert!(listed(&clone, "custos-alice").iter().any(|s| s.id == id));
+    assert!(listed(&clone, &user).iter().any(|s| s.id == id));
     again.signal(libc::SIGINT);
     assert!(again.wait_exit(Duration::from_secs(120)).success());
 
