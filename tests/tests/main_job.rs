@@ -201,25 +201,25 @@ fn cargo_xtask_run_from_a_clean_clone_records_a_session_that_custos_lists_and_re
     // The capture scenario on this host, as `cargo xtask vm-test` runs it, from the clone's
     // build: its login user runs programs of ours though it may not enter the clone's folder.
     let report = dir.path().join("host.report");
-    let scenario = Command::new(release().join("custos-vmtest"))
-        .args(["guest", "auto"])
-        .arg(&report)
-        .env("CUSTOS_BIN_DIR", release())
-        .output()
-        .expect("running custos-vmtest guest");
-    assert!(
-        scenario.status.success(),
-        "the capture scenario from a folder only root may enter: {}",
-        String::from_utf8_lossy(&scenario.stderr)
+    let vmtest = |args: &[&std::ffi::OsStr], what: &str| {
+        let out = Command::new(release().join("custos-vmtest"))
+            .args(args)
+            .env("CUSTOS_BIN_DIR", release())
+            .output()
+            .expect("running custos-vmtest");
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    vmtest(
+        &["guest".as_ref(), "auto".as_ref(), report.as_os_str()],
+        "the capture scenario from a folder only root may enter",
     );
-    let judged = Command::new(release().join("custos-vmtest"))
-        .arg("judge")
-        .arg(&report)
-        .output()
-        .expect("running custos-vmtest judge");
-    assert!(
-        judged.status.success(),
-        "the capture scenario's report: {}",
-        String::from_utf8_lossy(&judged.stdout)
+    vmtest(
+        &["judge".as_ref(), report.as_os_str()],
+        "the capture scenario's report",
     );
 }
