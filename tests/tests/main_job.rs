@@ -122,8 +122,9 @@ fn cargo_xtask_run_from_a_clean_clone_records_a_session_that_custos_lists_and_re
 
     // The session it suggests, opened as suggested: `cargo xtask login` in the clone.
     assert!(
-        run.log_text()
-            .contains("open a recorded session, in another terminal here: cargo xtask login "),
+        run.log_text().contains(
+            "open a recorded session (another terminal, this folder): cargo xtask login "
+        ),
         "cargo xtask run suggests cargo xtask login:\n{}",
         run.log_text()
     );

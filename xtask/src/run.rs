@@ -86,7 +86,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         relative(&data)
     );
     println!(
-        "run: open a recorded session, in another terminal here: cargo xtask login   (a login \
+        "run: open a recorded session (another terminal, this folder): cargo xtask login   (a login \
          shell as {}; --user NAME for another user)",
         crate::login::DEFAULT_USER
     );
