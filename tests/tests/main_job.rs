@@ -1,9 +1,9 @@
 //! README's first command, as a new user runs it: `cargo xtask run` in a clean clone reaches
 //! "recording", the login session it suggests (`cargo xtask login`) is then listed by `custos
-//! sessions` under its user and replays, Ctrl-C stops
-//! everything cleanly, and a second run picks up the same data. The clone and its build live
-//! where only root can enter (as in /root, or a `mktemp -d` folder), and the capture scenario of
-//! `cargo xtask vm-test` runs on this host from that build.
+//! sessions` under its user and replays, Ctrl-C stops everything cleanly, and a second run picks
+//! up the same data. The clone and its build live where only root can enter (as in /root, or a
+//! `mktemp -d` folder), and the capture scenario of `cargo xtask vm-test` runs on this host from
+//! that build.
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
