@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agent::{Agent, ended, session as session_events, terminal_bytes},
     bin, contains, marker,
+    shared::SharedBins,
     terminal::Terminal,
     wait_echo_off,
 };
@@ -64,7 +65,9 @@ pub fn variant(name: &str) -> (&str, bool) {
 /// Runs the scenario with an agent in the variant `hooks` (see [`variant`]).
 pub fn run(hooks: &str) -> Report {
     let uid = crate::users::ensure(USER).uid.as_raw();
-    let testkit = bin("custos-testkit").display().to_string();
+    // The login user runs it: a copy it may execute wherever the checkout lives.
+    let shared = SharedBins::copy(&["custos-testkit"]);
+    let testkit = shared.path("custos-testkit").display().to_string();
     let argv: Vec<String> = std::iter::once(testkit.clone())
         .chain(ARGS.iter().map(|a| a.to_string()))
         .collect();

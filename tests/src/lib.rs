@@ -8,6 +8,8 @@
 //! - [`users`]: test users (created once, idempotently);
 //! - [`sshd`]: a real OpenSSH server on a loopback port;
 //! - [`metrics`]: a daemon's Prometheus endpoint, scraped;
+//! - [`shared`]: copies of our programs that another user may execute, wherever the checkout
+//!   lives;
 //! - [`kernels`]: the capture scenario every kernel must pass (`cargo xtask vm-test`);
 //! - [`webhook`]: an HTTPS receiver for alerts.
 //!
@@ -25,6 +27,7 @@ pub mod kernels;
 pub mod metrics;
 pub mod netns;
 pub mod quic;
+pub mod shared;
 pub mod sshd;
 pub mod terminal;
 pub mod users;

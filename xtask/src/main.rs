@@ -4,6 +4,7 @@
 //!   LLVM), tracefs and bpffs mounts, and the kernel's prerequisites. Idempotent; every other
 //!   task runs it first.
 //! - `run`: the main job on this machine.
+//! - `login`: a recorded login session (a login shell in a new audit session), no sshd needed.
 //! - `test`: the whole suite, as root, on the real kernel.
 //! - `package`: .deb and .rpm packages of the agent and the collector.
 //! - `vm-test`: the capture scenario on Debian's kernels under qemu, with each hook backend.
@@ -11,6 +12,7 @@
 //! - `lint`: rustfmt and clippy, as CI runs them.
 mod bench;
 mod cmd;
+mod login;
 mod package;
 mod pkgtest;
 mod run;
@@ -33,6 +35,8 @@ enum Task {
     Setup,
     /// Build release binaries, start a local collector and an agent recording this host.
     Run(run::RunOptions),
+    /// Open a recorded login session: a login shell as a user, in a new audit session (as root).
+    Login(login::LoginOptions),
     /// Run the whole test suite (needs root: it loads eBPF programs and starts sshd).
     Test {
         /// Only run tests whose name contains this.
@@ -57,6 +61,10 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => setup::setup(),
         Task::Run(options) => run::run(options),
+        Task::Login(options) => match login::login(options)? {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
         Task::Test { packages: true, .. } => pkgtest::test_packages(),
         Task::Test { filter, .. } => test::test(filter.as_deref()),
         Task::Package => package::package().map(|_| ()),

@@ -30,6 +30,9 @@ pub struct RunOptions {
     ports: u16,
 }
 
+/// OpenSSH's server, as Debian installs it: `run` suggests `ssh localhost` only when it is there.
+const SSHD: &str = "/usr/sbin/sshd";
+
 /// How long each daemon may take to start, and to stop.
 const START: Duration = Duration::from_secs(120);
 const STOP: Duration = Duration::from_secs(60);
@@ -82,8 +85,20 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         "run: recording: this host's login sessions go to a local collector; data in {}",
         relative(&data)
     );
-    println!("run: open a session: ssh localhost (any ssh or console login is recorded), then");
-    println!("run:   {custos} sessions");
+    println!(
+        "run: open a recorded session (another terminal, this folder): cargo xtask login   (a login \
+         shell as {}; --user NAME for another user)",
+        crate::login::DEFAULT_USER
+    );
+    if Path::new(SSHD).exists() {
+        println!("run:   or: ssh localhost (any ssh or console login is recorded)");
+    } else {
+        println!(
+            "run:   ssh logins are recorded too once an OpenSSH server runs here \
+             (apt-get install openssh-server)"
+        );
+    }
+    println!("run: then: {custos} sessions");
     println!("run:   {custos} replay ID        (also: show ID, export ID --format asciicast)");
     println!(
         "run: logs in {}, metrics at http://127.0.0.1:{}/metrics and :{}. Ctrl-C stops both; nothing is lost.",
