@@ -3,7 +3,8 @@
 //! Along a recording's path: [`ingest`] (QUIC server, agent identity from the certificate) hands
 //! batches to the [`writer`] thread, which owns the [`store`] (per-session chunk files,
 //! encrypted and hash-chained, and their index). [`api`] serves auditors (HTTPS, client
-//! certificates, every access in the [`audit`] log). [`pki`] holds the `pki` subcommands.
+//! certificates, every access in the [`audit`] log). [`tls`] loads and reloads both servers' TLS
+//! (revocation included). [`pki`] holds the `pki` subcommands.
 pub mod alerts;
 pub mod api;
 pub mod audit;
@@ -12,4 +13,5 @@ pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod store;
+pub mod tls;
 pub mod writer;

@@ -85,6 +85,8 @@ pub enum PkiError {
     Certificate(String),
     #[error("issuing a certificate: {0}")]
     Issue(String),
+    #[error("certificate registry: {0}")]
+    Registry(String),
     #[error("TLS configuration: {0}")]
     Tls(String),
 }

@@ -252,7 +252,7 @@ impl Registry {
                 .collect()
         };
         if chosen.is_empty() {
-            return Err(PkiError::Issue(format!(
+            return Err(PkiError::Registry(format!(
                 "no certificate named or numbered {what:?} in {} (pki list shows them)",
                 self.dir().display()
             )));
@@ -343,6 +343,33 @@ impl Registry {
         replace(&path, pem.as_bytes(), 0o644)?;
         Ok(path)
     }
+}
+
+/// `pki list`'s table: one certificate a line.
+pub fn table(entries: &[Entry]) -> String {
+    let now = OffsetDateTime::now_utc();
+    let day = |t: OffsetDateTime| t.date().to_string();
+    let mut out = format!(
+        "{:<9} {:<9} {:<24} {:<32} {:<10} {}\n",
+        "STATE", "ROLE", "NAME", "SERIAL", "NOT_AFTER", "REVOKED"
+    );
+    for entry in entries {
+        let revoked = match (entry.revoked_at, entry.reason) {
+            (Some(at), Some(reason)) => format!("{} {}", day(at), reason.name()),
+            (Some(at), None) => day(at),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<9} {:<9} {:<24} {:<32} {:<10} {}\n",
+            entry.state(now).name(),
+            entry.role,
+            entry.name,
+            entry.serial,
+            day(entry.not_after),
+            revoked
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
