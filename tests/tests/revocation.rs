@@ -99,7 +99,7 @@ fn a_revoked_auditor_and_agent_are_cut_off_within_five_seconds_and_refused_after
     assert!(!err.starts_with("HTTP/"), "{err}");
     let err = quic::handshake(address, &ca, Some(pair(&agent))).expect_err("agent refused");
     assert!(!err.is_empty());
-    collector.daemon.wait_log(&["refused", "revoked"], CUT_OFF);
+    collector.daemon.wait_log(&["refused", "Revoked"], CUT_OFF);
 
     // Everyone else is untouched: their open connections still work, new ones are accepted.
     assert_eq!(
