@@ -126,7 +126,11 @@ impl Reloader {
     pub fn reload(&self) -> anyhow::Result<Identity> {
         let loaded = load(&self.config);
         if let Ok(mut seen) = self.crl_seen.lock() {
-            *seen = std::fs::read(&self.config.tls.crl).unwrap_or_default();
+            // The list in force, or the refused one (not to be tried again until it changes).
+            *seen = match &loaded {
+                Ok(loaded) => loaded.crl.clone(),
+                Err(_) => std::fs::read(&self.config.tls.crl).unwrap_or_default(),
+            };
         }
         let loaded = loaded?;
         self.endpoint.set_server_config(Some(loaded.quic));

@@ -228,7 +228,7 @@ fn a_malformed_revocation_list_is_named_and_the_previous_one_stays_in_force() {
     .expect("damaging the list");
     collector.daemon.wait_log_from(
         from,
-        &["cannot be used", "crl.pem", "not a usable revocation list"],
+        &["cannot be used", "crl.pem", "revocation list"],
         CUT_OFF,
     );
     let from = collector.daemon.log_len();
