@@ -96,6 +96,11 @@ pub struct TlsConfig {
     pub ca: PathBuf,
     pub certificate: PathBuf,
     pub key: PathBuf,
+    /// The CA's certificate revocation list (`pki revoke` and `pki crl` write it).
+    pub crl: PathBuf,
+    /// How often the revocation list file is looked at for changes.
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub crl_check_every: Duration,
 }
 
 impl Default for TlsConfig {
@@ -104,6 +109,8 @@ impl Default for TlsConfig {
             ca: "/etc/custos/pki/ca.pem".into(),
             certificate: "/etc/custos/pki/collector.pem".into(),
             key: "/etc/custos/pki/collector.key".into(),
+            crl: "/etc/custos/pki/crl.pem".into(),
+            crl_check_every: Duration::from_secs(2),
         }
     }
 }
@@ -155,6 +162,11 @@ impl Config {
         }
         if self.ingest.idle_timeout < Duration::from_secs(5) {
             return Err(("ingest.idle_timeout", "must be at least 5s".into()));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60))
+            .contains(&self.tls.crl_check_every)
+        {
+            return Err(("tls.crl_check_every", "must be 100ms to 60s".into()));
         }
         if self.retention.keep.is_zero() {
             return Err(("retention.keep", "must be more than 0".into()));

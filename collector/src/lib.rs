@@ -4,7 +4,8 @@
 //! batches to the [`writer`] thread, which owns the [`store`] (per-session chunk files,
 //! encrypted and hash-chained by [`trust`], and their [`index`]). [`api`] serves auditors
 //! (HTTPS, client certificates, every access in the [`audit`] log); [`retention`] purges what
-//! is past its time unless held. [`pki`] holds the `pki` subcommands.
+//! is past its time unless held. [`tls`] loads and reloads both servers' TLS (revocation
+//! included). [`pki`] holds the `pki` subcommands.
 pub mod alerts;
 pub mod api;
 pub mod audit;
@@ -15,5 +16,6 @@ pub mod metrics;
 pub mod pki;
 pub mod retention;
 pub mod store;
+pub mod tls;
 pub mod trust;
 pub mod writer;

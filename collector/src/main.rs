@@ -141,8 +141,7 @@ fn store_command(config: Option<&std::path::Path>, command: StoreCommand) -> any
 
 /// Validates the configuration and every file it names.
 fn check(config: &Config) -> anyhow::Result<()> {
-    ingest::server_config(config)?;
-    api::tls_config(config)?;
+    custos_collector::tls::load(config)?;
     trust::keys::KeyRing::load(&config.store.key_file)?;
     trust::keys::SealKey::load(&config.store.seal_key)?;
     Ok(())
@@ -157,8 +156,8 @@ fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (server_config, identity) = ingest::server_config(&config)?;
-    let api_tls = api::tls_config(&config)?;
+    let tls = custos_collector::tls::load(&config)?;
+    let identity = tls.identity.clone();
     let store_config = config.store.clone();
     let opening = store_config.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&opening)).await??;
@@ -167,8 +166,9 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         &config.store.dir.join("audit.sqlite"),
     )?));
     let (store, writer) = StoreHandle::spawn(store);
-    let endpoint = quinn::Endpoint::server(server_config, config.ingest.listen)
+    let endpoint = quinn::Endpoint::server(tls.quic.clone(), config.ingest.listen)
         .with_context(|| format!("listening on UDP {}", config.ingest.listen))?;
+    let (reloader, tls) = custos_collector::tls::Reloader::new(&config, endpoint.clone(), tls);
     let limits = Limits {
         max_frame: config.ingest.max_frame_size.as_u64() as usize,
         max_batch_raw: config.ingest.max_batch_size.as_u64() as usize,
@@ -185,6 +185,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             limits,
             metrics: metrics.ingest.clone(),
             alerts,
+            revocation: tls.agents,
         }),
         stop_rx.clone(),
     ));
@@ -199,10 +200,11 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         retention: retention.clone(),
         metrics: metrics.clone(),
     });
-    let (api_tls_tx, api_tls_rx) = tokio::sync::watch::channel(api_tls);
+    let crl_task = tokio::spawn(reloader.clone().watch_crl(stop_tx.subscribe()));
     let api_task = tokio::spawn(api::serve(
         api::bind(config.api.listen).await?,
-        api_tls_rx,
+        tls.api,
+        tls.auditors,
         // Moved, not shared: the store writer ends (and the collector stops) only once every
         // handle to it, the retention's among them, is gone.
         api_state,
@@ -233,13 +235,12 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             Ok(()) => info!("reloaded the alert rules"),
             Err(err) => warn!(error = %err, "reload failed; keeping the running alert rules"),
         }
-        match ingest::server_config(&config)
-            .and_then(|ingest| Ok((ingest, api::tls_config(&config)?)))
-        {
-            Ok(((server_config, identity), api_tls)) => {
-                endpoint.set_server_config(Some(server_config));
-                let _ = api_tls_tx.send(api_tls);
-                info!(name = %identity.name, "reloaded the CA and the collector's certificate");
+        match reloader.reload() {
+            Ok(identity) => {
+                info!(
+                    name = %identity.name,
+                    "reloaded the CA, its revocation list and the collector's certificate"
+                );
             }
             Err(err) => warn!(
                 error = %format!("{err:#}"),
@@ -255,6 +256,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let _ = ingest_task.await;
     let _ = api_task.await;
+    let _ = crl_task.await;
     let _ = retention_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
     drop(store);

@@ -5,6 +5,7 @@ use clap::{Subcommand, ValueEnum};
 use custos_pki::{
     Role,
     issue::{self, PkiDir, Validity},
+    registry::{self, Reason, Registry},
 };
 
 use crate::trust::keys::SealKey;
@@ -30,6 +31,31 @@ pub enum PkiCommand {
     Issue {
         #[command(subcommand)]
         what: IssueCommand,
+    },
+    /// Revoke certificates: add them to the revocation list, which the collector picks up by
+    /// itself within tls.crl_check_every (or at once on SIGHUP), closing their connections.
+    Revoke {
+        /// A certificate's name (every unrevoked certificate of that name) or serial number
+        /// (as `pki list` shows it).
+        what: String,
+        /// Why (recorded in the registry and the list).
+        #[arg(long, value_enum)]
+        reason: RevokeReason,
+        /// Only certificates of this role, when revoking by name.
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Rewrite the revocation list (crl.pem) from the registry, e.g. after restoring it.
+    Crl {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// List the certificates issued, with their state: issued, expired or revoked.
+    List {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
     },
     /// Replace the collector's certificate and key (then send the collector SIGHUP).
     RenewCollector {
@@ -84,6 +110,54 @@ pub enum AuditorRole {
     Admin,
 }
 
+/// Why a certificate is revoked (RFC 5280 reason codes).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RevokeReason {
+    Unspecified,
+    /// The private key was lost or stolen.
+    KeyCompromise,
+    /// The person or host left.
+    AffiliationChanged,
+    /// Replaced by a new certificate.
+    Superseded,
+    /// No longer used.
+    CessationOfOperation,
+    /// The role's rights were taken away.
+    PrivilegeWithdrawn,
+}
+
+impl From<RevokeReason> for Reason {
+    fn from(reason: RevokeReason) -> Reason {
+        match reason {
+            RevokeReason::Unspecified => Reason::Unspecified,
+            RevokeReason::KeyCompromise => Reason::KeyCompromise,
+            RevokeReason::AffiliationChanged => Reason::AffiliationChanged,
+            RevokeReason::Superseded => Reason::Superseded,
+            RevokeReason::CessationOfOperation => Reason::CessationOfOperation,
+            RevokeReason::PrivilegeWithdrawn => Reason::PrivilegeWithdrawn,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoleArg {
+    Agent,
+    Auditor,
+    Admin,
+    Collector,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::Agent => Role::Agent,
+            RoleArg::Auditor => Role::Auditor,
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Collector => Role::Collector,
+        }
+    }
+}
+
 pub fn seal_key_paths(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("seal.key"), dir.join("seal.pub"))
 }
@@ -107,7 +181,8 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
             println!(
-                "keep {} offline if you can: it signs every certificate of this deployment",
+                "keep {} offline if you can: it signs every certificate and the revocation list \
+                 of this deployment; the collector never needs it",
                 pki.ca_key().display()
             );
         }
@@ -134,6 +209,36 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
             )?;
             println!("wrote {}", cert.display());
             println!("wrote {}", key.display());
+        }
+        PkiCommand::Revoke {
+            what,
+            reason,
+            role,
+            dir,
+        } => {
+            let registry = Registry::new(&PkiDir::new(&dir));
+            let revoked = registry.revoke(&what, role.map(Role::from), reason.into())?;
+            if revoked.is_empty() {
+                println!("{what}: already revoked");
+            }
+            for entry in &revoked {
+                println!(
+                    "revoked {} {} (serial {})",
+                    entry.role, entry.name, entry.serial
+                );
+            }
+            println!(
+                "wrote {}; the collector uses it within tls.crl_check_every (SIGHUP: at once)",
+                PkiDir::new(&dir).crl().display()
+            );
+        }
+        PkiCommand::Crl { dir } => {
+            let path = Registry::new(&PkiDir::new(&dir)).write_crl()?;
+            println!("wrote {}", path.display());
+        }
+        PkiCommand::List { dir } => {
+            let entries = Registry::new(&PkiDir::new(&dir)).entries()?;
+            print!("{}", registry::table(&entries));
         }
         PkiCommand::RenewCollector { dir, names, days } => {
             let (cert, key) =

@@ -9,7 +9,7 @@ use std::{
 };
 
 use rustls::{pki_types::pem::PemObject, sign::CertifiedKey};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::{Identity, PkiError, Role, identity_of};
 
@@ -137,6 +137,23 @@ pub fn load_pair(
     })
 }
 
+/// Reads a PEM certificate revocation list (`pki crl` writes it); its contents are checked
+/// when a verifier is built from it.
+pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, PkiError> {
+    let bytes =
+        fs::read(path).map_err(|err| PkiError::file(path, format!("cannot read: {err}")))?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| PkiError::file(path, format!("not a PEM revocation list: {err}")))?;
+    if crls.is_empty() {
+        return Err(PkiError::file(
+            path,
+            "holds no revocation list (custos-collector pki crl writes one)",
+        ));
+    }
+    Ok(crls)
+}
+
 /// Reads the CA certificate(s) a peer must chain to.
 pub fn read_ca(path: &Path) -> Result<rustls::RootCertStore, PkiError> {
     let mut roots = rustls::RootCertStore::empty();
@@ -149,11 +166,21 @@ pub fn read_ca(path: &Path) -> Result<rustls::RootCertStore, PkiError> {
 }
 
 /// Writes `contents` to `path` with `mode`, replacing it atomically if it exists (written to a
-/// temporary file, fsynced, renamed over).
+/// temporary file, fsynced, renamed over). The new file keeps the old one's owner and group
+/// (root renewing the collector's key leaves it readable by the collector's user).
 pub fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
     let tmp = path.with_extension("new");
     let _ = fs::remove_file(&tmp);
     write_new(&tmp, contents, mode)?;
+    if let Ok(old) = fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        std::os::unix::fs::chown(&tmp, Some(old.uid()), Some(old.gid())).map_err(|err| {
+            PkiError::file(
+                path,
+                format!("cannot give the new file the old one's owner: {err}"),
+            )
+        })?;
+    }
     fs::rename(&tmp, path).map_err(|err| PkiError::file(path, format!("cannot replace: {err}")))
 }
 

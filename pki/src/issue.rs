@@ -3,6 +3,8 @@
 //! A PKI directory holds the CA (`ca.pem`, `ca.key`) and the collector's certificate
 //! (`collector.pem`, `collector.key`); issued role certificates go to `issued/` unless another
 //! directory is given, as `<role>-<name>.pem` and `.key`. Keys are ECDSA P-256, written 0600.
+//! Serial numbers are random; every certificate issued is recorded in the
+//! [registry](crate::registry), and `init` writes the first (empty) revocation list.
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -17,7 +19,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::{
     PkiError, Role,
-    files::{replace, write_new},
+    files::{read_certificates, replace, write_new},
+    registry::{Registry, random_serial},
 };
 
 /// Files of a PKI directory.
@@ -50,6 +53,11 @@ impl PkiDir {
     pub fn issued(&self) -> PathBuf {
         self.dir.join("issued")
     }
+
+    /// The certificate revocation list (`pki revoke`, `pki crl`).
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
 }
 
 /// The CA lives ten years; issued certificates one year unless asked otherwise.
@@ -66,7 +74,9 @@ pub fn init(pki: &PkiDir, collector_names: &[String], days: i64) -> Result<Vec<P
     }
     fs::create_dir_all(&pki.dir)
         .map_err(|err| PkiError::file(&pki.dir, format!("cannot create: {err}")))?;
-    fs::set_permissions(&pki.dir, fs::Permissions::from_mode(0o700))
+    // Group-readable so packaging can let the collector's group in (root:custos 0750); the CA
+    // key stays 0600 and its owner's.
+    fs::set_permissions(&pki.dir, fs::Permissions::from_mode(0o750))
         .map_err(|err| PkiError::file(&pki.dir, format!("cannot set mode: {err}")))?;
     for path in [pki.ca_cert(), pki.ca_key()] {
         if path.exists() {
@@ -99,7 +109,8 @@ pub fn init(pki: &PkiDir, collector_names: &[String], days: i64) -> Result<Vec<P
         &pki.collector_key(),
         false,
     )?;
-    Ok(vec![pki.ca_cert(), pki.ca_key(), cert_path, key_path])
+    let crl = Registry::new(pki).write_crl()?;
+    Ok(vec![pki.ca_cert(), pki.ca_key(), cert_path, key_path, crl])
 }
 
 /// A new certificate and key for the collector, replacing the old ones atomically (then
@@ -183,7 +194,8 @@ impl Validity {
 
 /// Issues a certificate of `role` for `name` into `out_dir` (default: the PKI's `issued/`).
 /// An existing pair for the name is refused, unless `replace` (renewal: the files are replaced
-/// atomically, so a daemon reading them sees the old pair or the new one).
+/// atomically, so a daemon reading them sees the old pair or the new one; the old certificate
+/// is revoked as superseded).
 pub fn issue(
     pki: &PkiDir,
     role: Role,
@@ -279,6 +291,13 @@ fn issue_to(
     params.not_before = validity.not_before;
     params.not_after = validity.not_after;
     params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
+    // The certificate being replaced, revoked once its successor is in place.
+    let replaced = if replacing && cert_path.exists() {
+        Some(read_certificates(cert_path)?.remove(0))
+    } else {
+        None
+    };
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|err| PkiError::Issue(err.to_string()))?;
@@ -290,6 +309,11 @@ fn issue_to(
     } else {
         write_new(key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_new(cert_path, cert.pem().as_bytes(), 0o644)?;
+    }
+    let registry = Registry::new(pki);
+    registry.record(cert.der())?;
+    if let Some(old) = replaced {
+        registry.supersede(&old)?;
     }
     Ok((cert_path.to_path_buf(), key_path.to_path_buf()))
 }

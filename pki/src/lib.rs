@@ -5,11 +5,13 @@
 //! common name (an agent's host name, an auditor's name).
 //!
 //! - [`issue`]: creating the CA, the collector's certificate and role certificates (rcgen);
+//! - [`registry`]: the record of issued certificates, revocation and the CRL (rcgen);
 //! - [`files`]: reading and checking certificate and key files, with errors that name the file;
 //! - [`tls`]: the rustls configurations every connection uses (mutual TLS 1.3 only), and the
 //!   verifiers that refuse a certificate of the wrong role during the handshake.
 pub mod files;
 pub mod issue;
+pub mod registry;
 pub mod tls;
 
 use std::fmt;
@@ -83,6 +85,8 @@ pub enum PkiError {
     Certificate(String),
     #[error("issuing a certificate: {0}")]
     Issue(String),
+    #[error("certificate registry: {0}")]
+    Registry(String),
     #[error("TLS configuration: {0}")]
     Tls(String),
 }

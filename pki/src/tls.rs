@@ -1,6 +1,7 @@
 //! The TLS configurations of Custos's connections: TLS 1.3 only, both sides authenticated by
-//! the deployment CA. A server lists the roles it accepts; a client certificate of any other role
-//! is refused inside the handshake, with a reason the server can log.
+//! the deployment CA. A server lists the roles it accepts and checks clients against the CA's
+//! revocation list; a revoked client certificate or one of any other role is refused inside the
+//! handshake, with a reason the server can log.
 use std::{path::Path, sync::Arc};
 
 use rustls::{
@@ -29,21 +30,51 @@ pub struct TlsFiles<'a> {
     pub key: &'a Path,
 }
 
-/// A server (the collector) accepting clients whose certificate chains to the CA and has one of
-/// `accept`'s roles. Returns the configuration and the server's own identity.
+/// Verifies client certificates: the chain to the CA in `ca`, not revoked by the list in `crl`
+/// (`pki crl` writes it; a client the list cannot vouch for is refused), and one of `accept`'s
+/// roles. A malformed list is an error naming `crl`.
+pub fn client_verifier(
+    ca: &Path,
+    crl: &Path,
+    accept: &'static [Role],
+) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
+    let roots = Arc::new(files::read_ca(ca)?);
+    let crls = files::read_crls(crl)?;
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, Arc::new(provider()))
+        .with_crls(crls)
+        .build()
+        .map_err(|err| match err {
+            rustls::server::VerifierBuilderError::InvalidCrl(err) => {
+                PkiError::file(crl, format!("not a usable revocation list: {err:?}"))
+            }
+            err => PkiError::file(ca, format!("cannot verify clients with it: {err}")),
+        })?;
+    Ok(Arc::new(RoleVerifier { inner, accept }))
+}
+
+/// Whether `verifier` now refuses a peer's certificate `chain` as revoked (for connections
+/// opened before the revocation list changed).
+pub fn is_revoked(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'_>]) -> bool {
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    matches!(
+        verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()),
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Revoked
+        ))
+    )
+}
+
+/// A server (the collector) with its certificate and key from `files`, checking clients with
+/// `verifier` ([`client_verifier`]). Returns the configuration and the server's own identity.
 pub fn server_config(
     files: &TlsFiles<'_>,
-    accept: &'static [Role],
+    verifier: Arc<dyn ClientCertVerifier>,
     alpn: &[&[u8]],
 ) -> Result<(rustls::ServerConfig, Identity), PkiError> {
-    let provider = Arc::new(provider());
-    let roots = Arc::new(files::read_ca(files.ca)?);
-    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|err| PkiError::file(files.ca, format!("cannot verify clients with it: {err}")))?;
-    let verifier = Arc::new(RoleVerifier { inner, accept });
     let pair = files::load_pair(files.certificate, files.key, &[Role::Collector])?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|err| PkiError::Tls(err.to_string()))?
         .with_client_cert_verifier(verifier)

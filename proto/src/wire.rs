@@ -22,6 +22,13 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Default largest decompressed batch.
 pub const DEFAULT_MAX_BATCH_RAW: usize = 64 * 1024 * 1024;
 
+/// Connection close code: a normal close.
+pub const CLOSE_NORMAL: u32 = 0;
+/// Connection close code: the peer presented no usable identity.
+pub const CLOSE_NO_IDENTITY: u32 = 1;
+/// Connection close code: the agent's certificate was revoked while it was connected.
+pub const CLOSE_CERTIFICATE_REVOKED: u32 = 2;
+
 /// Identifies an agent's spool: created once with the spool, so that a new spool (a reinstall)
 /// starts a new sequence space.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -98,12 +98,13 @@ impl Deployment {
         let pki = self.pki();
         let config = format!(
             "[ingest]\nlisten = \"{listen}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
-             [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+             [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\ncrl = \"{crl}\"\n\
              [store]\ndir = \"{store}\"\nkey_file = \"{store_key}\"\nseal_key = \"{seal}\"\n{extra}\n",
             api = self.api_port,
             ca = pki.join("ca.pem").display(),
             cert = pki.join("collector.pem").display(),
             key = pki.join("collector.key").display(),
+            crl = pki.join("crl.pem").display(),
             store = self.path("store").display(),
             store_key = self.path("store.key").display(),
             seal = pki.join("seal.key").display(),

@@ -10,8 +10,10 @@ use std::{
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 
-/// Sends `GET path` with `identity`; returns the response's status line, or the error.
-pub fn get(port: u16, ca: &Path, identity: (&Path, &Path), path: &str) -> Result<String, String> {
+type Stream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to the API on `port` with `identity` (certificate and key files).
+fn connect(port: u16, ca: &Path, identity: (&Path, &Path)) -> Result<Stream, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
@@ -37,7 +39,12 @@ pub fn get(port: u16, ca: &Path, identity: (&Path, &Path), path: &str) -> Result
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(connection, socket);
+    Ok(rustls::StreamOwned::new(connection, socket))
+}
+
+/// Sends `GET path` with `identity`; returns the response's status line, or the error.
+pub fn get(port: u16, ca: &Path, identity: (&Path, &Path), path: &str) -> Result<String, String> {
+    let mut stream = connect(port, ca, identity)?;
     stream
         .write_all(
             format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -56,4 +63,78 @@ pub fn get(port: u16, ca: &Path, identity: (&Path, &Path), path: &str) -> Result
         .filter(|line| line.starts_with("HTTP/"))
         .map(str::to_owned)
         .ok_or_else(|| format!("no HTTP response: {text:?}"))
+}
+
+/// An API connection kept open (HTTP/1.1 keep-alive) between requests.
+pub struct Held {
+    stream: Stream,
+}
+
+impl Held {
+    /// Connects with `identity` and makes one request on the connection.
+    pub fn open(port: u16, ca: &Path, identity: (&Path, &Path)) -> Result<Held, String> {
+        let mut held = Held {
+            stream: connect(port, ca, identity)?,
+        };
+        held.get("/v1/agents")?;
+        Ok(held)
+    }
+
+    /// `GET path` on this connection; returns the status line.
+    pub fn get(&mut self, path: &str) -> Result<String, String> {
+        self.stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match self.stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                Ok(_) => return Err("connection closed".into()),
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .ok_or_else(|| format!("no content-length in {head:?}"))?;
+        let mut body = vec![0u8; length];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|e| e.to_string())?;
+        Ok(head.lines().next().unwrap_or_default().to_owned())
+    }
+
+    /// Waits up to `timeout` for the server to end the connection; whether it did.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if self.stream.sock.set_read_timeout(Some(left)).is_err() {
+                return true;
+            }
+            let mut byte = [0u8; 1];
+            match self.stream.read(&mut byte) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
 }

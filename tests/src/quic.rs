@@ -135,3 +135,48 @@ pub fn requests(
         Ok(answers)
     })
 }
+
+/// A QUIC connection kept open, driven by its own runtime while the test does other things.
+pub struct Held {
+    runtime: tokio::runtime::Runtime,
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+}
+
+impl Held {
+    /// Connects with `identity` (certificate and key files).
+    pub fn open(address: SocketAddr, ca: &Path, identity: (&Path, &Path)) -> Result<Held, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (endpoint, connection) = runtime.block_on(connect(address, ca, Some(identity)))?;
+        Ok(Held {
+            runtime,
+            endpoint,
+            connection,
+        })
+    }
+
+    /// Waits up to `timeout` for the connection to close; why it closed, if it did.
+    pub fn closed_within(&self, timeout: Duration) -> Option<quinn::ConnectionError> {
+        self.runtime
+            .block_on(tokio::time::timeout(timeout, self.connection.closed()))
+            .ok()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.connection.close(0u32.into(), b"test done");
+        if std::thread::panicking() {
+            return;
+        }
+        let endpoint = self.endpoint.clone();
+        let _ = self.runtime.block_on(tokio::time::timeout(
+            Duration::from_secs(2),
+            endpoint.wait_idle(),
+        ));
+    }
+}

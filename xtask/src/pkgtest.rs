@@ -74,12 +74,13 @@ pub fn test_packages() -> anyhow::Result<()> {
         ),
         ("/etc/custos/collector.toml", "640 root custos"),
         ("/var/lib/custos-collector", "700 custos custos"),
-        ("/etc/custos/pki", "700 custos custos"),
-        ("/etc/custos/pki/ca.key", "600 custos custos"),
+        ("/etc/custos/pki", "750 root custos"),
+        ("/etc/custos/pki/ca.key", "600 root root"),
         ("/etc/custos/pki/collector.key", "600 custos custos"),
         ("/etc/custos/pki/store.key", "600 custos custos"),
         ("/etc/custos/pki/seal.key", "600 custos custos"),
-        ("/etc/custos/pki/ca.pem", "644 custos custos"),
+        ("/etc/custos/pki/ca.pem", "644 root root"),
+        ("/etc/custos/pki/crl.pem", "644 root root"),
     ] {
         let found = root.sh(&format!("stat -c '%a %U %G' {path}"))?;
         check(
@@ -87,6 +88,25 @@ pub fn test_packages() -> anyhow::Result<()> {
             format!("{path} is {expected} (found {})", found.output.trim()),
         );
     }
+
+    // Key separation: the network-facing daemon's user cannot read the CA key, but can read
+    // what it runs with.
+    let ca_key =
+        root.sh("setpriv --reuid=custos --regid=custos --init-groups cat /etc/custos/pki/ca.key")?;
+    check(
+        !ca_key.ok,
+        "the collector's user custos cannot read /etc/custos/pki/ca.key".to_owned(),
+    );
+    let own = root.sh(
+        "setpriv --reuid=custos --regid=custos --init-groups cat /etc/custos/pki/collector.key /etc/custos/pki/crl.pem >/dev/null",
+    )?;
+    check(
+        own.ok,
+        format!(
+            "the collector's user reads its key and the revocation list ({})",
+            own.output.trim()
+        ),
+    );
 
     for (binary, expected) in [
         ("custos-agent", "custos-agent "),

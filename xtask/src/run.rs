@@ -195,7 +195,7 @@ impl DevDeployment {
                 "# Written by cargo xtask run on every start.\n\
                  [ingest]\nlisten = \"127.0.0.1:{ingest}\"\n\
                  [api]\nlisten = \"127.0.0.1:{api}\"\n\
-                 [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+                 [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\ncrl = \"{crl}\"\n\
                  [store]\ndir = \"{store}\"\nkey_file = \"{store_key}\"\nseal_key = \"{seal}\"\n\
                  [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
                 ingest = ports,
@@ -204,6 +204,7 @@ impl DevDeployment {
                 ca = path(&pki.join("ca.pem")),
                 cert = path(&pki.join("collector.pem")),
                 key = path(&pki.join("collector.key")),
+                crl = path(&pki.join("crl.pem")),
                 store = path(&data.join("store")),
                 store_key = path(&store_key),
                 seal = path(&pki.join("seal.key")),
@@ -249,8 +250,9 @@ impl DevDeployment {
     }
 }
 
-/// Creates, when missing, a CA and collector certificate (for localhost and 127.0.0.1) and a
-/// seal key under `pki`, and a store key at `store_key`, with the collector's own commands.
+/// Creates, when missing, a CA and collector certificate (for localhost and 127.0.0.1), a seal
+/// key and a revocation list under `pki`, and a store key at `store_key`, with the collector's
+/// own commands.
 pub(crate) fn ensure_pki(collector: &Path, pki: &Path, store_key: &Path) -> anyhow::Result<()> {
     if !pki.join("ca.pem").exists() {
         cmd::output(
@@ -258,6 +260,14 @@ pub(crate) fn ensure_pki(collector: &Path, pki: &Path, store_key: &Path) -> anyh
                 .args(["pki", "init", "--dir"])
                 .arg(pki)
                 .args(["--name", "localhost", "--name", "127.0.0.1"]),
+        )?;
+    }
+    // A PKI made before revocation lists existed gets its first one.
+    if !pki.join("crl.pem").exists() {
+        cmd::output(
+            Command::new(collector)
+                .args(["pki", "crl", "--dir"])
+                .arg(pki),
         )?;
     }
     if !store_key.exists() {

@@ -12,7 +12,7 @@ use axum::{
     Router,
     routing::{delete, get, post},
 };
-use custos_pki::{Identity, Role, tls::TlsFiles};
+use custos_pki::{Identity, Role};
 use custos_proto::api::path;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -23,7 +23,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::{config::Config, retention::Retention, store::StoreConfig};
+use crate::{retention::Retention, store::StoreConfig, tls::Revocation};
 
 pub use export::Asciicast;
 
@@ -43,18 +43,7 @@ pub struct ApiState {
 }
 
 /// Roles that may connect at all.
-const ROLES: [Role; 2] = [Role::Auditor, Role::Admin];
-
-/// The TLS configuration for auditors' connections, from the files in `config`.
-pub fn tls_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let files = TlsFiles {
-        ca: &config.tls.ca,
-        certificate: &config.tls.certificate,
-        key: &config.tls.key,
-    };
-    let (tls, _) = custos_pki::tls::server_config(&files, &ROLES, &[b"http/1.1"])?;
-    Ok(Arc::new(tls))
-}
+pub const ROLES: [Role; 2] = [Role::Auditor, Role::Admin];
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -74,10 +63,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Serves HTTPS on `listener` until `stop`; `tls` may be replaced (SIGHUP) while running.
+/// Serves HTTPS on `listener` until `stop`; `tls` may be replaced (SIGHUP, a new revocation
+/// list) while running, and a connection whose certificate `revocation` revokes is aborted.
 pub async fn serve(
     listener: TcpListener,
     tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+    revocation: Revocation,
     state: Arc<ApiState>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -101,6 +92,7 @@ pub async fn serve(
         }
         let acceptor = TlsAcceptor::from(tls.borrow().clone());
         let app = app.clone();
+        let mut revocation = revocation.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(20), acceptor.accept(stream))
                 .await
@@ -115,12 +107,16 @@ pub async fn serve(
                     return;
                 }
             };
-            let identity = tls
+            let chain: Vec<_> = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .ok_or_else(|| "no client certificate".to_owned())
-                .and_then(|chain| custos_pki::tls::peer_identity(chain).map_err(|e| e.to_string()));
+                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let identity = match chain.is_empty() {
+                true => Err("no client certificate".to_owned()),
+                false => custos_pki::tls::peer_identity(&chain).map_err(|e| e.to_string()),
+            };
             let identity = match identity {
                 Ok(identity) => identity,
                 Err(reason) => {
@@ -129,13 +125,18 @@ pub async fn serve(
                 }
             };
             debug!(peer = %peer, caller = %identity, "API connection");
+            let caller = identity.to_string();
             let service =
                 TowerToHyperService::new(app.layer(axum::Extension(Caller { identity, peer })));
-            if let Err(err) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                debug!(peer = %peer, error = %err, "API connection ended");
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::select! {
+                ended = connection => if let Err(err) = ended {
+                    debug!(peer = %peer, error = %err, "API connection ended");
+                },
+                () = revocation.revoked(&chain) => {
+                    warn!(peer = %peer, caller, "certificate revoked: API connection aborted");
+                }
             }
         });
     }

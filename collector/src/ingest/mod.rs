@@ -10,14 +10,13 @@ mod stream;
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
-use custos_pki::{Identity, Role, tls::TlsFiles};
 use custos_proto::wire;
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use crate::metrics::IngestMetrics;
-use crate::{config::Config, writer::StoreHandle};
+use crate::{config::Config, tls::Revocation, writer::StoreHandle};
 
 /// What every connection and stream of ingest shares.
 pub struct Ingest {
@@ -26,6 +25,8 @@ pub struct Ingest {
     pub metrics: Arc<IngestMetrics>,
     /// Stored batches go on to the alert engine.
     pub alerts: crate::alerts::AlertFeed,
+    /// Closes connections whose agent certificate is revoked.
+    pub revocation: Revocation,
 }
 
 /// Limits applied to every stream.
@@ -35,14 +36,11 @@ pub struct Limits {
     pub max_batch_raw: usize,
 }
 
-/// Builds the QUIC server configuration from the TLS files and limits in `config`.
-pub fn server_config(config: &Config) -> anyhow::Result<(quinn::ServerConfig, Identity)> {
-    let files = TlsFiles {
-        ca: &config.tls.ca,
-        certificate: &config.tls.certificate,
-        key: &config.tls.key,
-    };
-    let (tls, identity) = custos_pki::tls::server_config(&files, &[Role::Agent], &[wire::ALPN])?;
+/// The QUIC server configuration: `tls` (see [`crate::tls`]) and the limits in `config`.
+pub fn quic_config(
+    config: &Config,
+    tls: rustls::ServerConfig,
+) -> anyhow::Result<quinn::ServerConfig> {
     let crypto = QuicServerConfig::try_from(tls).context("TLS configuration unusable for QUIC")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -57,7 +55,7 @@ pub fn server_config(config: &Config) -> anyhow::Result<(quinn::ServerConfig, Id
                 .context("ingest.idle_timeout too large")?,
         ));
     server.transport_config(Arc::new(transport));
-    Ok((server, identity))
+    Ok(server)
 }
 
 /// Accepts connections until `stop` turns true.
@@ -93,13 +91,13 @@ pub async fn serve(
 
 async fn handle_connection(connection: quinn::Connection, remote: SocketAddr, ingest: Arc<Ingest>) {
     let metrics = &ingest.metrics;
-    let identity = match connection
-        .peer_identity()
-        .and_then(|any| {
-            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .map(|chain| custos_pki::tls::peer_identity(&chain))
+    let chain = connection.peer_identity().and_then(|any| {
+        any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    let identity = match chain
+        .as_deref()
+        .map(|chain| custos_pki::tls::peer_identity(chain))
     {
         Some(Ok(identity)) => identity,
         other => {
@@ -109,10 +107,13 @@ async fn handle_connection(connection: quinn::Connection, remote: SocketAddr, in
             };
             metrics.connections_refused.inc();
             warn!(peer = %remote, reason, "refused a connection");
-            connection.close(1u32.into(), b"no usable identity");
+            connection.close(wire::CLOSE_NO_IDENTITY.into(), b"no usable identity");
             return;
         }
     };
+    let chain = chain.unwrap_or_default();
+    let mut revocation = ingest.revocation.clone();
+    let mut revoked = false;
     metrics.connections_accepted.inc();
     metrics.connected_agents.inc();
     info!(agent = %identity.name, peer = %remote, "agent connected");
@@ -121,11 +122,18 @@ async fn handle_connection(connection: quinn::Connection, remote: SocketAddr, in
         address: remote,
     });
     let reason = loop {
-        match connection.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::spawn(stream::handle(send, recv, peer.clone(), ingest.clone()));
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    tokio::spawn(stream::handle(send, recv, peer.clone(), ingest.clone()));
+                }
+                Err(err) => break err,
+            },
+            () = revocation.revoked(&chain), if !revoked => {
+                revoked = true;
+                warn!(agent = %peer.identity.name, peer = %remote, "agent certificate revoked: closing its connection");
+                connection.close(wire::CLOSE_CERTIFICATE_REVOKED.into(), b"certificate revoked");
             }
-            Err(err) => break err,
         }
     };
     metrics.connected_agents.dec();

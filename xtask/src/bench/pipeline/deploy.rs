@@ -70,12 +70,13 @@ impl Deployment {
             &config,
             format!(
                 "[ingest]\nlisten = \"127.0.0.1:{ingest}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
-                 [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\n\
+                 [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\ncrl = \"{crl}\"\n\
                  [store]\ndir = \"{store}\"\nkey_file = \"{store_key}\"\nseal_key = \"{seal}\"\n\
                  [metrics]\nlisten = \"127.0.0.1:0\"\n",
                 ca = path(pki.join("ca.pem")),
                 cert = path(pki.join("collector.pem")),
                 key = path(pki.join("collector.key")),
+                crl = path(pki.join("crl.pem")),
                 store = store.display(),
                 store_key = path(self.store_key()),
                 seal = path(pki.join("seal.key")),
