@@ -8,7 +8,8 @@
 //! is shown visibly and unambiguously: `\n`, `\r`, `\t`, `\\` for a backslash, `\x1b` for other
 //! C0 controls and DEL, `\u{9b}` for C1 controls, `\u{202e}` for bidi, zero-width and other
 //! invisible format characters, line and paragraph separators. Everything else prints as is.
-//! JSON output needs none of this: serde escapes control characters itself.
+//! JSON output goes through [`json`]: serde escapes C0 controls itself, [`json`] escapes the
+//! rest (DEL, C1, bidi and invisible characters) as `\uXXXX`, so the JSON stays the same value.
 use std::{borrow::Cow, fmt::Write as _};
 
 /// Whether `c` prints as itself.
@@ -55,6 +56,27 @@ pub fn text(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Serialized JSON with the characters serde leaves raw (DEL, C1 controls, bidi and invisible
+/// format characters, all in the Basic Multilingual Plane and only ever inside strings)
+/// written as `\uXXXX` escapes: the same JSON value, safe on a terminal.
+pub fn json(serialized: &str) -> Cow<'_, str> {
+    if serialized
+        .chars()
+        .all(|c| c == '\\' || plain(c) || c == '\n')
+    {
+        return Cow::Borrowed(serialized);
+    }
+    let mut out = String::with_capacity(serialized.len() + 8);
+    for c in serialized.chars() {
+        if c == '\\' || c == '\n' || plain(c) {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// [`text`] of an optional value, `-` when there is none.
 pub fn or_dash(s: Option<&str>) -> Cow<'_, str> {
     s.map(text).unwrap_or(Cow::Borrowed("-"))
@@ -89,6 +111,20 @@ mod tests {
             text("a\u{2066}b\u{2069}\u{200b}\u{feff}\u{2028}"),
             "a\\u{2066}b\\u{2069}\\u{200b}\\u{feff}\\u{2028}"
         );
+    }
+
+    #[test]
+    fn json_stays_the_same_value_without_raw_controls() {
+        let value =
+            serde_json::json!({"argv": ["a\x1b[2Kb", "c\u{9b}6n", "d\u{202e}e\u{7f}", "\\"]});
+        let pretty = serde_json::to_string_pretty(&value).expect("serializes");
+        let safe = json(&pretty);
+        assert!(
+            !safe.chars().any(|c| c != '\n' && !plain(c) && c != '\\'),
+            "{safe}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&safe).expect("still JSON");
+        assert_eq!(back, value);
     }
 
     /// A recorded name cannot pose as an escape: backslashes are doubled.

@@ -231,7 +231,7 @@ fn client(connection: &Connection) -> anyhow::Result<Client> {
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    println!("{}", escape::json(&serde_json::to_string_pretty(value)?));
     Ok(())
 }
 
