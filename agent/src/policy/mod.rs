@@ -180,7 +180,7 @@ pub const LONGEST_HOLD: Duration = Duration::from_secs(30);
 /// A terminal stream's held bytes and what the event that releases them needs.
 struct Held {
     window: Window,
-    /// The event time of the oldest held byte.
+    /// The event time the next release carries.
     time: Timestamp,
     process: Process,
     echoed: bool,

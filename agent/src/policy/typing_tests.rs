@@ -174,45 +174,42 @@ fn answer(prompt: &str, value: &str, gap: Duration, echo: Echo) -> Typing {
     session
 }
 
-fn no_digits(text: &str) -> bool {
-    !text.bytes().any(|b| b.is_ascii_digit())
+/// `value` answered to `prompt` at 150 ms and at 1.5 s between keys, echoed by the terminal
+/// and by the program: the keystrokes are `masked` + Enter, the screen the prompt and the echo
+/// of `masked`; no digit of the value is ever released.
+fn answers_are_caught(prompt: &str, value: &str, masked: &str) {
+    for gap in [Duration::from_millis(150), Duration::from_millis(1500)] {
+        for echo in [Echo::Terminal, Echo::Program] {
+            let session = answer(prompt, value, gap, echo);
+            let (typed, shown) = (session.typed(), session.shown());
+            let case = format!("{gap:?} {echo:?}: typed {typed:?}, shown {shown:?}");
+            assert!(
+                !typed
+                    .bytes()
+                    .chain(shown.bytes())
+                    .any(|b| b.is_ascii_digit()),
+                "{case}"
+            );
+            assert_eq!(typed, format!("{masked}\r"), "{case}");
+            let echoed = match echo {
+                Echo::Terminal => String::new(),
+                Echo::Program => format!("{masked}\r\n"),
+            };
+            assert_eq!(shown, format!("{prompt}{echoed}"), "{case}");
+        }
+    }
 }
 
 #[test]
 fn an_ssn_typed_a_key_at_a_time_is_caught_at_150_ms_and_1_5_s() {
-    for gap in [Duration::from_millis(150), Duration::from_millis(1500)] {
-        for echo in [Echo::Terminal, Echo::Program] {
-            let session = answer("$ ", "123-45-6789", gap, echo);
-            let (typed, shown) = (session.typed(), session.shown());
-            let case = format!("{gap:?} {echo:?}: typed {typed:?}, shown {shown:?}");
-            assert_eq!(typed, "***-**-****\r", "{case}");
-            match echo {
-                Echo::Terminal => assert_eq!(shown, "$ ", "{case}"),
-                Echo::Program => assert_eq!(shown, "$ ***-**-****\r\n", "{case}"),
-            }
-        }
-    }
+    answers_are_caught("$ ", "123-45-6789", "***-**-****");
 }
 
 /// The label is printed (and released) seconds before the date is typed: the keystrokes and
 /// the echo are still known to be a date of birth.
 #[test]
 fn a_date_typed_after_its_label_is_caught_at_150_ms_and_1_5_s() {
-    for gap in [Duration::from_millis(150), Duration::from_millis(1500)] {
-        for echo in [Echo::Terminal, Echo::Program] {
-            let session = answer("Patient DOB: ", "04/13/1962", gap, echo);
-            let (typed, shown) = (session.typed(), session.shown());
-            let case = format!("{gap:?} {echo:?}: typed {typed:?}, shown {shown:?}");
-            assert!(no_digits(&typed) && no_digits(&shown), "{case}");
-            assert_eq!(typed, "**/**/****\r", "{case}");
-            match echo {
-                Echo::Terminal => assert_eq!(shown, "Patient DOB: ", "{case}"),
-                Echo::Program => {
-                    assert_eq!(shown, "Patient DOB: **/**/****\r\n", "{case}")
-                }
-            }
-        }
-    }
+    answers_are_caught("Patient DOB: ", "04/13/1962", "**/**/****");
 }
 
 /// The label typed too, at human speed, in the same stream as the date.
