@@ -133,7 +133,8 @@ pub struct RedactionConfig {
     /// Raw bytes each terminal stream holds back so that a value split across writes is still
     /// matched...
     pub window: ByteSize,
-    /// ...for at most this long.
+    /// ...until the stream has been quiet this long (a value typed with shorter pauses is held
+    /// whole), and never longer than `policy::LONGEST_HOLD`.
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub hold: Duration,
 }
@@ -147,7 +148,7 @@ impl Default for RedactionConfig {
                 .unwrap_or_default(),
             key_file: None,
             window: ByteSize::b(256),
-            hold: Duration::from_secs(1),
+            hold: Duration::from_millis(2500),
         }
     }
 }

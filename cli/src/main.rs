@@ -1,6 +1,7 @@
 //! `custos`: the auditor's command line. A thin HTTPS client of the collector's query API; it
 //! never opens the store itself, and every request it makes is in the collector's access log.
 mod client;
+mod escape;
 mod render;
 mod replay;
 mod sanitize;
@@ -216,7 +217,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            let _ = writeln!(std::io::stderr(), "custos: {err:#}");
+            // The collector's messages may quote recorded text.
+            let message = format!("{err:#}");
+            let _ = writeln!(std::io::stderr(), "custos: {}", escape::text(&message));
             ExitCode::from(2)
         }
     }
@@ -234,7 +237,7 @@ fn client(connection: &Connection) -> anyhow::Result<Client> {
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    println!("{}", escape::json(&serde_json::to_string_pretty(value)?));
     Ok(())
 }
 
@@ -311,8 +314,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut notes = Vec::new();
             if played.gaps > 0 {
                 notes.push(format!(
-                    "{} gaps (custos show {id} lists them)",
-                    played.gaps
+                    "{} gaps (custos show {} lists them)",
+                    played.gaps,
+                    escape::text(&id)
                 ));
             }
             if played.suppressed_input > 0 {
@@ -328,7 +332,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ));
             }
             if !notes.is_empty() {
-                eprintln!("\ncustos: replay of {id}: {}", notes.join("; "));
+                eprintln!(
+                    "\ncustos: replay of {}: {}",
+                    escape::text(&id),
+                    notes.join("; ")
+                );
             }
         }
         Command::Export { id, format, output } => export(&client, &id, format, output)?,
@@ -367,7 +375,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", render::access_log(&log.entries));
             }
             if let Some(broken) = broken {
-                eprintln!("custos: WARNING: the access log's chain is broken: {broken}");
+                eprintln!(
+                    "custos: WARNING: the access log's chain is broken: {}",
+                    escape::text(&broken)
+                );
                 return Ok(ExitCode::from(1));
             }
         }
@@ -377,7 +388,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for h in &holds.holds {
                     println!(
                         "{}  {} {}  by {} at {}: {}",
-                        h.id, h.kind, h.target, h.created_by, h.created, h.reason
+                        h.id,
+                        h.kind,
+                        escape::text(&h.target),
+                        escape::text(&h.created_by),
+                        h.created,
+                        escape::text(&h.reason)
                     );
                 }
                 if holds.holds.is_empty() {
@@ -402,7 +418,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         reason,
                     },
                 )?;
-                println!("hold {} placed on {} {}", hold.id, hold.kind, hold.target);
+                println!(
+                    "hold {} placed on {} {}",
+                    hold.id,
+                    hold.kind,
+                    escape::text(&hold.target)
+                );
             }
             HoldCommand::Remove { id } => {
                 client.delete(&path::with_id(path::HOLD, &encode(&id.to_string())))?;
@@ -421,10 +442,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let report: PurgeReport =
                     client.post(path::RETENTION_PURGE, &serde_json::json!({}))?;
                 for id in &report.purged {
-                    println!("purged {id}");
+                    println!("purged {}", escape::text(id));
                 }
                 for id in &report.held {
-                    println!("kept   {id} (held)");
+                    println!("kept   {} (held)", escape::text(id));
                 }
                 println!(
                     "{} purged, {} expired but held",

@@ -1,6 +1,6 @@
 //! What auditors read: tables of sessions, a session's timeline as a process tree, search
 //! results, verification reports, the access log, the agents.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use comfy_table::{Table, presets::NOTHING};
 use custos_proto::{
@@ -10,6 +10,8 @@ use custos_proto::{
         VerifyResult,
     },
 };
+
+use crate::escape;
 
 fn time(t: Option<Timestamp>) -> String {
     t.map(|t| t.to_jiff().strftime("%Y-%m-%d %H:%M:%SZ").to_string())
@@ -73,10 +75,10 @@ pub fn sessions(sessions: &[SessionSummary], truncated: bool) -> String {
     ]);
     for s in sessions {
         table.add_row(vec![
-            s.id.clone(),
-            s.login_user.clone().unwrap_or_else(|| "-".into()),
-            s.host.clone(),
-            s.tty.clone().unwrap_or_else(|| "-".into()),
+            escape::text(&s.id).into_owned(),
+            escape::or_dash(s.login_user.as_deref()).into_owned(),
+            escape::text(&s.host).into_owned(),
+            escape::or_dash(s.tty.as_deref()).into_owned(),
             time(s.start.or(s.last)),
             duration(s),
             s.commands.to_string(),
@@ -94,9 +96,13 @@ pub fn sessions(sessions: &[SessionSummary], truncated: bool) -> String {
 
 fn command_line(c: &CommandInfo) -> String {
     if c.argv.is_empty() {
-        c.filename.clone()
+        escape::text(&c.filename).into_owned()
     } else {
-        c.argv.join(" ")
+        c.argv
+            .iter()
+            .map(|a| escape::text(a))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -121,21 +127,25 @@ fn open_outcome(f: &FileInfo) -> String {
 pub fn detail(detail: &SessionDetail) -> String {
     let s = &detail.summary;
     let mut out = String::new();
-    out.push_str(&format!("Session {}\n", s.id));
+    out.push_str(&format!("Session {}\n", escape::text(&s.id)));
     out.push_str(&format!(
         "  user      {}{}\n",
-        s.login_user.as_deref().unwrap_or("-"),
+        escape::or_dash(s.login_user.as_deref()),
         s.login_uid
             .map(|u| format!(" (uid {u})"))
             .unwrap_or_default()
     ));
-    out.push_str(&format!("  host      {} (boot {})\n", s.host, s.boot_id));
+    out.push_str(&format!(
+        "  host      {} (boot {})\n",
+        escape::text(&s.host),
+        escape::text(&s.boot_id)
+    ));
     out.push_str(&format!(
         "  terminal  {}\n",
-        s.tty.as_deref().unwrap_or("-")
+        escape::or_dash(s.tty.as_deref())
     ));
     if let Some(remote) = &s.remote {
-        out.push_str(&format!("  from      {remote}\n"));
+        out.push_str(&format!("  from      {}\n", escape::text(remote)));
     }
     out.push_str(&format!("  start     {}\n", time(s.start)));
     out.push_str(&format!("  end       {} ({})\n", time(s.end), duration(s)));
@@ -157,92 +167,16 @@ pub fn detail(detail: &SessionDetail) -> String {
         ));
     }
     out.push_str("\nTimeline (commands as a process tree, with the files each opened):\n");
-    // Processes that ran commands, children under their parents.
-    let mut by_pid: BTreeMap<u32, Vec<&CommandInfo>> = BTreeMap::new();
-    for c in &detail.commands {
-        by_pid.entry(c.pid).or_default().push(c);
-    }
-    let mut files: HashMap<u32, Vec<&FileInfo>> = HashMap::new();
-    for f in &detail.files {
-        files.entry(f.pid).or_default().push(f);
-    }
-    let parent_of: HashMap<u32, u32> = detail.commands.iter().map(|c| (c.pid, c.ppid)).collect();
-    let mut roots: Vec<u32> = by_pid
-        .keys()
-        .copied()
-        .filter(|pid| {
-            parent_of
-                .get(pid)
-                .is_none_or(|ppid| !by_pid.contains_key(ppid))
-        })
-        .collect();
-    let first = |pid: &u32| {
-        by_pid
-            .get(pid)
-            .and_then(|cs| cs.first())
-            .map(|c| c.seq)
-            .unwrap_or(0)
-    };
-    roots.sort_by_key(first);
-    fn walk(
-        pid: u32,
-        depth: usize,
-        by_pid: &BTreeMap<u32, Vec<&CommandInfo>>,
-        files: &HashMap<u32, Vec<&FileInfo>>,
-        parent_of: &HashMap<u32, u32>,
-        out: &mut String,
-    ) {
-        let indent = "  ".repeat(depth);
-        for c in by_pid.get(&pid).into_iter().flatten() {
-            let as_user = match &c.user {
-                Some(user) => format!(" as {user}"),
-                None => String::new(),
-            };
-            out.push_str(&format!(
-                "{}  {indent}[{}] {}   (in {}{as_user})  {}\n",
-                clock(c.time),
-                c.pid,
-                command_line(c),
-                c.cwd,
-                outcome(c)
-            ));
-        }
-        for f in files.get(&pid).into_iter().flatten() {
-            out.push_str(&format!(
-                "{}  {indent}    opened {} ({}){}\n",
-                clock(f.time),
-                f.path,
-                f.access,
-                open_outcome(f)
-            ));
-        }
-        let mut children: Vec<u32> = by_pid
-            .keys()
-            .copied()
-            .filter(|child| parent_of.get(child) == Some(&pid) && *child != pid)
-            .collect();
-        children.sort_by_key(|child| {
-            by_pid
-                .get(child)
-                .and_then(|cs| cs.first())
-                .map(|c| c.seq)
-                .unwrap_or(0)
-        });
-        for child in children {
-            walk(child, depth + 1, by_pid, files, parent_of, out);
-        }
-    }
-    for root in roots {
-        walk(root, 0, &by_pid, &files, &parent_of, &mut out);
-    }
+    timeline(detail, &mut out);
     if detail.commands.is_empty() {
         out.push_str("  (no commands)\n");
     }
     // Files of processes that ran no command of their own (the shell itself, say).
+    let ran: HashSet<u32> = detail.commands.iter().map(|c| c.pid).collect();
     let stray: Vec<&FileInfo> = detail
         .files
         .iter()
-        .filter(|f| !by_pid.contains_key(&f.pid))
+        .filter(|f| !ran.contains(&f.pid))
         .collect();
     if !stray.is_empty() {
         out.push_str("\nFiles opened by processes that ran no recorded command:\n");
@@ -251,8 +185,8 @@ pub fn detail(detail: &SessionDetail) -> String {
                 "{}  [{}] {} ({}){}\n",
                 clock(f.time),
                 f.pid,
-                f.path,
-                f.access,
+                escape::text(&f.path),
+                escape::text(&f.access),
                 open_outcome(f)
             ));
         }
@@ -264,13 +198,102 @@ pub fn detail(detail: &SessionDetail) -> String {
                 "  {} .. {}  {}: {} records, {}\n",
                 clock(g.from),
                 clock(g.to),
-                g.reason,
+                escape::text(&g.reason),
                 g.records,
                 bytes(g.bytes)
             ));
         }
     }
     out
+}
+
+/// Processes that ran commands, children under their parents, each process once whatever its
+/// recorded parent says: pid reuse can make two processes each other's parent, or a process its
+/// own, and a chain can be deeper than any stack.
+fn timeline(detail: &SessionDetail, out: &mut String) {
+    let mut by_pid: BTreeMap<u32, Vec<&CommandInfo>> = BTreeMap::new();
+    for c in &detail.commands {
+        by_pid.entry(c.pid).or_default().push(c);
+    }
+    let mut files: HashMap<u32, Vec<&FileInfo>> = HashMap::new();
+    for f in &detail.files {
+        files.entry(f.pid).or_default().push(f);
+    }
+    let first = |pid: &u32| by_pid[pid].first().map(|c| c.seq).unwrap_or(0);
+    // A process's parent is the one its first command names.
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (pid, commands) in &by_pid {
+        let ppid = commands.first().map(|c| c.ppid).unwrap_or(0);
+        if ppid != *pid && by_pid.contains_key(&ppid) {
+            children.entry(ppid).or_default().push(*pid);
+        }
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(first);
+    }
+    // Roots first (processes whose parent ran no command), then, for processes only reachable
+    // through a cycle, the one seen first of each.
+    let mut order: Vec<u32> = by_pid.keys().copied().collect();
+    order.sort_by_key(|pid| {
+        let ppid = by_pid[pid].first().map(|c| c.ppid).unwrap_or(0);
+        let root = ppid == *pid || !by_pid.contains_key(&ppid);
+        (!root, first(pid))
+    });
+    let mut shown: HashSet<u32> = HashSet::new();
+    for start in order {
+        if !shown.insert(start) {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        while let Some((pid, depth)) = stack.pop() {
+            process(pid, depth, &by_pid, &files, out);
+            for child in children.get(&pid).into_iter().flatten().rev() {
+                if shown.insert(*child) {
+                    stack.push((*child, depth + 1));
+                }
+            }
+        }
+    }
+}
+
+/// Deeper levels are numbered rather than indented further.
+const MAX_INDENT: usize = 16;
+
+/// One process of the timeline: its commands, then the files it opened.
+fn process(
+    pid: u32,
+    depth: usize,
+    by_pid: &BTreeMap<u32, Vec<&CommandInfo>>,
+    files: &HashMap<u32, Vec<&FileInfo>>,
+    out: &mut String,
+) {
+    let mut indent = "  ".repeat(depth.min(MAX_INDENT));
+    if depth > MAX_INDENT {
+        indent.push_str(&format!("(depth {depth}) "));
+    }
+    for c in by_pid.get(&pid).into_iter().flatten() {
+        let as_user = match &c.user {
+            Some(user) => format!(" as {}", escape::text(user)),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "{}  {indent}[{}] {}   (in {}{as_user})  {}\n",
+            clock(c.time),
+            c.pid,
+            command_line(c),
+            escape::text(&c.cwd),
+            outcome(c)
+        ));
+    }
+    for f in files.get(&pid).into_iter().flatten() {
+        out.push_str(&format!(
+            "{}  {indent}    opened {} ({}){}\n",
+            clock(f.time),
+            escape::text(&f.path),
+            escape::text(&f.access),
+            open_outcome(f)
+        ));
+    }
 }
 
 pub fn search(hits: &[SearchHit], truncated: bool) -> String {
@@ -282,9 +305,9 @@ pub fn search(hits: &[SearchHit], truncated: bool) -> String {
         let s = &hit.session;
         out.push_str(&format!(
             "{}  {}@{}  {}\n",
-            s.id,
-            s.login_user.as_deref().unwrap_or("-"),
-            s.host,
+            escape::text(&s.id),
+            escape::or_dash(s.login_user.as_deref()),
+            escape::text(&s.host),
             time(s.start.or(s.last))
         ));
         for m in &hit.matches {
@@ -292,7 +315,7 @@ pub fn search(hits: &[SearchHit], truncated: bool) -> String {
                 "    {}  [{}] {}\n",
                 time(Some(m.time)),
                 m.pid,
-                m.what
+                escape::text(&m.what)
             ));
         }
     }
@@ -308,14 +331,15 @@ pub fn verify(results: &[VerifyResult]) -> String {
         if r.ok {
             out.push_str(&format!(
                 "OK      {}  ({} chunks, {})\n",
-                r.id,
+                escape::text(&r.id),
                 r.chunks,
                 if r.sealed { "sealed" } else { "not sealed yet" }
             ));
         } else {
-            out.push_str(&format!("FAILED  {}\n", r.id));
+            let id = escape::text(&r.id);
+            out.push_str(&format!("FAILED  {id}\n"));
             for problem in &r.problems {
-                out.push_str(&format!("        {}: {problem}\n", r.id));
+                out.push_str(&format!("        {id}: {}\n", escape::text(problem)));
             }
         }
     }
@@ -332,12 +356,12 @@ pub fn access_log(entries: &[AccessEntry]) -> String {
     for e in entries {
         table.add_row(vec![
             time(Some(e.time)),
-            e.who.clone(),
-            e.role.clone(),
-            e.peer.clone(),
-            e.action.clone(),
-            e.target.clone(),
-            e.result.clone(),
+            escape::text(&e.who).into_owned(),
+            escape::text(&e.role).into_owned(),
+            escape::text(&e.peer).into_owned(),
+            escape::text(&e.action).into_owned(),
+            escape::text(&e.target).into_owned(),
+            escape::text(&e.result).into_owned(),
         ]);
     }
     format!("{table}\n")
@@ -355,10 +379,11 @@ pub fn agents(agents: &[AgentInfo]) -> String {
         "FIRST CONTACT",
         "LAST CONTACT",
     ]);
-    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    // What an agent said of itself (version, boot id) is its input: escaped like a recording.
+    let or_dash = |v: &Option<String>| escape::or_dash(v.as_deref()).into_owned();
     for a in agents {
         table.add_row(vec![
-            a.host.clone(),
+            escape::text(&a.host).into_owned(),
             or_dash(&a.version),
             or_dash(&a.address),
             or_dash(&a.boot_id),
@@ -371,7 +396,10 @@ pub fn agents(agents: &[AgentInfo]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use custos_proto::{Timestamp, api::SessionSummary};
+    use custos_proto::{
+        Timestamp,
+        api::{SearchHit, SessionSummary},
+    };
 
     use super::*;
 
@@ -403,6 +431,184 @@ mod tests {
             files: Vec::new(),
             gaps: Vec::new(),
         }
+    }
+
+    fn command(seq: u64, pid: u32, ppid: u32, argv: &[&str]) -> CommandInfo {
+        CommandInfo {
+            time: Timestamp(1_000_000_000_000 + seq as i64),
+            seq,
+            pid,
+            ppid,
+            uid: 1000,
+            euid: 1000,
+            user: None,
+            filename: argv.first().copied().unwrap_or("/bin/true").into(),
+            argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+            cwd: "/home/alice".into(),
+            exit_code: Some(0),
+            signal: None,
+        }
+    }
+
+    fn with_commands(commands: Vec<CommandInfo>) -> SessionDetail {
+        SessionDetail {
+            commands,
+            ..session(0)
+        }
+    }
+
+    /// How often `needle` occurs in `haystack`.
+    fn occurrences(haystack: &str, needle: &str) -> usize {
+        haystack.matches(needle).count()
+    }
+
+    /// Nothing recorded reaches the auditor's terminal as a control character: an argv that
+    /// erases the line and asks for the cursor position, a cwd with a bidi override, a path with
+    /// a newline, user and host names with escapes, a gap reason with a bell.
+    #[test]
+    fn recorded_text_is_escaped_in_show() {
+        let mut detail = with_commands(vec![CommandInfo {
+            cwd: "/tmp/\u{202e}cod".into(),
+            user: Some("root\x1b[8m".into()),
+            ..command(1, 100, 1, &["echo", "\x1b[2K\x1b[1Ahidden\x1b[6n"])
+        }]);
+        detail.summary.login_user = Some("al\x1b]0;pwned\x07ice".into());
+        detail.summary.host = "db\r1".into();
+        detail.summary.tty = Some("pts/\x1bc".into());
+        detail.summary.remote = Some("10.0.0.1\n  user      root".into());
+        detail.files = vec![FileInfo {
+            time: Timestamp(1_000_000_000_001),
+            seq: 2,
+            pid: 100,
+            path: "/srv/a\nb".into(),
+            access: "read".into(),
+            flags: 0,
+            result: 3,
+        }];
+        detail.gaps = vec![custos_proto::api::GapInfo {
+            seq: 3,
+            reason: "lost\x07".into(),
+            records: 1,
+            bytes: 10,
+            from: Timestamp(1_000_000_000_000),
+            to: Timestamp(1_000_000_000_000),
+        }];
+        let shown = detail_text(&detail);
+        assert_no_controls(&shown);
+        for escaped in [
+            "echo \\x1b[2K\\x1b[1Ahidden\\x1b[6n",
+            "/tmp/\\u{202e}cod",
+            "as root\\x1b[8m",
+            "al\\x1b]0;pwned\\x07ice",
+            "db\\r1",
+            "pts/\\x1bc",
+            "10.0.0.1\\n  user      root",
+            "/srv/a\\nb",
+            "lost\\x07",
+        ] {
+            assert!(shown.contains(escaped), "{escaped} not in\n{shown}");
+        }
+    }
+
+    /// Only the newlines that end lines, no other control character.
+    fn assert_no_controls(shown: &str) {
+        for line in shown.lines() {
+            assert!(
+                !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "control character in {line:?}"
+            );
+        }
+    }
+
+    fn detail_text(detail: &SessionDetail) -> String {
+        super::detail(detail)
+    }
+
+    #[test]
+    fn recorded_text_is_escaped_in_lists_and_search() {
+        let mut summary = session(0).summary;
+        summary.login_user = Some("eve\x1b[2J".into());
+        summary.host = "h\u{2066}x".into();
+        let listed = sessions(std::slice::from_ref(&summary), false);
+        assert_no_controls(&listed);
+        assert!(listed.contains("eve\\x1b[2J"), "{listed}");
+        assert!(listed.contains("h\\u{2066}x"), "{listed}");
+        let found = search(
+            &[SearchHit {
+                session: summary,
+                matches: vec![custos_proto::api::SearchMatch {
+                    time: Timestamp(1_000_000_000_000),
+                    pid: 7,
+                    what: "cat /srv/\x1b[1Aphi".into(),
+                }],
+            }],
+            false,
+        );
+        assert_no_controls(&found);
+        assert!(found.contains("cat /srv/\\x1b[1Aphi"), "{found}");
+        let log = access_log(&[AccessEntry {
+            time: Timestamp(1_000_000_000_000),
+            who: "bob".into(),
+            role: "auditor".into(),
+            peer: "10.0.0.2".into(),
+            action: "show".into(),
+            target: "h\x1b[2Kx-b-1".into(),
+            result: "ok".into(),
+        }]);
+        assert_no_controls(&log);
+        assert!(log.contains("h\\x1b[2Kx-b-1"), "{log}");
+    }
+
+    /// Two processes that are each other's recorded parent (pid reuse) and their children.
+    #[test]
+    fn a_pid_cycle_hides_nothing() {
+        let shown = detail_text(&with_commands(vec![
+            command(1, 200, 300, &["cycle-a"]),
+            command(2, 300, 200, &["cycle-b"]),
+            command(3, 400, 300, &["child-of-b"]),
+            command(4, 500, 1, &["plain-root"]),
+        ]));
+        for name in ["cycle-a", "cycle-b", "child-of-b", "plain-root"] {
+            assert_eq!(occurrences(&shown, name), 1, "{name} in\n{shown}");
+        }
+        // The one seen first leads, the other hangs under it.
+        let a = shown.find("cycle-a").unwrap_or(usize::MAX);
+        let b = shown.find("cycle-b").unwrap_or(0);
+        assert!(a < b, "{shown}");
+    }
+
+    #[test]
+    fn a_self_parent_is_shown_once_with_its_children() {
+        let shown = detail_text(&with_commands(vec![
+            command(1, 200, 200, &["own-parent"]),
+            command(2, 201, 200, &["its-child"]),
+        ]));
+        assert_eq!(occurrences(&shown, "own-parent"), 1, "{shown}");
+        assert_eq!(occurrences(&shown, "its-child"), 1, "{shown}");
+    }
+
+    /// A chain deeper than any real one: every command once, no stack overflow, indentation
+    /// bounded.
+    #[test]
+    fn a_long_chain_is_shown_whole() {
+        let depth = 5_000u32;
+        let commands = (0..depth)
+            .map(|i| command(u64::from(i), 1000 + i, 999 + i, &[&format!("step-{i}-end")]))
+            .collect();
+        let shown = detail_text(&with_commands(commands));
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for word in shown.split_whitespace().filter(|w| w.starts_with("step-")) {
+            *seen.entry(word).or_default() += 1;
+        }
+        for i in 0..depth {
+            assert_eq!(
+                seen.get(format!("step-{i}-end").as_str()),
+                Some(&1),
+                "step {i}"
+            );
+        }
+        let widest = shown.lines().map(str::len).max().unwrap_or(0);
+        assert!(widest < 400, "a line of {widest} bytes");
     }
 
     /// An auditor sees that the terminal showed more than the recording holds.

@@ -9,6 +9,8 @@
 //! running an excluded command, and the counts the session's end record reports.
 pub mod filter;
 pub mod redact;
+#[cfg(test)]
+mod typing_tests;
 pub mod users;
 
 use std::{
@@ -172,11 +174,14 @@ fn read_key(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The longest any terminal byte is held, however the stream trickles: a value typed with
+/// pauses under the hold time is caught if it is typed within this.
+pub const LONGEST_HOLD: Duration = Duration::from_secs(30);
+
 /// A terminal stream's held bytes and what the event that releases them needs.
 struct Held {
     window: Window,
-    /// When the oldest held byte arrived (for the hold limit) and its event time.
-    since: Instant,
+    /// The event time the next release carries.
     time: Timestamp,
     process: Process,
     echoed: bool,
@@ -192,6 +197,10 @@ const READ_ONLY_TRACKED_MAX: usize = 16_384;
 struct SessionPolicy {
     /// Per (tty, is input).
     streams: HashMap<(u32, bool), Held>,
+    /// Per tty, the last raw bytes the terminal showed (output and echoed input, at most the
+    /// window): the left context of a stream that held nothing, so a label printed before a
+    /// value typed later still names it.
+    shown: HashMap<u32, Vec<u8>>,
     /// Read-only opens seen, per process and path: how many more times.
     opens: HashMap<u32, HashMap<Vec<u8>, u64>>,
     /// Paths in `opens`, at most [`READ_ONLY_TRACKED_MAX`].
@@ -227,7 +236,7 @@ impl Policy {
     /// Replaces the rules. What streams hold is released under the old rules first, into
     /// `out` per session.
     pub fn replace(&mut self, rules: Rules, out: &mut Vec<(u32, Passed)>) {
-        self.flush(|_| true, out);
+        self.flush(Release::All, out);
         self.rules = rules;
     }
 
@@ -277,8 +286,21 @@ impl Policy {
         body: EventBody,
         out: &mut Vec<Passed>,
     ) {
+        self.apply_at(session, process, time, body, Instant::now(), out);
+    }
+
+    /// [`Policy::apply`], the event having arrived at `now`.
+    fn apply_at(
+        &mut self,
+        session: u32,
+        process: &Process,
+        time: Timestamp,
+        body: EventBody,
+        now: Instant,
+        out: &mut Vec<Passed>,
+    ) {
         let mut state = self.sessions.remove(&session).unwrap_or_default();
-        self.apply_to(&mut state, process, time, body, out);
+        self.apply_to(&mut state, process, time, body, now, out);
         self.sessions.insert(session, state);
     }
 
@@ -288,6 +310,7 @@ impl Policy {
         process: &Process,
         time: Timestamp,
         body: EventBody,
+        now: Instant,
         out: &mut Vec<Passed>,
     ) {
         let tgid = process.tgid.0;
@@ -305,7 +328,7 @@ impl Policy {
                     state,
                     (output.tty.0, false),
                     process,
-                    time,
+                    (time, now),
                     &data,
                     false,
                     output.uncaptured,
@@ -318,7 +341,7 @@ impl Policy {
                     state,
                     (input.tty.0, true),
                     process,
-                    time,
+                    (time, now),
                     &data,
                     input.echoed,
                     input.uncaptured,
@@ -395,7 +418,7 @@ impl Policy {
         state: &mut SessionPolicy,
         key: (u32, bool),
         process: &Process,
-        time: Timestamp,
+        (time, now): (Timestamp, Instant),
         data: &[u8],
         echoed: bool,
         uncaptured: u64,
@@ -403,16 +426,15 @@ impl Policy {
     ) {
         let held = state.streams.entry(key).or_insert_with(|| Held {
             window: Window::default(),
-            since: Instant::now(),
             time,
             process: process.clone(),
             echoed,
             uncaptured: 0,
         });
         if held.window.is_empty() {
-            held.since = Instant::now();
             held.time = time;
         }
+        let shown = state.shown.entry(key.0).or_default();
         held.process = process.clone();
         held.echoed = echoed;
         held.uncaptured += uncaptured;
@@ -423,8 +445,16 @@ impl Policy {
             stream,
             data,
             self.rules.window,
+            now,
+            shown,
             &mut counts,
         );
+        // Keystrokes the terminal did not echo itself come back as output (or not at all).
+        if !key.1 || echoed {
+            shown.extend_from_slice(data);
+            let excess = shown.len().saturating_sub(self.rules.window);
+            shown.drain(..excess);
+        }
         let release_time = held.time;
         if !held.window.is_empty() {
             held.time = time;
@@ -446,40 +476,55 @@ impl Policy {
         self.add_redacted(state, &counts);
     }
 
-    /// Releases what streams have held longer than the hold limit, per session.
+    /// Releases what streams hold once they have been quiet for the hold time, and bytes held
+    /// for [`LONGEST_HOLD`], per session.
     pub fn flush_due(&mut self, out: &mut Vec<(u32, Passed)>) {
-        let hold = self.rules.hold;
-        let now = Instant::now();
-        self.flush(|held| now.duration_since(held.since) >= hold, out);
+        self.flush_due_at(Instant::now(), out);
     }
 
-    fn flush(&mut self, due: impl Fn(&Held) -> bool, out: &mut Vec<(u32, Passed)>) {
+    /// [`Policy::flush_due`] at `now`.
+    fn flush_due_at(&mut self, now: Instant, out: &mut Vec<(u32, Passed)>) {
+        self.flush(Release::Due(now), out);
+    }
+
+    fn flush(&mut self, due: Release, out: &mut Vec<(u32, Passed)>) {
         let sessions: Vec<u32> = self.sessions.keys().copied().collect();
         for session in sessions {
             let Some(mut state) = self.sessions.remove(&session) else {
                 continue;
             };
             let mut released = Vec::new();
-            self.release_streams(&mut state, &due, &mut released);
+            self.release_streams(&mut state, due, &mut released);
             out.extend(released.into_iter().map(|p| (session, p)));
             self.sessions.insert(session, state);
         }
     }
 
-    fn release_streams(
-        &self,
-        state: &mut SessionPolicy,
-        due: &dyn Fn(&Held) -> bool,
-        out: &mut Vec<Passed>,
-    ) {
+    fn release_streams(&self, state: &mut SessionPolicy, due: Release, out: &mut Vec<Passed>) {
         let mut total = Counts::new();
+        let (redactor, keep) = (&self.rules.redactor, self.rules.window);
         for (key, held) in state.streams.iter_mut() {
-            if held.window.is_empty() || !due(held) {
+            let before = held.window.held();
+            if before == 0 {
                 continue;
             }
             let stream = if key.1 { Stream::Input } else { Stream::Output };
             let mut counts = Counts::new();
-            let data = held.window.flush(&self.rules.redactor, stream, &mut counts);
+            let data = match due {
+                Release::All => held.window.flush(redactor, stream, keep, &mut counts),
+                Release::Due(now) => held.window.release_due(
+                    redactor,
+                    stream,
+                    now,
+                    self.rules.hold,
+                    LONGEST_HOLD,
+                    keep,
+                    &mut counts,
+                ),
+            };
+            if held.window.held() == before {
+                continue;
+            }
             for (rule, n) in &counts {
                 *total.entry(rule.clone()).or_default() += n;
             }
@@ -548,7 +593,7 @@ impl Policy {
         let Some(mut state) = self.sessions.remove(&session) else {
             return (Counts::new(), Counts::new());
         };
-        self.release_streams(&mut state, &|_| true, out);
+        self.release_streams(&mut state, Release::All, out);
         self.repeats(&mut state, None, time, None, out);
         (state.filtered, state.redacted)
     }
@@ -565,6 +610,14 @@ impl Policy {
                 .inc();
         }
     }
+}
+
+/// Which held bytes go.
+#[derive(Clone, Copy)]
+enum Release {
+    All,
+    /// What is due at this instant.
+    Due(Instant),
 }
 
 fn terminal_body(

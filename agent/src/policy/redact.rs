@@ -2,7 +2,10 @@
 //! regular expressions (built-in or the customer's) whose matches are masked, pseudonymised with
 //! a keyed HMAC, or dropped. Terminal streams keep a bounded carry-over window, so that a value
 //! split across two writes (or typed one key at a time) is still caught.
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::{Duration, Instant},
+};
 
 use hmac::{Hmac, KeyInit, Mac};
 use regex::bytes::Regex;
@@ -120,11 +123,20 @@ impl Redactor {
             if !Self::applies(rule, stream) {
                 continue;
             }
-            for captures in rule.regex.captures_iter(text) {
+            // The next search starts where the value ended, not the match: the delimiter after
+            // one value ("123-45-6789 987-65-4321") may be the one before the next.
+            let mut at = 0;
+            while at <= text.len() {
+                let Some(captures) = rule.regex.captures_at(text, at) else {
+                    break;
+                };
+                let whole = captures.get(0).map_or(at..at, |m| m.range());
                 let Some(value) = captures.get(rule.group) else {
+                    at = whole.end.max(whole.start + 1);
                     continue;
                 };
                 let (start, end) = (value.start(), value.end());
+                at = end.max(whole.start + 1);
                 if start == end || found.iter().any(|r| start < r.end && r.start < end) {
                     continue;
                 }
@@ -191,48 +203,161 @@ impl Redactor {
 }
 
 /// A terminal stream's carry-over: the last bytes not yet released, raw, so that a value they
-/// begin can still be matched when the rest arrives.
+/// begin can still be matched when the rest arrives, and when each of them arrived.
+///
+/// Bytes are released when they fall out of the window (more than `keep` behind the newest),
+/// when the stream has been quiet for the hold time (see [`Window::release_due`]), or when they
+/// have waited the longest hold. Released bytes stay as left context (never released again), so
+/// that a label shown before the value ("DOB: ", then the date typed a key at a time) still
+/// names it.
 #[derive(Debug, Default)]
 pub struct Window {
+    /// Raw bytes not yet released.
     pending: Vec<u8>,
+    /// The pieces of `pending`, oldest first: their length and when they arrived.
+    arrivals: VecDeque<(usize, Instant)>,
+    /// Raw bytes just before `pending` (at most `keep`), for matching only.
+    context: Vec<u8>,
 }
 
 impl Window {
-    /// Adds `data` to the stream; returns what can be released now, redacted. At most `keep`
-    /// raw bytes stay behind (fewer when a match ends inside them).
+    /// Adds `data`, which arrived at `now`, to the stream; returns what can be released now,
+    /// redacted. At most `keep` raw bytes stay behind (fewer when a match ends inside them).
+    /// `shown` is what the terminal showed last (this stream's bytes and the other's): when
+    /// nothing is held, it becomes the left context, so that a prompt's label counts for the
+    /// answer typed after it.
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         redactor: &Redactor,
         stream: Stream,
         data: &[u8],
         keep: usize,
+        now: Instant,
+        shown: &[u8],
         counts: &mut Counts,
     ) -> Vec<u8> {
-        let mut text = std::mem::take(&mut self.pending);
-        text.extend_from_slice(data);
-        let replacements = redactor.replacements(&text, stream);
-        let mut cut = text.len().saturating_sub(keep);
-        // A match across the cut is released whole; matches after it wait, they may grow.
+        if self.pending.is_empty() {
+            self.context.clear();
+            self.context
+                .extend_from_slice(&shown[shown.len().saturating_sub(keep)..]);
+        }
+        if !data.is_empty() {
+            self.pending.extend_from_slice(data);
+            self.arrivals.push_back((data.len(), now));
+        }
+        let cut = self.pending.len().saturating_sub(keep);
+        self.release(redactor, stream, cut, keep, counts)
+    }
+
+    /// What is due at `now`, redacted: everything when nothing arrived for `quiet` (a value
+    /// typed with pauses shorter than that is held whole), else the bytes that have waited
+    /// `longest` (at most that much latency, whatever the stream does).
+    #[allow(clippy::too_many_arguments)]
+    pub fn release_due(
+        &mut self,
+        redactor: &Redactor,
+        stream: Stream,
+        now: Instant,
+        quiet: Duration,
+        longest: Duration,
+        keep: usize,
+        counts: &mut Counts,
+    ) -> Vec<u8> {
+        let Some((_, last)) = self.arrivals.back() else {
+            return Vec::new();
+        };
+        let cut = if now.saturating_duration_since(*last) >= quiet {
+            self.pending.len()
+        } else {
+            self.arrivals
+                .iter()
+                .take_while(|(_, at)| now.saturating_duration_since(*at) >= longest)
+                .map(|(len, _)| len)
+                .sum()
+        };
+        if cut == 0 {
+            return Vec::new();
+        }
+        self.release(redactor, stream, cut, keep, counts)
+    }
+
+    /// Releases everything held, redacted.
+    pub fn flush(
+        &mut self,
+        redactor: &Redactor,
+        stream: Stream,
+        keep: usize,
+        counts: &mut Counts,
+    ) -> Vec<u8> {
+        let cut = self.pending.len();
+        self.release(redactor, stream, cut, keep, counts)
+    }
+
+    /// Releases the first `cut` pending bytes (more when a match crosses the cut), redacted;
+    /// matches after the cut wait, they may grow.
+    fn release(
+        &mut self,
+        redactor: &Redactor,
+        stream: Stream,
+        cut: usize,
+        keep: usize,
+        counts: &mut Counts,
+    ) -> Vec<u8> {
+        let start = self.context.len();
+        let mut text = std::mem::take(&mut self.context);
+        text.append(&mut self.pending);
+        let mut cut = start + cut;
+        let mut replacements = redactor.replacements(&text, stream);
+        // Matches wholly in the context were released before.
+        replacements.retain(|r| r.end > start);
         for r in &replacements {
             if r.start < cut && cut < r.end {
                 cut = r.end;
             }
         }
-        let released: Vec<Replacement> =
-            replacements.into_iter().filter(|r| r.end <= cut).collect();
-        let out = redactor.apply(&text[..cut], &released, counts);
+        let mut released: Vec<Replacement> = Vec::new();
+        for mut r in replacements.into_iter().filter(|r| r.end <= cut) {
+            if r.start < start {
+                // Its beginning went out before (raw, it matched nothing then): the rest is
+                // replaced on its own.
+                r.text = redactor.replace(&redactor.rules[r.rule], &text[start..r.end]);
+                r.start = start;
+            }
+            r.start -= start;
+            r.end -= start;
+            released.push(r);
+        }
+        let out = redactor.apply(&text[start..cut], &released, counts);
         self.pending = text[cut..].to_vec();
+        let mut gone = cut - start;
+        while gone > 0 {
+            let Some(front) = self.arrivals.front_mut() else {
+                break;
+            };
+            if front.0 <= gone {
+                gone -= front.0;
+                self.arrivals.pop_front();
+            } else {
+                front.0 -= gone;
+                gone = 0;
+            }
+        }
+        if self.pending.is_empty() {
+            self.arrivals.clear();
+        }
+        text.truncate(cut);
+        self.context = text[text.len().saturating_sub(keep)..].to_vec();
         out
-    }
-
-    /// Releases everything held, redacted.
-    pub fn flush(&mut self, redactor: &Redactor, stream: Stream, counts: &mut Counts) -> Vec<u8> {
-        let text = std::mem::take(&mut self.pending);
-        redactor.redact(&text, stream, counts)
     }
 
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    /// Raw bytes held.
+    pub fn held(&self) -> usize {
+        self.pending.len()
     }
 }
 
@@ -251,6 +376,10 @@ mod tests {
             input: true,
             argv: true,
         }
+    }
+
+    fn now() -> Instant {
+        Instant::now()
     }
 
     fn redactor(rules: Vec<Rule>) -> Redactor {
@@ -310,9 +439,9 @@ mod tests {
         let mut window = Window::default();
         let mut shown = Vec::new();
         for piece in [&b"patient 123-4"[..], b"5-67", b"89 ok\r\n"] {
-            shown.extend(window.push(&r, Stream::Output, piece, 16, &mut counts));
+            shown.extend(window.push(&r, Stream::Output, piece, 16, now(), b"", &mut counts));
         }
-        shown.extend(window.flush(&r, Stream::Output, &mut counts));
+        shown.extend(window.flush(&r, Stream::Output, 16, &mut counts));
         assert_eq!(
             String::from_utf8_lossy(&shown),
             "patient ***-**-6789 ok\r\n"
@@ -320,14 +449,24 @@ mod tests {
 
         let mut typed = Vec::new();
         for key in b"987-65-4321\r" {
-            typed.extend(window.push(&r, Stream::Input, &[*key], 16, &mut counts));
+            typed.extend(window.push(&r, Stream::Input, &[*key], 16, now(), b"", &mut counts));
             assert!(
                 !String::from_utf8_lossy(&typed).contains("987-6"),
                 "released raw"
             );
         }
-        typed.extend(window.flush(&r, Stream::Input, &mut counts));
+        typed.extend(window.flush(&r, Stream::Input, 16, &mut counts));
         assert_eq!(String::from_utf8_lossy(&typed), "***-**-4321\r");
+        assert_eq!(counts["ssn"], 2);
+    }
+
+    /// The delimiter after one value is the one before the next.
+    #[test]
+    fn adjacent_values_are_each_caught() {
+        let r = redactor(vec![rule("ssn", Action::Mask { keep_last: 0 })]);
+        let mut counts = Counts::new();
+        let out = r.redact(b"123-45-6789 987-65-4321", Stream::Output, &mut counts);
+        assert_eq!(String::from_utf8_lossy(&out), "***-**-**** ***-**-****");
         assert_eq!(counts["ssn"], 2);
     }
 
@@ -336,8 +475,16 @@ mod tests {
         let r = redactor(vec![rule("ssn", Action::Drop)]);
         let mut counts = Counts::new();
         let mut window = Window::default();
-        let out = window.push(&r, Stream::Output, &[b'x'; 1000], 64, &mut counts);
+        let out = window.push(
+            &r,
+            Stream::Output,
+            &[b'x'; 1000],
+            64,
+            now(),
+            b"",
+            &mut counts,
+        );
         assert_eq!(out.len(), 936);
-        assert_eq!(window.flush(&r, Stream::Output, &mut counts).len(), 64);
+        assert_eq!(window.flush(&r, Stream::Output, 16, &mut counts).len(), 64);
     }
 }
