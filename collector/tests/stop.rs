@@ -1,6 +1,8 @@
 //! The collector stops on SIGTERM, promptly and cleanly: every holder of a store handle (ingest,
 //! the API, retention) lets go, so that the store writer finishes and the process exits 0.
 //! No kernel, no agent: the collector alone on a fresh store.
+// An integration test uses the binary, not the library's dependencies.
+#![allow(unused_crate_dependencies)]
 use std::{
     io::{BufRead, BufReader},
     path::Path,

@@ -1,6 +1,9 @@
 //! Taking access away: `custos-collector pki revoke` and `pki issue --replace` write the CA's
 //! revocation list; the running collector picks it up by itself, refuses the certificate in
 //! new handshakes (QUIC and HTTPS) and cuts off connections already open with it within 5 s.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
 use std::{
     path::PathBuf,
     process::Command,
