@@ -177,7 +177,10 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
             let written = issue::init(&pki, &names, days)?;
             let (seal, seal_pub) = seal_key_paths(&dir);
             SealKey::generate(&seal, &seal_pub)?;
-            for path in written.iter().chain([&seal, &seal_pub]) {
+            // The first revocation list, empty: the collector's tls.crl names a file that
+            // exists from the start, and `pki revoke` only ever rewrites it.
+            let crl = Registry::new(&pki).write_crl()?;
+            for path in written.iter().chain([&seal, &seal_pub, &crl]) {
                 println!("wrote {}", path.display());
             }
             println!(

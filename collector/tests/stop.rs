@@ -33,7 +33,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
         format!(
             "[ingest]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
              [tls]\nca = \"{d}/pki/ca.pem\"\ncertificate = \"{d}/pki/collector.pem\"\n\
-             key = \"{d}/pki/collector.key\"\n\
+             key = \"{d}/pki/collector.key\"\ncrl = \"{d}/pki/crl.pem\"\n\
              [store]\ndir = \"{d}/store\"\nkey_file = \"{d}/store.key\"\nseal_key = \"{d}/pki/seal.key\"\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n"
         ),
