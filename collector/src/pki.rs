@@ -40,7 +40,7 @@ pub enum PkiCommand {
         what: String,
         /// Why (recorded in the registry and the list).
         #[arg(long, value_enum)]
-        reason: RevokeReason,
+        reason: Reason,
         /// Only certificates of this role, when revoking by name.
         #[arg(long, value_enum)]
         role: Option<RoleArg>,
@@ -108,35 +108,6 @@ pub enum AuditorRole {
     Auditor,
     /// Also reads the access log and manages holds and retention.
     Admin,
-}
-
-/// Why a certificate is revoked (RFC 5280 reason codes).
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum RevokeReason {
-    Unspecified,
-    /// The private key was lost or stolen.
-    KeyCompromise,
-    /// The person or host left.
-    AffiliationChanged,
-    /// Replaced by a new certificate.
-    Superseded,
-    /// No longer used.
-    CessationOfOperation,
-    /// The role's rights were taken away.
-    PrivilegeWithdrawn,
-}
-
-impl From<RevokeReason> for Reason {
-    fn from(reason: RevokeReason) -> Reason {
-        match reason {
-            RevokeReason::Unspecified => Reason::Unspecified,
-            RevokeReason::KeyCompromise => Reason::KeyCompromise,
-            RevokeReason::AffiliationChanged => Reason::AffiliationChanged,
-            RevokeReason::Superseded => Reason::Superseded,
-            RevokeReason::CessationOfOperation => Reason::CessationOfOperation,
-            RevokeReason::PrivilegeWithdrawn => Reason::PrivilegeWithdrawn,
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -220,7 +191,7 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
             dir,
         } => {
             let registry = Registry::new(&PkiDir::new(&dir));
-            let revoked = registry.revoke(&what, role.map(Role::from), reason.into())?;
+            let revoked = registry.revoke(&what, role.map(Role::from), reason)?;
             if revoked.is_empty() {
                 println!("{what}: already revoked");
             }

@@ -23,6 +23,7 @@ use crate::{
 
 /// Why a certificate was revoked (RFC 5280's reason codes that apply to Custos).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
     Unspecified,
@@ -204,7 +205,12 @@ impl Registry {
                 .map_err(|err| PkiError::file(&path, format!("not a registry entry: {err}")))?;
             entries.push(entry);
         }
-        entries.sort_by(|a, b| (&a.name, a.not_after).cmp(&(&b.name, b.not_after)));
+        // By name, then age; of two certificates issued in the same second (one replaced by
+        // the other), the revoked one first.
+        entries.sort_by(|a, b| {
+            let key = |e: &Entry| (e.name.clone(), e.not_after, e.revoked_at.is_none());
+            key(a).cmp(&key(b)).then_with(|| a.serial.cmp(&b.serial))
+        });
         Ok(entries)
     }
 

@@ -169,6 +169,8 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        // Closing wakes the connection's driver, which lives in this runtime.
+        let _inside = self.runtime.enter();
         self.connection.close(0u32.into(), b"test done");
         if std::thread::panicking() {
             return;

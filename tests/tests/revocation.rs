@@ -106,7 +106,7 @@ fn a_revoked_auditor_and_agent_are_cut_off_within_five_seconds_and_refused_after
 
     // Everyone else is untouched: their open connections still work, new ones are accepted.
     assert_eq!(
-        erin_open.get("/v1/agents").expect("erin's connection"),
+        erin_open.get("/v1/sessions").expect("erin's connection"),
         "HTTP/1.1 200 OK"
     );
     assert!(
@@ -114,7 +114,7 @@ fn a_revoked_auditor_and_agent_are_cut_off_within_five_seconds_and_refused_after
         "the other agent's connection was closed"
     );
     assert_eq!(
-        https::get(port, &ca, pair(&erin), "/v1/agents").expect("erin"),
+        https::get(port, &ca, pair(&erin), "/v1/sessions").expect("erin"),
         "HTTP/1.1 200 OK"
     );
     quic::handshake(address, &ca, Some(pair(&other_agent))).expect("the other agent");
@@ -241,7 +241,7 @@ fn a_malformed_revocation_list_is_named_and_the_previous_one_stays_in_force() {
         .wait_log_from(from, &["reload failed", "crl.pem"], CUT_OFF);
     assert!(https::get(port, &ca, pair(&dana), "/v1/agents").is_err());
     assert_eq!(
-        https::get(port, &ca, pair(&erin), "/v1/agents").expect("erin"),
+        https::get(port, &ca, pair(&erin), "/v1/sessions").expect("erin"),
         "HTTP/1.1 200 OK"
     );
 

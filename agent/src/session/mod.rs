@@ -241,25 +241,8 @@ impl Tracker {
                 continue;
             };
             if let Some(snapshot) = self.resumed.remove(&sessionid) {
-                self.sessions.insert(
-                    sessionid,
-                    SessionState {
-                        next_seq: snapshot.next_seq,
-                        start: snapshot.start,
-                        last: snapshot.last,
-                        processes: processes.iter().map(|p| p.tgid).collect(),
-                        last_activity: Instant::now(),
-                    },
-                );
-                self.push_gap(
-                    sessionid,
-                    GapReason::AgentNotRunning,
-                    0,
-                    0,
-                    snapshot.last,
-                    now,
-                    out,
-                );
+                let processes = processes.iter().map(|p| p.tgid).collect();
+                self.resume(sessionid, snapshot, processes, now, out);
                 continue;
             }
             if !self.records_session(sessionid, leader.loginuid) {
@@ -275,27 +258,40 @@ impl Tracker {
         }
         for (sessionid, snapshot) in std::mem::take(&mut self.resumed) {
             // Ended while the agent was not running.
-            self.sessions.insert(
-                sessionid,
-                SessionState {
-                    next_seq: snapshot.next_seq,
-                    start: snapshot.start,
-                    last: snapshot.last,
-                    processes: HashSet::new(),
-                    last_activity: Instant::now(),
-                },
-            );
-            self.push_gap(
-                sessionid,
-                GapReason::AgentNotRunning,
-                0,
-                0,
-                snapshot.last,
-                now,
-                out,
-            );
+            self.resume(sessionid, snapshot, HashSet::new(), now, out);
             self.end(sessionid, now, out);
         }
+    }
+
+    /// Continues a session the previous run knew: its numbering goes on after a gap record for
+    /// the time the agent was not running.
+    fn resume(
+        &mut self,
+        sessionid: u32,
+        snapshot: SessionSnapshot,
+        processes: HashSet<u32>,
+        now: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        self.sessions.insert(
+            sessionid,
+            SessionState {
+                next_seq: snapshot.next_seq,
+                start: snapshot.start,
+                last: snapshot.last,
+                processes,
+                last_activity: Instant::now(),
+            },
+        );
+        self.push_gap(
+            sessionid,
+            GapReason::AgentNotRunning,
+            0,
+            0,
+            snapshot.last,
+            now,
+            out,
+        );
     }
 
     /// Appends a gap record to an open session.
