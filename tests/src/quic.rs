@@ -161,8 +161,9 @@ impl Held {
 
     /// Waits up to `timeout` for the connection to close; why it closed, if it did.
     pub fn closed_within(&self, timeout: Duration) -> Option<quinn::ConnectionError> {
+        // The timer is made inside the runtime (it needs its time driver).
         self.runtime
-            .block_on(tokio::time::timeout(timeout, self.connection.closed()))
+            .block_on(async { tokio::time::timeout(timeout, self.connection.closed()).await })
             .ok()
     }
 }
