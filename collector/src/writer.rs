@@ -102,15 +102,17 @@ impl StoreHandle {
         (StoreHandle { tx, decoding }, thread)
     }
 
-    /// Stores a batch durably; resolves once it is on disk and in the index.
+    /// Stores a batch durably; resolves once it is on disk and in the index. It was received
+    /// now (what retention goes by).
     pub async fn append(&self, batch: Batch) -> Result<Appended, StoreError> {
+        let received = Timestamp::now();
         let prepared = {
             let _permit = self
                 .decoding
                 .acquire()
                 .await
                 .map_err(|_| StoreError::ShuttingDown)?;
-            tokio::task::spawn_blocking(move || Prepared::new(Box::new(batch)))
+            tokio::task::spawn_blocking(move || Prepared::new(Box::new(batch), received))
                 .await
                 .map_err(|_| StoreError::ShuttingDown)??
         };

@@ -207,8 +207,8 @@ impl Deployment {
         });
     }
 
-    /// Stored batches, as (spool, seq) pairs, in storing order.
-    pub fn stored_batches(&self) -> Vec<(String, u64)> {
+    /// Stored batches, as (agent, spool, seq), in storing order.
+    pub fn stored_batches(&self) -> Vec<(String, String, u64)> {
         let store = Store::open_read_only(&self.store_config()).expect("opening the store");
         store.index().stored_batches().expect("stored batches")
     }

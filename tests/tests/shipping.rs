@@ -244,7 +244,7 @@ fn an_agent_killed_while_shipping_loses_no_acknowledged_batch_and_stores_none_tw
     );
     assert!(contains(&output(&events), b"after-restart\r\n"));
     let batches = deployment.stored_batches();
-    let distinct: HashSet<&(String, u64)> = batches.iter().collect();
+    let distinct: HashSet<&(String, String, u64)> = batches.iter().collect();
     assert_eq!(distinct.len(), batches.len(), "a batch was stored twice");
 }
 

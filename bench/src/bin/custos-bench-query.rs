@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use custos_bench::Rng;
 use custos_collector::{
-    index::{ChunkSummary, Index},
+    index::{ChunkSummary, Index, StoredChunk},
     trust::chunk::{BatchRef, ChunkHash, RecordingKey},
 };
 use custos_proto::{
@@ -139,7 +139,15 @@ fn populate(store: &std::path::Path, sessions: u64) -> anyhow::Result<()> {
         };
         let mut hash = [0u8; 32];
         hash[..8].copy_from_slice(&n.to_be_bytes());
-        writer.commit_chunk(&row.id, &batch, 0, 4096, &ChunkHash(hash), &summary)?;
+        let chunk = StoredChunk {
+            agent: &key.host,
+            batch: &batch,
+            index: 0,
+            stored_len: 4096,
+            hash: &ChunkHash(hash),
+            received: Some(Timestamp(end)),
+        };
+        writer.commit_chunk(&row.id, &chunk, &summary)?;
         writer.set_sealed(&row.id)?;
     }
     writer.commit()?;

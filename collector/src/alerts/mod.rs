@@ -97,7 +97,22 @@ impl AlertsConfig {
 /// What the engine is sent.
 enum Message {
     Batch(wire::Batch),
+    Cloned(ClonedSpool),
     Rules(Box<CompiledRules>),
+}
+
+/// A spool id that arrived from a second agent certificate: two hosts made from one image (or
+/// an agent using another's spool id). Both hosts' batches are stored; this raises the built-in
+/// alert `cloned_agent_state`.
+#[derive(Clone, Debug)]
+pub struct ClonedSpool {
+    /// The agent (certificate name) the spool id just arrived from.
+    pub agent: String,
+    pub spool: String,
+    /// The agents it arrived from before.
+    pub others: Vec<String>,
+    /// The recording the new agent's batch went to.
+    pub recording: String,
 }
 
 /// Everything a reload can change.
@@ -129,6 +144,15 @@ impl AlertFeed {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.metrics.alert_events_skipped.inc_by(events);
             }
+        }
+    }
+
+    /// Reports a spool id arriving from a second agent (raised whatever rules are active,
+    /// unless `alerts.builtin.cloned_agent` is off). Never waits: with the engine's queue full it
+    /// is only logged (ingest has logged it already).
+    pub fn cloned_spool(&self, cloned: ClonedSpool) {
+        if self.sender.try_send(Message::Cloned(cloned)).is_err() {
+            warn!("alerts: the engine is behind; a cloned agent state alert was not raised");
         }
     }
 
@@ -234,6 +258,7 @@ impl Engine {
         loop {
             match receiver.recv_timeout(Duration::from_millis(500)) {
                 Ok(Message::Batch(batch)) => self.batch(batch),
+                Ok(Message::Cloned(cloned)) => self.cloned(cloned),
                 Ok(Message::Rules(new)) => {
                     self.rules = new.rules;
                     self.builtins = new.builtins;
@@ -400,6 +425,37 @@ impl Engine {
                 self.deliver(&notice);
             }
         }
+    }
+
+    /// The built-in rule for a spool id arriving from more than one agent.
+    fn cloned(&mut self, cloned: ClonedSpool) {
+        if !self.builtins.cloned_agent {
+            return;
+        }
+        let ClonedSpool {
+            agent,
+            spool,
+            others,
+            recording,
+        } = cloned;
+        let alert = Alert {
+            time: Timestamp::now(),
+            rule: "cloned_agent_state".into(),
+            summary: format!(
+                "[cloned_agent_state] spool {spool} arrives from {agent} and from {}: cloned \
+                 agent state (hosts made from one image?); each host's batches are stored \
+                 separately, give each host its own spool (remove the agent's spool directory \
+                 on the clone)",
+                others.join(", ")
+            ),
+            show: format!("custos show {recording}"),
+            host: agent,
+            session: recording,
+            user: None,
+            event: None,
+            suppressed: None,
+        };
+        self.raise(alert);
     }
 
     /// The built-in rule for agents that stopped reporting.

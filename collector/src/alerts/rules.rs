@@ -2,8 +2,8 @@
 //! kind, login user, host, command path and argv, file path and access, time of day and the
 //! session's remote address; built-in rules (`[alerts.builtin]`, all off by default) cover a
 //! write under a PHI path, a read of /etc/shadow, and an exfiltration tool run in a session that
-//! touched a PHI path. (The built-in for an agent that stopped reporting lives in the engine:
-//! it fires on silence, not on an event.)
+//! touched a PHI path. (The built-ins for an agent that stopped reporting and for cloned agent
+//! state live in the engine: they fire on silence and on what the store saw, not on an event.)
 use globset::{Glob, GlobMatcher};
 use regex::Regex;
 use serde::Deserialize;
@@ -267,7 +267,7 @@ impl Rule {
     }
 }
 
-/// `[alerts.builtin]`: the built-in rules, all off by default.
+/// `[alerts.builtin]`: the built-in rules, all off by default but `cloned_agent`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuiltinConfig {
@@ -283,6 +283,9 @@ pub struct BuiltinConfig {
     /// An agent silent for longer than this ("off" by default).
     #[serde(deserialize_with = "silence")]
     pub agent_silent: Option<std::time::Duration>,
+    /// A spool id arriving from a second agent certificate (`cloned_agent_state`; on by
+    /// default).
+    pub cloned_agent: bool,
 }
 
 fn silence<'de, D: serde::Deserializer<'de>>(
@@ -313,6 +316,7 @@ impl Default for BuiltinConfig {
             .map(String::from)
             .to_vec(),
             agent_silent: None,
+            cloned_agent: true,
         }
     }
 }
@@ -326,6 +330,7 @@ pub struct Builtins {
     exfiltration: bool,
     tools: Vec<String>,
     pub agent_silent: Option<std::time::Duration>,
+    pub cloned_agent: bool,
 }
 
 impl Builtins {
@@ -348,6 +353,7 @@ impl Builtins {
             exfiltration: c.exfiltration_after_phi,
             tools: c.exfiltration_tools.clone(),
             agent_silent: c.agent_silent,
+            cloned_agent: c.cloned_agent,
         })
     }
 

@@ -24,7 +24,7 @@ pub use self::{
     sqlite::schema::SCHEMA_VERSION,
     summary::{ChunkSummary, CommandRow, FileOpenRow, GapRow},
 };
-use crate::trust::chunk::{ChunkHash, RecordingKey};
+use crate::trust::chunk::{BatchRef, ChunkHash, RecordingKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -54,6 +54,23 @@ pub struct RecordingRow {
     pub stored_len: u64,
     pub last_hash: ChunkHash,
     pub sealed: bool,
+}
+
+/// A chunk the store wrote, as the index records it (with the summary of its events).
+#[derive(Clone, Copy, Debug)]
+pub struct StoredChunk<'a> {
+    /// The agent that sent its batch: the name in the agent's certificate (which is the
+    /// recording's host). Batches are stored once per agent, spool and seq.
+    pub agent: &'a str,
+    pub batch: &'a BatchRef,
+    /// Position in the recording, from 0.
+    pub index: u64,
+    /// Length of the recording file with this chunk.
+    pub stored_len: u64,
+    pub hash: &'a ChunkHash,
+    /// When the collector received the batch (by its own clock), if the chunk says: chunks
+    /// written before receive times were recorded do not.
+    pub received: Option<Timestamp>,
 }
 
 /// Which sessions: by login user, host, and a time window the session overlaps.

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use super::Ingest;
 use crate::{
+    alerts::ClonedSpool,
     store::{Appended, StoreError},
     writer::Contact,
 };
@@ -138,9 +139,22 @@ async fn batch_response(batch: wire::Batch, peer: &Peer, ingest: &Ingest) -> Fra
     });
     let for_alerts = ingest.alerts.wants().then(|| batch.clone());
     match store.append(batch).await {
-        Ok(Appended::Stored { recording, chunk }) => {
+        Ok(Appended::Stored {
+            recording,
+            chunk,
+            spool_shared_with,
+        }) => {
             if let Some(batch) = for_alerts {
                 ingest.alerts.offer(batch);
+            }
+            if !spool_shared_with.is_empty() {
+                warn!(agent, %spool, others = ?spool_shared_with, "a spool id arrives from more than one agent: cloned agent state");
+                ingest.alerts.cloned_spool(ClonedSpool {
+                    agent: agent.to_owned(),
+                    spool: spool.0.clone(),
+                    others: spool_shared_with,
+                    recording: recording.clone(),
+                });
             }
             metrics.batches_stored.inc();
             metrics.events_stored.inc_by(events);

@@ -9,12 +9,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use custos_proto::wire::{self, Batch};
+use custos_proto::{
+    Timestamp,
+    wire::{self, Batch},
+};
 use tracing::warn;
 
 use super::{Store, StoreError, io_err, seal};
 use crate::{
-    index::{ChunkSummary, IndexWriter, RecordingRow},
+    index::{ChunkSummary, IndexWriter, RecordingRow, StoredChunk},
     trust::{
         chain::MAX_CHUNK_RAW,
         chunk::{self, BatchRef, ChunkHeader, RecordingKey},
@@ -28,11 +31,13 @@ pub enum Appended {
     Stored {
         recording: String,
         chunk: u64,
+        /// The other agents whose batches came from this batch's spool id, when this is the
+        /// first batch of the spool from this agent: cloned agent state (two hosts made from one
+        /// image). Usually empty.
+        spool_shared_with: Vec<String>,
     },
     /// Stored before (a resend); nothing written.
-    Duplicate {
-        recording: String,
-    },
+    Duplicate { recording: String },
 }
 
 /// A batch decoded and summarised for the index, ready for [`Store::append_group`]. Decoding
@@ -41,24 +46,30 @@ pub enum Appended {
 pub struct Prepared {
     batch: Box<Batch>,
     summary: ChunkSummary,
+    /// When the collector received the batch, by its own clock.
+    received: Timestamp,
 }
 
 impl Prepared {
     /// Decodes the batch's events (refusing a batch whose events do not match its header) and
-    /// summarises what they add to the index.
-    pub fn new(batch: Box<Batch>) -> Result<Prepared, StoreError> {
+    /// summarises what they add to the index. `received`: when the collector received it.
+    pub fn new(batch: Box<Batch>, received: Timestamp) -> Result<Prepared, StoreError> {
         let events = wire::unpack_events(&batch.header, &batch.events, MAX_CHUNK_RAW)
             .map_err(|err| StoreError::Refused(err.to_string()))?;
         let summary = ChunkSummary::of(&events);
-        Ok(Prepared { batch, summary })
+        Ok(Prepared {
+            batch,
+            summary,
+            received,
+        })
     }
 }
 
 impl Store {
     /// Stores one batch (already checked against its header and the sender's identity) durably,
-    /// once.
+    /// once, received now.
     pub fn append(&mut self, batch: Batch) -> Result<Appended, StoreError> {
-        let prepared = Prepared::new(Box::new(batch))?;
+        let prepared = Prepared::new(Box::new(batch), Timestamp::now())?;
         let mut stored = self.append_group(std::slice::from_ref(&prepared));
         stored.pop().unwrap_or(Err(StoreError::ShuttingDown))
     }
@@ -153,9 +164,16 @@ fn stage(
     dir: &Path,
     prepared: &Prepared,
 ) -> Result<Staged, StoreError> {
-    let Prepared { batch, summary } = prepared;
+    let Prepared {
+        batch,
+        summary,
+        received,
+    } = prepared;
     let header = &batch.header;
-    if let Some(recording) = writer.batch_recording(&header.spool, header.seq)? {
+    // The batch's host is its sender's certificate name (ingest refuses any other): batches
+    // are one agent's, keyed by its name, spool and seq.
+    let agent = header.host.as_str();
+    if let Some(recording) = writer.batch_recording(agent, &header.spool, header.seq)? {
         return Ok(Staged {
             appended: Appended::Duplicate { recording },
             written: None,
@@ -191,15 +209,20 @@ fn stage(
         first_time: header.first_time,
         last_time: header.last_time,
         raw_len: header.raw_len,
+        received: Some(*received),
     };
     let (bytes, hash) = chunk::encode(&chunk_header, &batch.events, enc_key);
     let written = write_chunk(dir, &row, &bytes)?;
-    writer.commit_chunk(
+    let spool_shared_with = writer.commit_chunk(
         &row.id,
-        &chunk_header.batch,
-        row.chunks,
-        written.stored_len,
-        &hash,
+        &StoredChunk {
+            agent,
+            batch: &chunk_header.batch,
+            index: row.chunks,
+            stored_len: written.stored_len,
+            hash: &hash,
+            received: chunk_header.received,
+        },
         summary,
     )?;
     let seal = (summary.end.is_some() || row.sealed).then(|| row.id.clone());
@@ -207,6 +230,7 @@ fn stage(
         appended: Appended::Stored {
             recording: row.id,
             chunk: row.chunks,
+            spool_shared_with,
         },
         written: Some(written),
         seal,

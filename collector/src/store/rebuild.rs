@@ -5,7 +5,7 @@ use std::fs;
 
 use super::{StoreConfig, StoreError, group::sync_dir, io_err, lock, seal_path};
 use crate::{
-    index::{ChunkSummary, Index, RecordingRow},
+    index::{ChunkSummary, Index, RecordingRow, StoredChunk},
     trust::{chain::ChainReader, keys::KeyRing},
 };
 
@@ -67,12 +67,18 @@ pub fn rebuild_index(config: &StoreConfig) -> Result<Rebuilt, StoreError> {
                 Some(row) => row.clone(),
                 None => writer.insert_recording(&chunk.raw.header.recording, &relative)?,
             };
+            let header = &chunk.raw.header;
             writer.commit_chunk(
                 &current.id,
-                &chunk.raw.header.batch,
-                chunk.raw.header.index,
-                chunk.end as u64,
-                &chunk.hash,
+                &StoredChunk {
+                    // Ingest stores a batch only under its sender's certificate name.
+                    agent: &header.recording.host,
+                    batch: &header.batch,
+                    index: header.index,
+                    stored_len: chunk.end as u64,
+                    hash: &chunk.hash,
+                    received: header.received,
+                },
                 &ChunkSummary::of(&events),
             )?;
             row = Some(current);

@@ -10,7 +10,10 @@ use std::{
 use tracing::{info, warn};
 
 use super::{Store, StoreError, io_err, seal::write_seal};
-use crate::{index::ChunkSummary, trust::chain::ChainReader};
+use crate::{
+    index::{ChunkSummary, StoredChunk},
+    trust::chain::ChainReader,
+};
 
 impl Store {
     /// Replays chunks a crash left outside the index, cuts torn tails, seals what ended.
@@ -46,16 +49,18 @@ impl Store {
                     .map_err(|broken| (broken.offset, broken.to_string()))
                     .and_then(|(events, chunk)| {
                         let summary = ChunkSummary::of(&events);
+                        let header = &chunk.raw.header;
+                        let stored = StoredChunk {
+                            agent: &header.recording.host,
+                            batch: &header.batch,
+                            index: header.index,
+                            stored_len: row.stored_len + chunk.end as u64,
+                            hash: &chunk.hash,
+                            received: header.received,
+                        };
                         writer
-                            .commit_chunk(
-                                &row.id,
-                                &chunk.raw.header.batch,
-                                chunk.raw.header.index,
-                                row.stored_len + chunk.end as u64,
-                                &chunk.hash,
-                                &summary,
-                            )
-                            .map(|()| summary.end.is_some())
+                            .commit_chunk(&row.id, &stored, &summary)
+                            .map(|_| summary.end.is_some())
                             .map_err(|err| (chunk.start, err.to_string()))
                     });
                 match replayed {

@@ -65,7 +65,9 @@ fn stores_once_reads_back_and_seals() {
     let mut store = Store::open(&config).unwrap();
     let first = batch(1, &[output(1, "hello"), output(2, " world")]);
     let id = match store.append(first.clone()).unwrap() {
-        Appended::Stored { recording, chunk } => {
+        Appended::Stored {
+            recording, chunk, ..
+        } => {
             assert_eq!(chunk, 0);
             recording
         }
@@ -109,7 +111,7 @@ fn stores_once_reads_back_and_seals() {
 fn a_group_chains_its_chunks_skips_repeats_and_isolates_a_bad_batch() {
     let (_dir, config) = fixture();
     let mut store = Store::open(&config).unwrap();
-    let prepare = |batch: Batch| Prepared::new(Box::new(batch)).unwrap();
+    let prepare = |batch: Batch| Prepared::new(Box::new(batch), Timestamp::now()).unwrap();
     let mut other_session = output(1, "elsewhere");
     other_session.session = AuditSessionId(8);
     let mut bad_host = output(1, "x");
@@ -125,12 +127,13 @@ fn a_group_chains_its_chunks_skips_repeats_and_isolates_a_bad_batch() {
     let Ok(Appended::Stored {
         recording,
         chunk: 0,
+        ..
     }) = &stored[0]
     else {
         panic!("{:?}", stored[0])
     };
     assert!(
-        matches!(&stored[1], Ok(Appended::Stored { recording: r, chunk: 1 }) if r == recording),
+        matches!(&stored[1], Ok(Appended::Stored { recording: r, chunk: 1, .. }) if r == recording),
         "{:?}",
         stored[1]
     );
@@ -147,6 +150,7 @@ fn a_group_chains_its_chunks_skips_repeats_and_isolates_a_bad_batch() {
     let Ok(Appended::Stored {
         recording: other,
         chunk: 0,
+        ..
     }) = &stored[4]
     else {
         panic!("{:?}", stored[4])
@@ -195,6 +199,7 @@ fn a_crash_between_write_and_commit_is_replayed_and_a_torn_tail_cut() {
             first_time: b2.header.first_time,
             last_time: b2.header.last_time,
             raw_len: b2.header.raw_len,
+            received: Some(Timestamp::now()),
         };
         let (bytes, _) = chunk::encode(&header, &b2.events, key);
         let path = store.dir().join(&row.path);
@@ -223,4 +228,88 @@ fn a_crash_between_write_and_commit_is_replayed_and_a_torn_tail_cut() {
         Appended::Stored { chunk: 2, .. }
     ));
     assert_eq!(store.read_events(&id).unwrap().len(), 3);
+}
+
+/// `events` as host `host` recorded them.
+fn on_host(host: &str, events: &[Event]) -> Vec<Event> {
+    events
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            e.host = host.into();
+            e
+        })
+        .collect()
+}
+
+/// Two hosts cloned from one image share a spool id: the same (spool, seq) from each is a
+/// batch of each, stored for both; only a resend from the same agent is a duplicate.
+#[test]
+fn the_same_spool_and_seq_from_two_agents_is_stored_for_both() {
+    let (_dir, config) = fixture();
+    let mut store = Store::open(&config).unwrap();
+    let from = |host: &str| batch(1, &on_host(host, &[output(1, "same")]));
+    let Appended::Stored {
+        recording: a,
+        spool_shared_with,
+        ..
+    } = store.append(from("host-a")).unwrap()
+    else {
+        panic!("host-a's batch not stored")
+    };
+    assert!(spool_shared_with.is_empty(), "{spool_shared_with:?}");
+    let stored_b = store.append(from("host-b")).unwrap();
+    let Appended::Stored {
+        recording: b,
+        spool_shared_with,
+        ..
+    } = stored_b
+    else {
+        panic!("host-b's batch was taken for host-a's: {stored_b:?}")
+    };
+    assert_ne!(a, b);
+    assert_eq!(spool_shared_with, vec!["host-a".to_owned()]);
+    // Each agent's resend is its own duplicate; the spool is reported once per new agent.
+    assert_eq!(
+        store.append(from("host-a")).unwrap(),
+        Appended::Duplicate {
+            recording: a.clone()
+        }
+    );
+    assert_eq!(
+        store.append(from("host-b")).unwrap(),
+        Appended::Duplicate {
+            recording: b.clone()
+        }
+    );
+    let Appended::Stored {
+        spool_shared_with, ..
+    } = store
+        .append(batch(2, &on_host("host-b", &[output(2, "more")])))
+        .unwrap()
+    else {
+        panic!("host-b's second batch not stored")
+    };
+    assert!(spool_shared_with.is_empty(), "{spool_shared_with:?}");
+    assert_eq!(store.read_events(&a).unwrap()[0].host, "host-a");
+    assert_eq!(store.read_events(&b).unwrap().len(), 2);
+
+    // The rebuilt index keys the batches the same way: resends are still duplicates.
+    drop(store);
+    rebuild_index(&config).unwrap();
+    let mut store = Store::open(&config).unwrap();
+    assert_eq!(
+        store.append(from("host-b")).unwrap(),
+        Appended::Duplicate { recording: b }
+    );
+    let Appended::Stored {
+        spool_shared_with, ..
+    } = store.append(from("host-c")).unwrap()
+    else {
+        panic!("host-c's batch not stored")
+    };
+    assert_eq!(
+        spool_shared_with,
+        vec!["host-a".to_owned(), "host-b".to_owned()]
+    );
 }

@@ -87,6 +87,11 @@ pub struct ChunkHeader {
     pub last_time: Timestamp,
     /// Size of the events once decompressed.
     pub raw_len: u64,
+    /// When the collector received the batch, by the collector's clock (what retention goes
+    /// by: the host's times above are the host's to set). Absent in chunks written before
+    /// collectors recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -228,6 +233,7 @@ pub(crate) mod tests {
             first_time: Timestamp(0),
             last_time: Timestamp(0),
             raw_len: 5,
+            received: Some(Timestamp(1)),
         }
     }
 

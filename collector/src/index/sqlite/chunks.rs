@@ -8,8 +8,8 @@ use custos_proto::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    index::{ChunkSummary, Index, IndexError, IndexWriter, RecordingRow},
-    trust::chunk::{BatchRef, ChunkHash, RecordingKey},
+    index::{ChunkSummary, Index, IndexError, IndexWriter, RecordingRow, StoredChunk},
+    trust::chunk::{ChunkHash, RecordingKey},
 };
 
 /// An exit ends the latest running command of its process in the recording (found through
@@ -74,29 +74,34 @@ impl Index {
         )?)
     }
 
-    /// Stored batches, as (spool, seq) pairs, in storing order.
-    pub fn stored_batches(&self) -> Result<Vec<(String, u64)>, IndexError> {
+    /// Stored batches, as (agent, spool, seq), in storing order.
+    pub fn stored_batches(&self) -> Result<Vec<(String, String, u64)>, IndexError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT spool, seq FROM batches ORDER BY rowid")?;
+            .prepare("SELECT agent, spool, seq FROM batches ORDER BY rowid")?;
         let rows = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64))
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 }
 
 impl IndexWriter<'_> {
-    /// The recording a batch was stored in, if it was.
+    /// The recording a batch of `agent` was stored in, if it was.
     pub fn batch_recording(
         &self,
+        agent: &str,
         spool: &SpoolId,
         seq: BatchSeq,
     ) -> Result<Option<String>, IndexError> {
         Ok(self
             .tx
-            .prepare_cached("SELECT recording FROM batches WHERE spool = ?1 AND seq = ?2")?
-            .query_row(params![spool.0, seq.0 as i64], |row| row.get(0))
+            .prepare_cached(
+                "SELECT recording FROM batches WHERE agent = ?1 AND spool = ?2 AND seq = ?3",
+            )?
+            .query_row(params![agent, spool.0, seq.0 as i64], |row| row.get(0))
             .optional()?)
     }
 
@@ -120,28 +125,50 @@ impl IndexWriter<'_> {
             .ok_or(IndexError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
     }
 
-    /// Records a stored chunk: its batch, the recording's new length, count and hash, and what
-    /// its events add. All or nothing: a savepoint within the writer's transaction, so that one
-    /// chunk that fails leaves the group's others in it.
+    /// Records a stored chunk: its batch, the recording's new length, count, hash and receive
+    /// times, and what its events add. All or nothing: a savepoint within the writer's
+    /// transaction, so that one chunk that fails leaves the group's others in it.
+    ///
+    /// Returns the other agents this chunk's spool id arrived from before, when this is the
+    /// first batch of the spool from this agent (cloned agent state); usually none.
     pub fn commit_chunk(
         &mut self,
         recording: &str,
-        batch: &BatchRef,
-        chunk_index: u64,
-        stored_len: u64,
-        hash: &ChunkHash,
+        chunk: &StoredChunk<'_>,
         summary: &ChunkSummary,
-    ) -> Result<(), IndexError> {
+    ) -> Result<Vec<String>, IndexError> {
+        let StoredChunk {
+            agent,
+            batch,
+            index: chunk_index,
+            stored_len,
+            hash,
+            received,
+        } = *chunk;
         let tx = self.tx.savepoint()?;
         tx.prepare_cached(
-            "INSERT INTO batches (spool, seq, recording, chunk) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO batches (agent, spool, seq, recording, chunk) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
         .execute(params![
+            agent,
             batch.spool.0,
             batch.seq.0 as i64,
             recording,
             chunk_index as i64
         ])?;
+        let new_to_agent = tx
+            .prepare_cached("INSERT OR IGNORE INTO spool_agents (spool, agent) VALUES (?1, ?2)")?
+            .execute(params![batch.spool.0, agent])?
+            == 1;
+        let shared_with = if new_to_agent {
+            tx.prepare_cached(
+                "SELECT agent FROM spool_agents WHERE spool = ?1 AND agent != ?2 ORDER BY agent",
+            )?
+            .query_map(params![batch.spool.0, agent], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?
+        } else {
+            Vec::new()
+        };
         tx.prepare_cached(
             "UPDATE recordings SET
                 chunks = ?2, stored_len = ?3, last_hash = ?4,
@@ -151,7 +178,9 @@ impl IndexWriter<'_> {
                 tty = COALESCE(tty, ?13), remote = COALESCE(remote, ?14),
                 start_ns = COALESCE(start_ns, ?15), end_ns = COALESCE(?16, end_ns),
                 last_ns = MAX(COALESCE(last_ns, 0), COALESCE(?17, 0)),
-                bytes_uncaptured = bytes_uncaptured + ?18
+                bytes_uncaptured = bytes_uncaptured + ?18,
+                received_first_ns = COALESCE(received_first_ns, ?19),
+                received_last_ns = MAX(COALESCE(received_last_ns, ?19), COALESCE(?19, received_last_ns))
              WHERE id = ?1",
         )?
         .execute(params![
@@ -173,6 +202,7 @@ impl IndexWriter<'_> {
             summary.end.map(|t| t.0),
             summary.last.map(|t| t.0),
             summary.bytes_uncaptured as i64,
+            received.map(|t| t.0),
         ])?;
         {
             let mut insert = tx.prepare_cached(
@@ -231,7 +261,7 @@ impl IndexWriter<'_> {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(shared_with)
     }
 
     pub fn set_sealed(&self, id: &str) -> Result<(), IndexError> {
@@ -269,11 +299,23 @@ mod tests {
     use custos_proto::{AuditSessionId, BootId};
 
     use super::{super::schema::SCHEMA_VERSION, *};
+    use crate::trust::chunk::BatchRef;
 
     /// A recording with one chunk whose summary counts `uncaptured` bytes.
     fn store_one(index: &mut Index, session: u32, uncaptured: u64) -> String {
+        store_from(index, "h", session, uncaptured).0
+    }
+
+    /// A recording of `host` with one chunk (batch `session` of spool `s`), and the other agents
+    /// spool `s` came from before.
+    fn store_from(
+        index: &mut Index,
+        host: &str,
+        session: u32,
+        uncaptured: u64,
+    ) -> (String, Vec<String>) {
         let key = RecordingKey {
-            host: "h".into(),
+            host: host.into(),
             boot_id: BootId("b".into()),
             session: AuditSessionId(session),
         };
@@ -289,11 +331,78 @@ mod tests {
             bytes_uncaptured: uncaptured,
             ..ChunkSummary::default()
         };
-        writer
-            .commit_chunk(&row.id, &batch, 0, 64, &ChunkHash([0; 32]), &summary)
-            .unwrap();
+        let chunk = StoredChunk {
+            agent: &key.host,
+            batch: &batch,
+            index: 0,
+            stored_len: 64,
+            hash: &ChunkHash([0; 32]),
+            received: None,
+        };
+        let shared = writer.commit_chunk(&row.id, &chunk, &summary).unwrap();
         writer.commit().unwrap();
-        row.id
+        (row.id, shared)
+    }
+
+    fn schema_version(index: &Index) -> String {
+        index
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Turns an index of today's schema into what a version 2 collector wrote.
+    const DOWN_TO_2: &str = "
+        ALTER TABLE recordings DROP COLUMN received_first_ns;
+        ALTER TABLE recordings DROP COLUMN received_last_ns;
+        CREATE TABLE batches_2 (spool TEXT NOT NULL, seq INTEGER NOT NULL,
+            recording TEXT NOT NULL, chunk INTEGER NOT NULL, PRIMARY KEY (spool, seq));
+        INSERT INTO batches_2 SELECT spool, seq, recording, chunk FROM batches;
+        DROP TABLE batches;
+        ALTER TABLE batches_2 RENAME TO batches;
+        DROP TABLE spool_agents;
+        UPDATE meta SET value = '2' WHERE key = 'schema_version';";
+
+    /// An index written by a collector of schema 2 (batches keyed by spool and seq alone) is
+    /// upgraded in place: each batch becomes its recording's host's, so that the host's resend
+    /// is still a duplicate, another agent's batch of the same spool and seq is not, and the
+    /// spool arriving from that second agent is reported.
+    #[test]
+    fn a_schema_2_index_is_upgraded_to_batches_of_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let old = {
+            let mut index = Index::open(&path).unwrap();
+            let id = store_one(&mut index, 1, 0);
+            index.conn.execute_batch(DOWN_TO_2).unwrap();
+            id
+        };
+        let mut index = Index::open(&path).unwrap();
+        assert_eq!(schema_version(&index), SCHEMA_VERSION.to_string());
+        assert_eq!(
+            index.stored_batches().unwrap(),
+            vec![("h".to_owned(), "s".to_owned(), 1)]
+        );
+        let writer = index.writer().unwrap();
+        assert_eq!(
+            writer
+                .batch_recording("h", &SpoolId("s".into()), BatchSeq(1))
+                .unwrap(),
+            Some(old)
+        );
+        assert_eq!(
+            writer
+                .batch_recording("h2", &SpoolId("s".into()), BatchSeq(1))
+                .unwrap(),
+            None
+        );
+        drop(writer);
+        let (_, shared) = store_from(&mut index, "h2", 1, 0);
+        assert_eq!(shared, vec!["h".to_owned()]);
     }
 
     fn uncaptured(index: &Index, id: &str) -> u64 {
@@ -313,6 +422,7 @@ mod tests {
         let old = {
             let mut index = Index::open(&path).unwrap();
             let id = store_one(&mut index, 1, 0);
+            index.conn.execute_batch(DOWN_TO_2).unwrap();
             index
                 .conn
                 .execute_batch(
@@ -323,15 +433,7 @@ mod tests {
             id
         };
         let mut index = Index::open(&path).unwrap();
-        let version: String = index
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION.to_string());
+        assert_eq!(schema_version(&index), SCHEMA_VERSION.to_string());
         assert_eq!(uncaptured(&index, &old), 0);
         let new = store_one(&mut index, 2, 114_688);
         assert_eq!(uncaptured(&index, &new), 114_688);
@@ -401,6 +503,9 @@ mod tests {
         let id = store_one(&mut index, 2, 0);
         let reader = Index::open_read_only(&path).unwrap();
         assert_eq!(reader.recording(&id).unwrap().unwrap().chunks, 1);
-        assert_eq!(reader.stored_batches().unwrap(), vec![("s".to_owned(), 2)]);
+        assert_eq!(
+            reader.stored_batches().unwrap(),
+            vec![("h".to_owned(), "s".to_owned(), 2)]
+        );
     }
 }

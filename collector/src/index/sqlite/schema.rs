@@ -6,9 +6,11 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::index::IndexError;
 
-/// Version 2 added `recordings.bytes_uncaptured`; [`open`] upgrades a version 1 index
-/// in place.
-pub const SCHEMA_VERSION: i64 = 2;
+/// Version 2 added `recordings.bytes_uncaptured`; version 3 keys `batches` by the sending
+/// agent too (`agent`: its certificate's name), adds `spool_agents` and the collector's receive
+/// times of each recording (`received_first_ns`, `received_last_ns`). [`open`] upgrades an
+/// earlier index in place, one version at a time.
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -31,6 +33,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     bytes_out INTEGER NOT NULL DEFAULT 0,
     bytes_in INTEGER NOT NULL DEFAULT 0,
     bytes_uncaptured INTEGER NOT NULL DEFAULT 0,
+    received_first_ns INTEGER,
+    received_last_ns INTEGER,
     gaps INTEGER NOT NULL DEFAULT 0,
     chunks INTEGER NOT NULL DEFAULT 0,
     stored_len INTEGER NOT NULL DEFAULT 0,
@@ -84,13 +88,23 @@ CREATE TABLE IF NOT EXISTS gaps (
     to_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS gaps_recording ON gaps (recording, seq);
+-- A batch is one agent's: two hosts cloned from one image share a spool id, and each one's
+-- (spool, seq) is its own batch. `agent` is the name in the sender's certificate, which is the
+-- recording's host (ingest refuses a batch naming another host).
 CREATE TABLE IF NOT EXISTS batches (
+    agent TEXT NOT NULL,
     spool TEXT NOT NULL,
     seq INTEGER NOT NULL,
     recording TEXT NOT NULL,
     chunk INTEGER NOT NULL,
-    PRIMARY KEY (spool, seq)
+    PRIMARY KEY (agent, spool, seq)
 );
+-- Which agents a spool id arrived from: more than one is cloned agent state.
+CREATE TABLE IF NOT EXISTS spool_agents (
+    spool TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    PRIMARY KEY (spool, agent)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS agents (
     host TEXT PRIMARY KEY,
     version TEXT,
@@ -110,23 +124,53 @@ fn upgrade(conn: &mut Connection) -> Result<(), IndexError> {
         [],
         |row| row.get(0),
     )?;
-    match found.parse::<i64>() {
-        Ok(SCHEMA_VERSION) => Ok(()),
-        Ok(1) => {
+    let mut version = match found.parse::<i64>() {
+        Ok(version @ 1..=SCHEMA_VERSION) => version,
+        Ok(newer) if newer > SCHEMA_VERSION => return Err(IndexError::NewerSchema { found }),
+        _ => return Err(IndexError::UnknownSchema { found }),
+    };
+    while version < SCHEMA_VERSION {
+        let step = match version {
             // Recordings stored before keep 0: their uncaptured bytes are in their events, and
             // `custos-collector index rebuild` counts them.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(
-                "ALTER TABLE recordings ADD COLUMN bytes_uncaptured INTEGER NOT NULL DEFAULT 0;
-                 UPDATE meta SET value = '2' WHERE key = 'schema_version';",
-            )?;
-            tx.commit()?;
-            Ok(())
-        }
-        Ok(newer) if newer > SCHEMA_VERSION => Err(IndexError::NewerSchema { found }),
-        _ => Err(IndexError::UnknownSchema { found }),
+            1 => "ALTER TABLE recordings ADD COLUMN bytes_uncaptured INTEGER NOT NULL DEFAULT 0;",
+            _ => TO_3,
+        };
+        version += 1;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(step)?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+            [version.to_string()],
+        )?;
+        tx.commit()?;
     }
+    Ok(())
 }
+
+/// Version 2 to 3. A batch stored before was its recording's host's: that host's certificate
+/// sent it (ingest refused any other), so each row gets the recording's host as its agent. The
+/// receive times of recordings stored before are unknown (their chunks do not carry them):
+/// they stay empty, and retention goes by the host's times for those recordings, as before,
+/// until a new chunk arrives (`custos-collector index rebuild` reads the same from the chunks).
+const TO_3: &str = "
+ALTER TABLE batches RENAME TO batches_2;
+CREATE TABLE batches (
+    agent TEXT NOT NULL,
+    spool TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    recording TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    PRIMARY KEY (agent, spool, seq)
+);
+INSERT INTO batches (agent, spool, seq, recording, chunk)
+    SELECT r.host, b.spool, b.seq, b.recording, b.chunk
+    FROM batches_2 b JOIN recordings r ON r.id = b.recording ORDER BY b.rowid;
+DROP TABLE batches_2;
+INSERT OR IGNORE INTO spool_agents (spool, agent) SELECT DISTINCT spool, agent FROM batches;
+ALTER TABLE recordings ADD COLUMN received_first_ns INTEGER;
+ALTER TABLE recordings ADD COLUMN received_last_ns INTEGER;
+";
 
 /// Opens (creating) the index read-write, in write-ahead-log mode with full syncs.
 pub(crate) fn open(path: &Path) -> Result<Connection, IndexError> {
