@@ -434,7 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             RetentionCommand::Show => {
                 let info: RetentionInfo = client.get(path::RETENTION, &[])?;
                 println!(
-                    "recordings are kept {:.0} days after their last activity; {} recordings, {} held",
+                    "recordings are kept {:.0} days after their last batch arrived; {} recordings, {} held",
                     info.keep_days, info.sessions, info.held_sessions
                 );
             }

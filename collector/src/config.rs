@@ -44,7 +44,8 @@ impl Default for ApiConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// A recording is removed this long after its last activity, unless held. Default six years
+    /// A recording is removed this long after the collector last received a batch of it (by the
+    /// collector's clock), unless held. Default six years
     /// (HIPAA's documentation retention, 45 CFR 164.316(b)(2)(i)).
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub keep: Duration,

@@ -1,5 +1,7 @@
 //! Retention: a recording idle for longer than the retention period is purged, unless a legal
-//! hold covers it. The periodic job and the admin's `retention purge` both run it here; the
+//! hold covers it. Idle by the collector's clock: the time it last received a batch of the
+//! recording, never the times the recorded host put in its events (root on the host can set its
+//! clock back to 2001 and log out; the recording is then new, not 25 years old). The periodic job and the admin's `retention purge` both run it here; the
 //! deletion itself runs in the store's writer (no append interleaves with it) and every purge is
 //! recorded in the audit database.
 use std::{
@@ -30,7 +32,7 @@ pub enum RetentionError {
 
 /// What retention needs: the period, the holds (in the audit database) and the store's writer.
 pub struct Retention {
-    /// Recordings are kept this long after their last activity.
+    /// Recordings are kept this long after the collector last received a batch of them.
     pub keep: Duration,
     pub audit: Arc<Mutex<Audit>>,
     pub writer: StoreHandle,
@@ -98,8 +100,7 @@ fn held(holds: &[Hold], recording: &str, login_user: Option<&str>) -> bool {
     holds.iter().any(|hold| hold.covers(recording, login_user))
 }
 
-/// A retention run, for the writer: recordings whose last activity is before `cutoff` go,
-/// unless held.
+/// A retention run, for the writer: recordings last received before `cutoff` go, unless held.
 pub struct Purge {
     pub cutoff: Timestamp,
     pub holds: Vec<Hold>,
@@ -148,9 +149,142 @@ impl Purge {
 
 #[cfg(test)]
 mod tests {
-    use custos_proto::api::HoldKind;
+    use custos_proto::{
+        AuditSessionId, BootId, ByteString, Event, EventBody, Seq, Tty,
+        api::HoldKind,
+        event::{Output, SessionEnd},
+        wire::{BatchSeq, SpoolId, make_batch},
+    };
 
     use super::*;
+    use crate::store::{Appended, Prepared, StoreConfig, generate_keys, rebuild_index};
+
+    const DAY_NS: i64 = 86_400_000_000_000;
+    /// 2001-01-01T00:00:00Z: `date -s 2001-01-01` on the recorded host.
+    const Y2001_NS: i64 = 978_307_200_000_000_000;
+
+    /// A whole session (output, then its end) as host `host` recorded it at `time`.
+    fn session(host: &str, session: u32, time: i64) -> Vec<Event> {
+        let event = |seq: u64, body| Event {
+            time: Timestamp(time + seq as i64),
+            host: host.into(),
+            boot_id: BootId("3ceb1d62-7dc8-410f-835d-54aa0e66d523".into()),
+            session: AuditSessionId(session),
+            seq: Seq(seq),
+            process: None,
+            event: body,
+        };
+        vec![
+            event(
+                1,
+                EventBody::Output(Output {
+                    tty: Tty::from_parts(136, 1),
+                    data: ByteString::from("rm -rf evidence"),
+                    uncaptured: 0,
+                    redacted: Default::default(),
+                }),
+            ),
+            event(
+                2,
+                EventBody::SessionEnd(SessionEnd {
+                    duration_secs: 1.0,
+                    ..Default::default()
+                }),
+            ),
+        ]
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        config: StoreConfig,
+        audit: Arc<Mutex<Audit>>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            dir: dir.path().join("store"),
+            key_file: dir.path().join("store.key"),
+            seal_key: dir.path().join("seal.key"),
+        };
+        generate_keys(
+            &config.key_file,
+            &config.seal_key,
+            &dir.path().join("seal.pub"),
+        )
+        .unwrap();
+        let audit = Arc::new(Mutex::new(
+            Audit::open(&dir.path().join("audit.sqlite")).unwrap(),
+        ));
+        Fixture {
+            _dir: dir,
+            config,
+            audit,
+        }
+    }
+
+    /// Stores `events` as one batch received by the collector at `received`.
+    fn store(store: &mut Store, seq: u64, events: &[Event], received: Timestamp) -> String {
+        let batch = make_batch(&SpoolId("spool".into()), BatchSeq(seq), events).unwrap();
+        let prepared = Prepared::new(Box::new(batch), received).unwrap();
+        match store.append_group(std::slice::from_ref(&prepared)).pop() {
+            Some(Ok(Appended::Stored { recording, .. })) => recording,
+            other => panic!("not stored: {other:?}"),
+        }
+    }
+
+    fn purge_older_than(fixture: &Fixture, store: &mut Store, keep_days: i64) -> PurgeReport {
+        Purge {
+            cutoff: Timestamp(Timestamp::now().0 - keep_days * DAY_NS),
+            holds: Vec::new(),
+            audit: fixture.audit.clone(),
+            reason: "retention period passed".into(),
+        }
+        .run(store)
+        .unwrap()
+    }
+
+    /// The host's clock set back to 2001 before the session ended (`date -s 2001-01-01` as root,
+    /// then logging out): the recording just arrived, and retention keeps it. A recording
+    /// received longer ago than the period goes, whatever its host's clock said. The index
+    /// rebuilt from the chunks gives the same answer.
+    #[test]
+    fn retention_goes_by_the_collectors_receive_time_not_the_hosts_clock() {
+        let fixture = fixture();
+        let mut s = Store::open(&fixture.config).unwrap();
+        let now = Timestamp::now();
+        let set_back = store(&mut s, 1, &session("db1", 1, Y2001_NS), now);
+        let old = store(
+            &mut s,
+            2,
+            &session("db1", 2, now.0),
+            Timestamp(now.0 - 100 * DAY_NS),
+        );
+        let report = purge_older_than(&fixture, &mut s, 30);
+        assert_eq!(report.purged, vec![old.clone()]);
+        assert!(s.index().recording(&set_back).unwrap().is_some());
+        assert!(s.index().recording(&old).unwrap().is_none());
+        // The host's times stay what the host said, for display.
+        let kept = s.index().session(&set_back).unwrap().unwrap();
+        assert_eq!(kept.end.map(|t| t.0), Some(Y2001_NS + 2));
+
+        // Rebuilt from the chunks, the index ages recordings by the same receive times.
+        let in_a_week = store(
+            &mut s,
+            3,
+            &session("db1", 3, Y2001_NS),
+            Timestamp(now.0 - 23 * DAY_NS),
+        );
+        drop(s);
+        rebuild_index(&fixture.config).unwrap();
+        let mut s = Store::open(&fixture.config).unwrap();
+        assert!(purge_older_than(&fixture, &mut s, 30).purged.is_empty());
+        assert_eq!(
+            purge_older_than(&fixture, &mut s, 22).purged,
+            vec![in_a_week]
+        );
+        assert!(s.index().recording(&set_back).unwrap().is_some());
+    }
 
     fn hold(kind: HoldKind, target: &str) -> Hold {
         Hold {
