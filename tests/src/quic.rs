@@ -79,6 +79,11 @@ pub fn handshake(
 /// What the collector did with a request sent on its own stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer {
+    /// An ack, with whether the collector had stored the batch before.
+    Ack {
+        duplicate: bool,
+    },
+    /// Another frame, by kind.
     Frame(String),
     /// The stream was reset with this application error code.
     Reset(u64),
@@ -105,6 +110,9 @@ async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Answer {
         return Answer::Other(err.to_string());
     }
     match wire::decode_frame(&body) {
+        Ok(wire::Frame::Ack(ack)) => Answer::Ack {
+            duplicate: ack.duplicate,
+        },
         Ok(frame) => Answer::Frame(frame.kind().to_owned()),
         Err(err) => Answer::Other(err.to_string()),
     }

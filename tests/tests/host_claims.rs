@@ -1,0 +1,218 @@
+//! What a host says of itself does not decide what the collector keeps: through real QUIC and
+//! mutual TLS to a real collector, two agent certificates sending the same spool id (hosts
+//! cloned from one image) each get their batch stored, and the clone is alerted; a session whose
+//! events carry the host's clock set back to 2001 is not expired by retention.
+// A package of several targets, each using some of its dependencies: cargo's
+// `unused_crate_dependencies` lint would name the others in every target.
+#![allow(unused_crate_dependencies)]
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use custos_collector::store::Store;
+use custos_proto::{
+    AuditSessionId, BootId, ByteString, Event, EventBody, Seq, Timestamp, Tty,
+    event::{Output, SessionEnd},
+    wire::{self, BatchSeq, Frame, SpoolId, make_batch},
+};
+use custos_tests::{
+    deployment::{Deployment, collector_command},
+    free_udp_address,
+    quic::{self, Answer},
+    wait_until,
+};
+
+const DELIVERY: Duration = Duration::from_secs(20);
+/// 2001-01-01T00:00:00Z: `date -s 2001-01-01` on the recorded host.
+const Y2001_NS: i64 = 978_307_200_000_000_000;
+
+/// A whole session of `host` (a line of output, then its end), at host time `time`, as one
+/// batch frame of spool `spool`.
+fn session_frame(host: &str, spool: &str, time: i64) -> Vec<u8> {
+    let event = |seq: u64, body| Event {
+        time: Timestamp(time + seq as i64),
+        host: host.into(),
+        boot_id: BootId("0b5e7c2a-51f4-4c39-9f0e-2d6f1c3a8b90".into()),
+        session: AuditSessionId(4242),
+        seq: Seq(seq),
+        process: None,
+        event: body,
+    };
+    let events = [
+        event(
+            1,
+            EventBody::Output(Output {
+                tty: Tty::from_parts(136, 3),
+                data: ByteString::from(format!("on {host}\r\n").as_str()),
+                uncaptured: 0,
+                redacted: Default::default(),
+            }),
+        ),
+        event(
+            2,
+            EventBody::SessionEnd(SessionEnd {
+                duration_secs: 1.0,
+                ..Default::default()
+            }),
+        ),
+    ];
+    let batch = make_batch(&SpoolId(spool.into()), BatchSeq(1), &events).expect("a batch");
+    wire::encode_frame(&Frame::Batch(batch))
+}
+
+/// Issues an agent certificate for `host`; returns (cert, key).
+fn agent_identity(deployment: &Deployment, host: &str) -> (PathBuf, PathBuf) {
+    let pki = deployment.pki();
+    collector_command(&[
+        "pki",
+        "issue",
+        "agent",
+        host,
+        "--dir",
+        pki.to_str().expect("a UTF-8 path"),
+    ]);
+    (
+        pki.join(format!("issued/agent-{host}.pem")),
+        pki.join(format!("issued/agent-{host}.key")),
+    )
+}
+
+/// Sends `frame` with `identity`'s certificate; the collector's answer.
+fn send(address: SocketAddr, ca: &Path, identity: &(PathBuf, PathBuf), frame: &[u8]) -> Answer {
+    quic::requests(address, ca, (&identity.0, &identity.1), &[frame.to_vec()])
+        .expect("the agent certificate connects")
+        .pop()
+        .expect("an answer")
+}
+
+#[test]
+fn two_agents_with_one_spool_id_are_both_stored_and_the_clone_is_alerted() {
+    let deployment = Deployment::new(&[]);
+    let ca = deployment.pki().join("ca.pem");
+    let alerts = deployment.path("alerts.jsonl");
+    let listen = free_udp_address();
+    let collector = deployment.start_collector_with(
+        &listen,
+        None,
+        &format!("[alerts]\njson_log = \"{}\"\n", alerts.display()),
+    );
+    let address: SocketAddr = listen.parse().expect("address");
+    let (a, b) = ("clone-a", "clone-b");
+    let (id_a, id_b) = (
+        agent_identity(&deployment, a),
+        agent_identity(&deployment, b),
+    );
+    let now = Timestamp::now().0;
+    let (from_a, from_b) = (
+        session_frame(a, "spool-of-the-image", now),
+        session_frame(b, "spool-of-the-image", now),
+    );
+
+    assert_eq!(
+        send(address, &ca, &id_a, &from_a),
+        Answer::Ack { duplicate: false }
+    );
+    // Host B's batch 1 of the same spool is its own, not a resend of host A's.
+    assert_eq!(
+        send(address, &ca, &id_b, &from_b),
+        Answer::Ack { duplicate: false }
+    );
+    // Each one's resend is its own duplicate.
+    assert_eq!(
+        send(address, &ca, &id_a, &from_a),
+        Answer::Ack { duplicate: true }
+    );
+    assert_eq!(
+        send(address, &ca, &id_b, &from_b),
+        Answer::Ack { duplicate: true }
+    );
+
+    let mut batches = deployment.stored_batches();
+    batches.sort();
+    assert_eq!(
+        batches,
+        vec![
+            (a.to_owned(), "spool-of-the-image".to_owned(), 1),
+            (b.to_owned(), "spool-of-the-image".to_owned(), 1),
+        ]
+    );
+    let store = Store::open_read_only(&deployment.store_config()).expect("the store");
+    for host in [a, b] {
+        let (sessions, _) = store
+            .index()
+            .sessions(&custos_collector::index::Filter {
+                host: Some(host.into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .expect("sessions");
+        assert_eq!(sessions.len(), 1, "{host}: {sessions:?}");
+    }
+
+    // The alert names both hosts and the spool id, once.
+    let alert: serde_json::Value = wait_until("the cloned agent state alert", DELIVERY, || {
+        let text = std::fs::read_to_string(&alerts).ok()?;
+        let line = text
+            .lines()
+            .find(|line| line.contains("cloned_agent_state"))?;
+        serde_json::from_str(line).ok()
+    });
+    assert_eq!(alert["rule"], "cloned_agent_state", "{alert}");
+    assert_eq!(alert["host"], b, "{alert}");
+    let summary = alert["summary"].as_str().unwrap_or_default();
+    for needed in [a, b, "spool-of-the-image"] {
+        assert!(summary.contains(needed), "{needed} not in {summary}");
+    }
+    collector
+        .daemon
+        .wait_log(&["cloned agent state", "clone-b"], DELIVERY);
+    let text = std::fs::read_to_string(&alerts).expect("the alert log");
+    assert_eq!(
+        text.lines()
+            .filter(|line| line.contains("cloned_agent_state"))
+            .count(),
+        1,
+        "one alert per new agent of a spool: {text}"
+    );
+}
+
+#[test]
+fn a_session_ended_with_the_host_clock_set_to_2001_is_not_expired() {
+    let deployment = Deployment::new(&[]);
+    let ca = deployment.pki().join("ca.pem");
+    let listen = free_udp_address();
+    let _collector =
+        deployment.start_collector_with(&listen, None, "[retention]\nkeep = \"1days\"\n");
+    let address: SocketAddr = listen.parse().expect("address");
+    let host = deployment.host.clone();
+    let agent = (
+        deployment.pki().join(format!("issued/agent-{host}.pem")),
+        deployment.pki().join(format!("issued/agent-{host}.key")),
+    );
+    assert_eq!(
+        send(
+            address,
+            &ca,
+            &agent,
+            &session_frame(&host, "spool", Y2001_NS)
+        ),
+        Answer::Ack { duplicate: false }
+    );
+    let admin = deployment.auditor("root-admin", "admin");
+    let out = deployment.custos(&admin, &["retention", "purge"]).ok();
+    assert!(out.contains("0 purged"), "{out}");
+    let store = Store::open_read_only(&deployment.store_config()).expect("the store");
+    let (sessions, _) = store
+        .index()
+        .sessions(&custos_collector::index::Filter {
+            host: Some(host.clone()),
+            limit: 10,
+            ..Default::default()
+        })
+        .expect("sessions");
+    assert_eq!(sessions.len(), 1, "the recording is gone: {sessions:?}");
+    // Listings keep the host's (wrong) times for display.
+    assert_eq!(sessions[0].end.map(|t| t.0), Some(Y2001_NS + 2));
+}
