@@ -63,7 +63,24 @@ fn state(summary: &SessionSummary) -> String {
     if summary.held {
         flags.push("held");
     }
+    if summary.clock_skewed {
+        flags.push("clock-skewed");
+    }
     flags.join(",")
+}
+
+/// An agent's clock against the collector's: `+2s`, `-9131d 8h skewed`, or `-` (not said).
+fn clock_offset(agent: &AgentInfo) -> String {
+    let Some(offset) = agent.clock_offset else {
+        return "-".into();
+    };
+    let sign = if offset < 0.0 { "-" } else { "+" };
+    let span = custos_proto::time::format_duration(offset.abs().round() as u64);
+    if agent.clock_skewed {
+        format!("{sign}{span} skewed")
+    } else {
+        format!("{sign}{span}")
+    }
 }
 
 pub fn sessions(sessions: &[SessionSummary], truncated: bool) -> String {
@@ -378,6 +395,7 @@ pub fn agents(agents: &[AgentInfo]) -> String {
         "BOOT",
         "FIRST CONTACT",
         "LAST CONTACT",
+        "CLOCK",
     ]);
     // What an agent said of itself (version, boot id) is its input: escaped like a recording.
     let or_dash = |v: &Option<String>| escape::or_dash(v.as_deref()).into_owned();
@@ -389,6 +407,7 @@ pub fn agents(agents: &[AgentInfo]) -> String {
             or_dash(&a.boot_id),
             time(Some(a.first_contact)),
             time(Some(a.last_contact)),
+            clock_offset(a),
         ]);
     }
     format!("{table}\n")
@@ -426,6 +445,7 @@ mod tests {
                 gaps: 0,
                 sealed: true,
                 held: false,
+                clock_skewed: false,
             },
             commands: Vec::new(),
             files: Vec::new(),
@@ -622,5 +642,29 @@ mod tests {
             "{shown}"
         );
         assert!(!detail(&session(0)).contains("uncaptured"));
+    }
+
+    /// An agent whose clock is off shows it in `custos agents`, and its sessions say so.
+    #[test]
+    fn a_skewed_clock_is_shown_on_agents_and_sessions() {
+        let agent = |offset: Option<f64>, skewed| AgentInfo {
+            host: "db1".into(),
+            version: None,
+            boot_id: None,
+            address: None,
+            first_contact: Timestamp(0),
+            last_contact: Timestamp(0),
+            clock_offset: offset,
+            clock_skewed: skewed,
+        };
+        let shown = agents(&[agent(Some(-788_918_400.0), true)]);
+        assert!(shown.contains("CLOCK"), "{shown}");
+        assert!(shown.contains("-9131d skewed"), "{shown}");
+        assert!(agents(&[agent(Some(2.4), false)]).contains("+2s"));
+        assert!(!agents(&[agent(None, false)]).contains("skewed"));
+        let mut skewed = session(0).summary;
+        skewed.clock_skewed = true;
+        assert!(sessions(&[skewed], false).contains("clock-skewed"));
+        assert!(!sessions(&[session(0).summary], false).contains("clock-skewed"));
     }
 }

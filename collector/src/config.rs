@@ -77,6 +77,10 @@ pub struct IngestConfig {
     /// A connection silent this long is closed (agents send keep-alives).
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub idle_timeout: Duration,
+    /// An agent whose clock is off from the collector's by more than this is flagged, with the
+    /// recordings it sends (retention goes by the collector's clock either way).
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for IngestConfig {
@@ -87,6 +91,7 @@ impl Default for IngestConfig {
             max_batch_size: ByteSize::mib(64),
             max_streams_per_connection: 64,
             idle_timeout: Duration::from_secs(60),
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }

@@ -172,6 +172,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let limits = Limits {
         max_frame: config.ingest.max_frame_size.as_u64() as usize,
         max_batch_raw: config.ingest.max_batch_size.as_u64() as usize,
+        max_clock_skew: config.ingest.max_clock_skew,
     };
     let metrics = Arc::new(CollectorMetrics::default());
     let alerts =

@@ -157,7 +157,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::store::{Appended, Prepared, StoreConfig, generate_keys, rebuild_index};
+    use crate::store::{Appended, Prepared, Receipt, StoreConfig, generate_keys, rebuild_index};
 
     const DAY_NS: i64 = 86_400_000_000_000;
     /// 2001-01-01T00:00:00Z: `date -s 2001-01-01` on the recorded host.
@@ -226,7 +226,11 @@ mod tests {
     /// Stores `events` as one batch received by the collector at `received`.
     fn store(store: &mut Store, seq: u64, events: &[Event], received: Timestamp) -> String {
         let batch = make_batch(&SpoolId("spool".into()), BatchSeq(seq), events).unwrap();
-        let prepared = Prepared::new(Box::new(batch), received).unwrap();
+        let receipt = Receipt {
+            received,
+            host_clock_skewed: false,
+        };
+        let prepared = Prepared::new(Box::new(batch), receipt).unwrap();
         match store.append_group(std::slice::from_ref(&prepared)).pop() {
             Some(Ok(Appended::Stored { recording, .. })) => recording,
             other => panic!("not stored: {other:?}"),

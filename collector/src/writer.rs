@@ -10,8 +10,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::warn;
 
 use crate::{
+    ingest::HostClock,
     retention::Purge,
-    store::{Appended, Prepared, Store, StoreError},
+    store::{Appended, Prepared, Receipt, Store, StoreError},
 };
 
 /// An agent's contact, recorded in the index's agents table.
@@ -22,6 +23,8 @@ pub struct Contact {
     pub boot_id: Option<String>,
     pub spool: Option<String>,
     pub address: String,
+    /// The agent's clock against the collector's, when its hello said its time.
+    pub clock: Option<HostClock>,
 }
 
 type Reply = oneshot::Sender<Result<Appended, StoreError>>;
@@ -71,6 +74,7 @@ impl StoreHandle {
                                 version: contact.version.or(entry.0.version.take()),
                                 boot_id: contact.boot_id.or(entry.0.boot_id.take()),
                                 spool: contact.spool.or(entry.0.spool.take()),
+                                clock: contact.clock.or(entry.0.clock.take()),
                                 ..contact
                             };
                             *entry = (merged, Timestamp::now());
@@ -102,17 +106,15 @@ impl StoreHandle {
         (StoreHandle { tx, decoding }, thread)
     }
 
-    /// Stores a batch durably; resolves once it is on disk and in the index. It was received
-    /// now (what retention goes by).
-    pub async fn append(&self, batch: Batch) -> Result<Appended, StoreError> {
-        let received = Timestamp::now();
+    /// Stores a batch durably; resolves once it is on disk and in the index.
+    pub async fn append(&self, batch: Batch, receipt: Receipt) -> Result<Appended, StoreError> {
         let prepared = {
             let _permit = self
                 .decoding
                 .acquire()
                 .await
                 .map_err(|_| StoreError::ShuttingDown)?;
-            tokio::task::spawn_blocking(move || Prepared::new(Box::new(batch), received))
+            tokio::task::spawn_blocking(move || Prepared::new(Box::new(batch), receipt))
                 .await
                 .map_err(|_| StoreError::ShuttingDown)??
         };
@@ -185,14 +187,7 @@ fn flush(store: &mut Store, contacts: &mut HashMap<String, (Contact, Timestamp)>
         }
     };
     for (contact, at) in contacts.values() {
-        if let Err(err) = writer.agent_contact(
-            &contact.host,
-            contact.version.as_deref(),
-            contact.boot_id.as_deref(),
-            contact.spool.as_deref(),
-            &contact.address,
-            *at,
-        ) {
+        if let Err(err) = writer.agent_contact(contact, *at) {
             warn!(host = contact.host, error = %err, "could not record an agent's contact");
         }
     }

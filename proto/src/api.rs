@@ -75,6 +75,10 @@ pub struct SessionSummary {
     pub sealed: bool,
     /// Under a legal hold (exempt from retention).
     pub held: bool,
+    /// The host's clock disagreed with the collector's by more than `ingest.max_clock_skew`
+    /// when batches of this session arrived: its times are the host's, not to be trusted.
+    #[serde(default)]
+    pub clock_skewed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -296,6 +300,13 @@ pub struct AgentInfo {
     pub address: Option<String>,
     pub first_contact: Timestamp,
     pub last_contact: Timestamp,
+    /// The agent's clock minus the collector's, in seconds, at its last hello (absent for
+    /// agents that do not send their time).
+    #[serde(default)]
+    pub clock_offset: Option<f64>,
+    /// That offset is more than `ingest.max_clock_skew`.
+    #[serde(default)]
+    pub clock_skewed: bool,
 }
 
 /// The body of every error response.

@@ -84,6 +84,9 @@ pub struct Hello {
     pub host: String,
     pub boot_id: BootId,
     pub spool: SpoolId,
+    /// The agent's clock when it sent the hello: the collector compares it with its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Timestamp>,
 }
 
 /// The collector's answer to a hello.

@@ -1,7 +1,8 @@
 //! What a host says of itself does not decide what the collector keeps: through real QUIC and
 //! mutual TLS to a real collector, two agent certificates sending the same spool id (hosts
 //! cloned from one image) each get their batch stored, and the clone is alerted; a session whose
-//! events carry the host's clock set back to 2001 is not expired by retention.
+//! events carry the host's clock set back to 2001 is not expired by retention, and the host's
+//! clock is flagged as skewed.
 // A package of several targets, each using some of its dependencies: cargo's
 // `unused_crate_dependencies` lint would name the others in every target.
 #![allow(unused_crate_dependencies)]
@@ -179,7 +180,7 @@ fn two_agents_with_one_spool_id_are_both_stored_and_the_clone_is_alerted() {
 }
 
 #[test]
-fn a_session_ended_with_the_host_clock_set_to_2001_is_not_expired() {
+fn a_session_ended_with_the_host_clock_set_to_2001_is_not_expired_and_the_clock_is_flagged() {
     let deployment = Deployment::new(&[]);
     let ca = deployment.pki().join("ca.pem");
     let listen = free_udp_address();
@@ -191,14 +192,28 @@ fn a_session_ended_with_the_host_clock_set_to_2001_is_not_expired() {
         deployment.pki().join(format!("issued/agent-{host}.pem")),
         deployment.pki().join(format!("issued/agent-{host}.key")),
     );
+    // The agent says its (2001) time in its hello, then sends the session on that connection.
+    let hello = wire::encode_frame(&Frame::Hello(wire::Hello {
+        protocol: wire::PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        host: host.clone(),
+        boot_id: BootId("0b5e7c2a-51f4-4c39-9f0e-2d6f1c3a8b90".into()),
+        spool: SpoolId("spool".into()),
+        time: Some(Timestamp(Y2001_NS)),
+    }));
+    let answers = quic::requests(
+        address,
+        &ca,
+        (&agent.0, &agent.1),
+        &[hello, session_frame(&host, "spool", Y2001_NS)],
+    )
+    .expect("the agent certificate connects");
     assert_eq!(
-        send(
-            address,
-            &ca,
-            &agent,
-            &session_frame(&host, "spool", Y2001_NS)
-        ),
-        Answer::Ack { duplicate: false }
+        answers,
+        vec![
+            Answer::Frame("welcome".into()),
+            Answer::Ack { duplicate: false }
+        ]
     );
     let admin = deployment.auditor("root-admin", "admin");
     let out = deployment.custos(&admin, &["retention", "purge"]).ok();
@@ -213,6 +228,15 @@ fn a_session_ended_with_the_host_clock_set_to_2001_is_not_expired() {
         })
         .expect("sessions");
     assert_eq!(sessions.len(), 1, "the recording is gone: {sessions:?}");
-    // Listings keep the host's (wrong) times for display.
+    // Listings keep the host's (wrong) times for display, and say its clock was off.
     assert_eq!(sessions[0].end.map(|t| t.0), Some(Y2001_NS + 2));
+    assert!(sessions[0].clock_skewed, "{:?}", sessions[0]);
+    let listed = deployment.custos(&admin, &["sessions"]).ok();
+    assert!(listed.contains("clock-skewed"), "{listed}");
+    // `custos agents` flags the host (contacts are written within seconds).
+    let agents = wait_until("the agent's clock flagged", DELIVERY, || {
+        let out = deployment.custos(&admin, &["agents"]).ok();
+        out.contains("skewed").then_some(out)
+    });
+    assert!(agents.contains(&host), "{agents}");
 }

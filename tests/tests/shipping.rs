@@ -393,6 +393,7 @@ fn wrong_certificates_are_refused_and_garbage_disturbs_no_one() {
         host: deployment.host.clone(),
         boot_id: custos_proto::BootId("test".into()),
         spool: SpoolId("test".into()),
+        time: None,
     }));
     let mut malformed = 5u32.to_be_bytes().to_vec();
     malformed.extend_from_slice(b"\xc1\xc1\xc1\xc1\xc1");

@@ -186,6 +186,7 @@ async fn connect(
         host: shipping.host.clone(),
         boot_id: shipping.boot_id.clone(),
         spool: spool_id,
+        time: Some(custos_proto::Timestamp::now()),
     });
     match request(&connection, &hello).await {
         Ok(Frame::Welcome(welcome)) => {

@@ -146,6 +146,7 @@ fn populate(store: &std::path::Path, sessions: u64) -> anyhow::Result<()> {
             stored_len: 4096,
             hash: &ChunkHash(hash),
             received: Some(Timestamp(end)),
+            host_clock_skewed: false,
         };
         writer.commit_chunk(&row.id, &chunk, &summary)?;
         writer.set_sealed(&row.id)?;

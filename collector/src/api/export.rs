@@ -170,6 +170,7 @@ mod tests {
             gaps: 0,
             sealed: false,
             held: false,
+            clock_skewed: false,
         };
         let (header, mut cast) = Asciicast::start(&summary);
         let header: serde_json::Value = serde_json::from_str(&header).unwrap();

@@ -71,6 +71,8 @@ pub struct StoredChunk<'a> {
     /// When the collector received the batch (by its own clock), if the chunk says: chunks
     /// written before receive times were recorded do not.
     pub received: Option<Timestamp>,
+    /// The sending host's clock was off by more than the allowed skew.
+    pub host_clock_skewed: bool,
 }
 
 /// Which sessions: by login user, host, and a time window the session overlaps.

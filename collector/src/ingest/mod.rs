@@ -5,6 +5,7 @@
 //! peer's address. Each stream carries one request frame; a batch is acknowledged only once the
 //! store has made it durable. A malformed or oversized frame resets its stream with an error
 //! code, is logged and counted, and disturbs nothing else.
+mod clock;
 mod stream;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -15,6 +16,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use self::clock::HostClock;
 pub use crate::metrics::IngestMetrics;
 use crate::{config::Config, tls::Revocation, writer::StoreHandle};
 
@@ -34,6 +36,8 @@ pub struct Ingest {
 pub struct Limits {
     pub max_frame: usize,
     pub max_batch_raw: usize,
+    /// An agent's clock off by more than this from the collector's is flagged.
+    pub max_clock_skew: std::time::Duration,
 }
 
 /// The QUIC server configuration: `tls` (see [`crate::tls`]) and the limits in `config`.
@@ -120,6 +124,7 @@ async fn handle_connection(connection: quinn::Connection, remote: SocketAddr, in
     let peer = Arc::new(stream::Peer {
         identity,
         address: remote,
+        clock: std::sync::Mutex::new(None),
     });
     let reason = loop {
         tokio::select! {

@@ -3,14 +3,17 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use custos_daemon::quic::{ReadFrameError, read_frame};
 use custos_pki::Identity;
-use custos_proto::wire::{self, Ack, ErrorCode, ErrorFrame, Frame, Welcome};
+use custos_proto::{
+    Timestamp,
+    wire::{self, Ack, ErrorCode, ErrorFrame, Frame, Welcome},
+};
 use quinn::{RecvStream, SendStream};
 use tracing::{debug, warn};
 
-use super::Ingest;
+use super::{HostClock, Ingest};
 use crate::{
     alerts::ClonedSpool,
-    store::{Appended, StoreError},
+    store::{Appended, Receipt, StoreError},
     writer::Contact,
 };
 
@@ -18,6 +21,8 @@ use crate::{
 pub struct Peer {
     pub identity: Identity,
     pub address: SocketAddr,
+    /// The agent's clock against the collector's, from its hello on this connection.
+    pub clock: std::sync::Mutex<Option<HostClock>>,
 }
 
 /// How long a client may take to send its request frame.
@@ -66,12 +71,24 @@ pub async fn handle(
                     "hello names another host than the certificate"
                 );
             }
+            let clock = hello
+                .time
+                .map(|time| HostClock::judge(time, Timestamp::now(), limits.max_clock_skew));
+            if let Some(clock) = clock.filter(|clock| clock.skewed) {
+                warn!(
+                    agent,
+                    offset_secs = clock.offset_ns / 1_000_000_000,
+                    "the agent's clock is off from the collector's by more than ingest.max_clock_skew"
+                );
+            }
+            *peer.clock.lock().unwrap_or_else(|e| e.into_inner()) = clock;
             ingest.store.contact(Contact {
                 host: peer.identity.name.clone(),
                 version: Some(hello.agent_version),
                 boot_id: Some(hello.boot_id.0),
                 spool: Some(hello.spool.0),
                 address: peer.address.to_string(),
+                clock,
             });
             if hello.protocol != wire::PROTOCOL_VERSION {
                 error_frame(
@@ -130,15 +147,24 @@ async fn batch_response(batch: wire::Batch, peer: &Peer, ingest: &Ingest) -> Fra
     let (spool, seq) = (header.spool.clone(), header.seq);
     let (events, raw_len) = (u64::from(header.events), header.raw_len);
     let arrived = std::time::Instant::now();
+    let receipt = Receipt {
+        received: Timestamp::now(),
+        host_clock_skewed: peer
+            .clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|clock| clock.skewed),
+    };
     store.contact(Contact {
         host: peer.identity.name.clone(),
         version: None,
         boot_id: Some(header.boot_id.0.clone()),
         spool: Some(spool.0.clone()),
         address: peer.address.to_string(),
+        clock: None,
     });
     let for_alerts = ingest.alerts.wants().then(|| batch.clone());
-    match store.append(batch).await {
+    match store.append(batch, receipt).await {
         Ok(Appended::Stored {
             recording,
             chunk,

@@ -46,21 +46,39 @@ pub enum Appended {
 pub struct Prepared {
     batch: Box<Batch>,
     summary: ChunkSummary,
-    /// When the collector received the batch, by its own clock.
-    received: Timestamp,
+    receipt: Receipt,
+}
+
+/// What the collector knows of a batch's arrival, beside the batch: stored in its chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// When the collector received it, by its own clock.
+    pub received: Timestamp,
+    /// The sending host's clock disagreed with the collector's by more than the allowed skew.
+    pub host_clock_skewed: bool,
+}
+
+impl Receipt {
+    /// Received now, from a host whose clock is not known to be off.
+    pub fn now() -> Receipt {
+        Receipt {
+            received: Timestamp::now(),
+            host_clock_skewed: false,
+        }
+    }
 }
 
 impl Prepared {
     /// Decodes the batch's events (refusing a batch whose events do not match its header) and
-    /// summarises what they add to the index. `received`: when the collector received it.
-    pub fn new(batch: Box<Batch>, received: Timestamp) -> Result<Prepared, StoreError> {
+    /// summarises what they add to the index.
+    pub fn new(batch: Box<Batch>, receipt: Receipt) -> Result<Prepared, StoreError> {
         let events = wire::unpack_events(&batch.header, &batch.events, MAX_CHUNK_RAW)
             .map_err(|err| StoreError::Refused(err.to_string()))?;
         let summary = ChunkSummary::of(&events);
         Ok(Prepared {
             batch,
             summary,
-            received,
+            receipt,
         })
     }
 }
@@ -69,7 +87,7 @@ impl Store {
     /// Stores one batch (already checked against its header and the sender's identity) durably,
     /// once, received now.
     pub fn append(&mut self, batch: Batch) -> Result<Appended, StoreError> {
-        let prepared = Prepared::new(Box::new(batch), Timestamp::now())?;
+        let prepared = Prepared::new(Box::new(batch), Receipt::now())?;
         let mut stored = self.append_group(std::slice::from_ref(&prepared));
         stored.pop().unwrap_or(Err(StoreError::ShuttingDown))
     }
@@ -167,7 +185,7 @@ fn stage(
     let Prepared {
         batch,
         summary,
-        received,
+        receipt,
     } = prepared;
     let header = &batch.header;
     // The batch's host is its sender's certificate name (ingest refuses any other): batches
@@ -209,7 +227,8 @@ fn stage(
         first_time: header.first_time,
         last_time: header.last_time,
         raw_len: header.raw_len,
-        received: Some(*received),
+        received: Some(receipt.received),
+        host_clock_skewed: receipt.host_clock_skewed,
     };
     let (bytes, hash) = chunk::encode(&chunk_header, &batch.events, enc_key);
     let written = write_chunk(dir, &row, &bytes)?;
@@ -222,6 +241,7 @@ fn stage(
             stored_len: written.stored_len,
             hash: &hash,
             received: chunk_header.received,
+            host_clock_skewed: receipt.host_clock_skewed,
         },
         summary,
     )?;

@@ -28,7 +28,7 @@ use custos_proto::Event;
 use serde::Deserialize;
 
 pub use self::{
-    group::{Appended, Prepared},
+    group::{Appended, Prepared, Receipt},
     rebuild::{Rebuilt, rebuild_index},
     seal::seal_path,
 };

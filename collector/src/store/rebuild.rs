@@ -78,6 +78,7 @@ pub fn rebuild_index(config: &StoreConfig) -> Result<Rebuilt, StoreError> {
                     stored_len: chunk.end as u64,
                     hash: &chunk.hash,
                     received: header.received,
+                    host_clock_skewed: header.host_clock_skewed,
                 },
                 &ChunkSummary::of(&events),
             )?;

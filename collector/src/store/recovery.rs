@@ -57,6 +57,7 @@ impl Store {
                             stored_len: row.stored_len + chunk.end as u64,
                             hash: &chunk.hash,
                             received: header.received,
+                            host_clock_skewed: header.host_clock_skewed,
                         };
                         writer
                             .commit_chunk(&row.id, &stored, &summary)

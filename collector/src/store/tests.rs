@@ -111,7 +111,7 @@ fn stores_once_reads_back_and_seals() {
 fn a_group_chains_its_chunks_skips_repeats_and_isolates_a_bad_batch() {
     let (_dir, config) = fixture();
     let mut store = Store::open(&config).unwrap();
-    let prepare = |batch: Batch| Prepared::new(Box::new(batch), Timestamp::now()).unwrap();
+    let prepare = |batch: Batch| Prepared::new(Box::new(batch), Receipt::now()).unwrap();
     let mut other_session = output(1, "elsewhere");
     other_session.session = AuditSessionId(8);
     let mut bad_host = output(1, "x");
@@ -200,6 +200,7 @@ fn a_crash_between_write_and_commit_is_replayed_and_a_torn_tail_cut() {
             last_time: b2.header.last_time,
             raw_len: b2.header.raw_len,
             received: Some(Timestamp::now()),
+            host_clock_skewed: false,
         };
         let (bytes, _) = chunk::encode(&header, &b2.events, key);
         let path = store.dir().join(&row.path);

@@ -92,6 +92,10 @@ pub struct ChunkHeader {
     /// collectors recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received: Option<Timestamp>,
+    /// The sending host's clock disagreed with the collector's by more than the allowed skew
+    /// (`ingest.max_clock_skew`) when the batch arrived. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_clock_skewed: bool,
 }
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -234,6 +238,7 @@ pub(crate) mod tests {
             last_time: Timestamp(0),
             raw_len: 5,
             received: Some(Timestamp(1)),
+            host_clock_skewed: false,
         }
     }
 

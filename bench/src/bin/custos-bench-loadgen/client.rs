@@ -116,6 +116,7 @@ async fn connect(
         host: plan.name.clone(),
         boot_id: BootId("6f1c2a9e-8d3b-4c7a-9e21-0b5d4f3a7c18".into()),
         spool: plan.spool.clone(),
+        time: Some(custos_proto::Timestamp::now()),
     });
     match request(&connection, &wire::encode_frame(&hello)).await? {
         Frame::Welcome(_) => Ok(connection),

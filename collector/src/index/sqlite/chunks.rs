@@ -144,6 +144,7 @@ impl IndexWriter<'_> {
             stored_len,
             hash,
             received,
+            host_clock_skewed,
         } = *chunk;
         let tx = self.tx.savepoint()?;
         tx.prepare_cached(
@@ -180,7 +181,8 @@ impl IndexWriter<'_> {
                 last_ns = MAX(COALESCE(last_ns, 0), COALESCE(?17, 0)),
                 bytes_uncaptured = bytes_uncaptured + ?18,
                 received_first_ns = COALESCE(received_first_ns, ?19),
-                received_last_ns = MAX(COALESCE(received_last_ns, ?19), COALESCE(?19, received_last_ns))
+                received_last_ns = MAX(COALESCE(received_last_ns, ?19), COALESCE(?19, received_last_ns)),
+                clock_skewed = MAX(clock_skewed, ?20)
              WHERE id = ?1",
         )?
         .execute(params![
@@ -203,6 +205,7 @@ impl IndexWriter<'_> {
             summary.last.map(|t| t.0),
             summary.bytes_uncaptured as i64,
             received.map(|t| t.0),
+            i64::from(host_clock_skewed),
         ])?;
         {
             let mut insert = tx.prepare_cached(
@@ -272,23 +275,36 @@ impl IndexWriter<'_> {
         Ok(())
     }
 
-    /// Notes an agent's contact.
+    /// Notes an agent's contact (`clock`: its clock's offset from the collector's, in ns, and
+    /// whether that is more than the allowed skew, when it said its time).
     pub fn agent_contact(
         &self,
-        host: &str,
-        version: Option<&str>,
-        boot_id: Option<&str>,
-        spool: Option<&str>,
-        address: &str,
+        contact: &crate::writer::Contact,
         now: Timestamp,
     ) -> Result<(), IndexError> {
+        let (offset, skewed) = match contact.clock {
+            Some(clock) => (Some(clock.offset_ns), Some(i64::from(clock.skewed))),
+            None => (None, None),
+        };
         self.tx.execute(
-            "INSERT INTO agents (host, version, boot_id, spool, address, first_contact_ns, last_contact_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+            "INSERT INTO agents (host, version, boot_id, spool, address, first_contact_ns, last_contact_ns,
+                                 clock_offset_ns, clock_skewed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, COALESCE(?8, 0))
              ON CONFLICT (host) DO UPDATE SET
                 version = COALESCE(?2, version), boot_id = COALESCE(?3, boot_id),
-                spool = COALESCE(?4, spool), address = ?5, last_contact_ns = ?6",
-            params![host, version, boot_id, spool, address, now.0],
+                spool = COALESCE(?4, spool), address = ?5, last_contact_ns = ?6,
+                clock_offset_ns = COALESCE(?7, clock_offset_ns),
+                clock_skewed = COALESCE(?8, clock_skewed)",
+            params![
+                contact.host,
+                contact.version,
+                contact.boot_id,
+                contact.spool,
+                contact.address,
+                now.0,
+                offset,
+                skewed
+            ],
         )?;
         Ok(())
     }
@@ -338,6 +354,7 @@ mod tests {
             stored_len: 64,
             hash: &ChunkHash([0; 32]),
             received: None,
+            host_clock_skewed: false,
         };
         let shared = writer.commit_chunk(&row.id, &chunk, &summary).unwrap();
         writer.commit().unwrap();
@@ -359,6 +376,9 @@ mod tests {
     const DOWN_TO_2: &str = "
         ALTER TABLE recordings DROP COLUMN received_first_ns;
         ALTER TABLE recordings DROP COLUMN received_last_ns;
+        ALTER TABLE recordings DROP COLUMN clock_skewed;
+        ALTER TABLE agents DROP COLUMN clock_offset_ns;
+        ALTER TABLE agents DROP COLUMN clock_skewed;
         CREATE TABLE batches_2 (spool TEXT NOT NULL, seq INTEGER NOT NULL,
             recording TEXT NOT NULL, chunk INTEGER NOT NULL, PRIMARY KEY (spool, seq));
         INSERT INTO batches_2 SELECT spool, seq, recording, chunk FROM batches;

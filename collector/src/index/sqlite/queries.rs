@@ -13,7 +13,7 @@ use crate::index::{Filter, Index, IndexError};
 
 const SUMMARY_COLUMNS: &str = "id, host, boot_id, session, login_user, login_uid, tty, remote,
     start_ns, end_ns, last_ns, events, commands, files, bytes_out, bytes_in, gaps, sealed,
-    bytes_uncaptured";
+    bytes_uncaptured, clock_skewed";
 
 fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
     Ok(SessionSummary {
@@ -37,6 +37,7 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionSummary> {
         sealed: row.get::<_, i64>(17)? != 0,
         bytes_uncaptured: row.get::<_, i64>(18)? as u64,
         held: false,
+        clock_skewed: row.get::<_, i64>(19)? != 0,
     })
 }
 
@@ -275,7 +276,9 @@ impl Index {
     /// Every agent that ever connected, by host (the API's body type: the index keeps no twin).
     pub fn agents(&self) -> Result<Vec<AgentInfo>, IndexError> {
         let mut stmt = self.conn.prepare(
-            "SELECT host, version, boot_id, address, first_contact_ns, last_contact_ns FROM agents ORDER BY host",
+            "SELECT host, version, boot_id, address, first_contact_ns, last_contact_ns,
+                    clock_offset_ns, clock_skewed
+             FROM agents ORDER BY host",
         )?;
         let agents = stmt
             .query_map([], |r| {
@@ -286,6 +289,8 @@ impl Index {
                     address: r.get(3)?,
                     first_contact: Timestamp(r.get(4)?),
                     last_contact: Timestamp(r.get(5)?),
+                    clock_offset: r.get::<_, Option<i64>>(6)?.map(|ns| ns as f64 / 1e9),
+                    clock_skewed: r.get::<_, i64>(7)? != 0,
                 })
             })?
             .collect::<Result<_, _>>()?;

@@ -7,8 +7,9 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use crate::index::IndexError;
 
 /// Version 2 added `recordings.bytes_uncaptured`; version 3 keys `batches` by the sending
-/// agent too (`agent`: its certificate's name), adds `spool_agents` and the collector's receive
-/// times of each recording (`received_first_ns`, `received_last_ns`). [`open`] upgrades an
+/// agent too (`agent`: its certificate's name), adds `spool_agents`, the collector's receive
+/// times of each recording (`received_first_ns`, `received_last_ns`) and the host clock skew
+/// flags (`recordings.clock_skewed`, `agents.clock_offset_ns` and `agents.clock_skewed`). [`open`] upgrades an
 /// earlier index in place, one version at a time.
 pub const SCHEMA_VERSION: i64 = 3;
 
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     bytes_uncaptured INTEGER NOT NULL DEFAULT 0,
     received_first_ns INTEGER,
     received_last_ns INTEGER,
+    clock_skewed INTEGER NOT NULL DEFAULT 0,
     gaps INTEGER NOT NULL DEFAULT 0,
     chunks INTEGER NOT NULL DEFAULT 0,
     stored_len INTEGER NOT NULL DEFAULT 0,
@@ -112,7 +114,9 @@ CREATE TABLE IF NOT EXISTS agents (
     spool TEXT,
     address TEXT,
     first_contact_ns INTEGER NOT NULL,
-    last_contact_ns INTEGER NOT NULL
+    last_contact_ns INTEGER NOT NULL,
+    clock_offset_ns INTEGER,
+    clock_skewed INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -170,6 +174,9 @@ DROP TABLE batches_2;
 INSERT OR IGNORE INTO spool_agents (spool, agent) SELECT DISTINCT spool, agent FROM batches;
 ALTER TABLE recordings ADD COLUMN received_first_ns INTEGER;
 ALTER TABLE recordings ADD COLUMN received_last_ns INTEGER;
+ALTER TABLE recordings ADD COLUMN clock_skewed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN clock_offset_ns INTEGER;
+ALTER TABLE agents ADD COLUMN clock_skewed INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Opens (creating) the index read-write, in write-ahead-log mode with full syncs.
