@@ -616,7 +616,8 @@ fn retention_purges_expired_sessions_and_keeps_held_ones() {
             .status
             .success()
     );
-    // Two seconds after the last session ended, every recording is past retention.
+    // Two seconds after the collector received the last session's last batch, every recording is
+    // past retention.
     wait_until(
         "the retention period to pass",
         Duration::from_secs(30),
