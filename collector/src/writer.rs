@@ -10,22 +10,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::warn;
 
 use crate::{
-    ingest::HostClock,
     retention::Purge,
     store::{Appended, Prepared, Receipt, Store, StoreError},
 };
 
 /// An agent's contact, recorded in the index's agents table.
-#[derive(Clone, Debug)]
-pub struct Contact {
-    pub host: String,
-    pub version: Option<String>,
-    pub boot_id: Option<String>,
-    pub spool: Option<String>,
-    pub address: String,
-    /// The agent's clock against the collector's, when its hello said its time.
-    pub clock: Option<HostClock>,
-}
+pub use crate::index::AgentContact as Contact;
 
 type Reply = oneshot::Sender<Result<Appended, StoreError>>;
 

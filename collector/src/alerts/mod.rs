@@ -443,9 +443,8 @@ impl Engine {
             rule: "cloned_agent_state".into(),
             summary: format!(
                 "[cloned_agent_state] spool {spool} arrives from {agent} and from {}: cloned \
-                 agent state (hosts made from one image?); each host's batches are stored \
-                 separately, give each host its own spool (remove the agent's spool directory \
-                 on the clone)",
+                 agent state (hosts made from one image that carried the agent's spool, or an \
+                 agent using another's spool id); each host's batches are stored as its own",
                 others.join(", ")
             ),
             show: format!("custos show {recording}"),

@@ -56,6 +56,28 @@ pub struct RecordingRow {
     pub sealed: bool,
 }
 
+/// An agent's contact, as the index's agents table records it: what its hello or a batch said.
+#[derive(Clone, Debug)]
+pub struct AgentContact {
+    /// The name in its certificate.
+    pub host: String,
+    pub version: Option<String>,
+    pub boot_id: Option<String>,
+    pub spool: Option<String>,
+    pub address: String,
+    /// Its clock against the collector's, when its hello said its time.
+    pub clock: Option<HostClock>,
+}
+
+/// How far an agent's clock is from the collector's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostClock {
+    /// The agent's clock minus the collector's, in nanoseconds (positive: the host is ahead).
+    pub offset_ns: i64,
+    /// The offset, either way, is more than the allowed skew (`ingest.max_clock_skew`).
+    pub skewed: bool,
+}
+
 /// A chunk the store wrote, as the index records it (with the summary of its events).
 #[derive(Clone, Copy, Debug)]
 pub struct StoredChunk<'a> {

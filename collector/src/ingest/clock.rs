@@ -6,24 +6,15 @@ use std::time::Duration;
 
 use custos_proto::Timestamp;
 
-/// How far an agent's clock is from the collector's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostClock {
-    /// The agent's clock minus the collector's, in nanoseconds (positive: the host is ahead).
-    pub offset_ns: i64,
-    /// The offset, either way, is more than the allowed skew.
-    pub skewed: bool,
-}
+pub use crate::index::HostClock;
 
-impl HostClock {
-    /// Compares the time an agent said (`host`) with the collector's when it arrived.
-    pub fn judge(host: Timestamp, collector: Timestamp, max_skew: Duration) -> HostClock {
-        let offset_ns = host.0.saturating_sub(collector.0);
-        let max = i64::try_from(max_skew.as_nanos()).unwrap_or(i64::MAX);
-        HostClock {
-            offset_ns,
-            skewed: offset_ns.unsigned_abs() > max.unsigned_abs(),
-        }
+/// Compares the time an agent said (`host`) with the collector's when it arrived.
+pub fn judge(host: Timestamp, collector: Timestamp, max_skew: Duration) -> HostClock {
+    let offset_ns = host.0.saturating_sub(collector.0);
+    let max = i64::try_from(max_skew.as_nanos()).unwrap_or(i64::MAX);
+    HostClock {
+        offset_ns,
+        skewed: offset_ns.unsigned_abs() > max.unsigned_abs(),
     }
 }
 
@@ -37,7 +28,7 @@ mod tests {
     fn a_clock_off_by_more_than_the_skew_either_way_is_flagged() {
         let now = Timestamp(1_790_000_000_000_000_000);
         let max = Duration::from_secs(300);
-        let at = |offset: i64| HostClock::judge(Timestamp(now.0 + offset), now, max);
+        let at = |offset: i64| judge(Timestamp(now.0 + offset), now, max);
         assert_eq!(
             at(4 * MINUTE),
             HostClock {
@@ -49,8 +40,8 @@ mod tests {
         assert!(at(6 * MINUTE).skewed);
         assert!(at(-6 * MINUTE).skewed);
         // `date -s 2001-01-01` on the host.
-        let y2001 = HostClock::judge(Timestamp(978_307_200_000_000_000), now, max);
+        let y2001 = judge(Timestamp(978_307_200_000_000_000), now, max);
         assert!(y2001.skewed && y2001.offset_ns < 0, "{y2001:?}");
-        assert!(HostClock::judge(Timestamp(i64::MIN), now, max).skewed);
+        assert!(judge(Timestamp(i64::MIN), now, max).skewed);
     }
 }

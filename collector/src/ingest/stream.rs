@@ -10,7 +10,10 @@ use custos_proto::{
 use quinn::{RecvStream, SendStream};
 use tracing::{debug, warn};
 
-use super::{HostClock, Ingest};
+use super::{
+    Ingest,
+    clock::{self, HostClock},
+};
 use crate::{
     alerts::ClonedSpool,
     store::{Appended, Receipt, StoreError},
@@ -71,24 +74,24 @@ pub async fn handle(
                     "hello names another host than the certificate"
                 );
             }
-            let clock = hello
+            let host_clock = hello
                 .time
-                .map(|time| HostClock::judge(time, Timestamp::now(), limits.max_clock_skew));
-            if let Some(clock) = clock.filter(|clock| clock.skewed) {
+                .map(|time| clock::judge(time, Timestamp::now(), limits.max_clock_skew));
+            if let Some(clock) = host_clock.filter(|clock| clock.skewed) {
                 warn!(
                     agent,
                     offset_secs = clock.offset_ns / 1_000_000_000,
                     "the agent's clock is off from the collector's by more than ingest.max_clock_skew"
                 );
             }
-            *peer.clock.lock().unwrap_or_else(|e| e.into_inner()) = clock;
+            *peer.clock.lock().unwrap_or_else(|e| e.into_inner()) = host_clock;
             ingest.store.contact(Contact {
                 host: peer.identity.name.clone(),
                 version: Some(hello.agent_version),
                 boot_id: Some(hello.boot_id.0),
                 spool: Some(hello.spool.0),
                 address: peer.address.to_string(),
-                clock,
+                clock: host_clock,
             });
             if hello.protocol != wire::PROTOCOL_VERSION {
                 error_frame(

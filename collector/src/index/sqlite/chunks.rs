@@ -8,7 +8,9 @@ use custos_proto::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    index::{ChunkSummary, Index, IndexError, IndexWriter, RecordingRow, StoredChunk},
+    index::{
+        AgentContact, ChunkSummary, Index, IndexError, IndexWriter, RecordingRow, StoredChunk,
+    },
     trust::chunk::{ChunkHash, RecordingKey},
 };
 
@@ -277,11 +279,7 @@ impl IndexWriter<'_> {
 
     /// Notes an agent's contact (`clock`: its clock's offset from the collector's, in ns, and
     /// whether that is more than the allowed skew, when it said its time).
-    pub fn agent_contact(
-        &self,
-        contact: &crate::writer::Contact,
-        now: Timestamp,
-    ) -> Result<(), IndexError> {
+    pub fn agent_contact(&self, contact: &AgentContact, now: Timestamp) -> Result<(), IndexError> {
         let (offset, skewed) = match contact.clock {
             Some(clock) => (Some(clock.offset_ns), Some(i64::from(clock.skewed))),
             None => (None, None),

@@ -9,8 +9,8 @@ use crate::index::IndexError;
 /// Version 2 added `recordings.bytes_uncaptured`; version 3 keys `batches` by the sending
 /// agent too (`agent`: its certificate's name), adds `spool_agents`, the collector's receive
 /// times of each recording (`received_first_ns`, `received_last_ns`) and the host clock skew
-/// flags (`recordings.clock_skewed`, `agents.clock_offset_ns` and `agents.clock_skewed`). [`open`] upgrades an
-/// earlier index in place, one version at a time.
+/// flags (`recordings.clock_skewed`, `agents.clock_offset_ns`, `agents.clock_skewed`). [`open`]
+/// upgrades an earlier index in place, one version at a time.
 pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
