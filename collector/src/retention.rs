@@ -157,7 +157,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::store::{Appended, Prepared, Receipt, StoreConfig, generate_keys, rebuild_index};
+    use crate::store::{Appended, Prepared, Receipt, StoreConfig, rebuild_index};
 
     const DAY_NS: i64 = 86_400_000_000_000;
     /// 2001-01-01T00:00:00Z: `date -s 2001-01-01` on the recorded host.
@@ -201,18 +201,7 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            dir: dir.path().join("store"),
-            key_file: dir.path().join("store.key"),
-            seal_key: dir.path().join("seal.key"),
-        };
-        generate_keys(
-            &config.key_file,
-            &config.seal_key,
-            &dir.path().join("seal.pub"),
-        )
-        .unwrap();
+        let (dir, config) = crate::store::tests::fixture();
         let audit = Arc::new(Mutex::new(
             Audit::open(&dir.path().join("audit.sqlite")).unwrap(),
         ));

@@ -12,9 +12,10 @@ use std::{
     time::Duration,
 };
 
-use custos_collector::store::Store;
+use custos_collector::{index::Filter, store::Store};
 use custos_proto::{
     AuditSessionId, BootId, ByteString, Event, EventBody, Seq, Timestamp, Tty,
+    api::SessionSummary,
     event::{Output, SessionEnd},
     wire::{self, BatchSeq, Frame, SpoolId, make_batch},
 };
@@ -88,6 +89,17 @@ fn send(address: SocketAddr, ca: &Path, identity: &(PathBuf, PathBuf), frame: &[
         .expect("an answer")
 }
 
+/// The sessions of `host` the collector's index lists.
+fn sessions_of(deployment: &Deployment, host: &str) -> Vec<SessionSummary> {
+    let store = Store::open_read_only(&deployment.store_config()).expect("the store");
+    let filter = Filter {
+        host: Some(host.into()),
+        limit: 10,
+        ..Default::default()
+    };
+    store.index().sessions(&filter).expect("sessions").0
+}
+
 #[test]
 fn two_agents_with_one_spool_id_are_both_stored_and_the_clone_is_alerted() {
     let deployment = Deployment::new(&[]);
@@ -139,16 +151,8 @@ fn two_agents_with_one_spool_id_are_both_stored_and_the_clone_is_alerted() {
             (b.to_owned(), "spool-of-the-image".to_owned(), 1),
         ]
     );
-    let store = Store::open_read_only(&deployment.store_config()).expect("the store");
     for host in [a, b] {
-        let (sessions, _) = store
-            .index()
-            .sessions(&custos_collector::index::Filter {
-                host: Some(host.into()),
-                limit: 10,
-                ..Default::default()
-            })
-            .expect("sessions");
+        let sessions = sessions_of(&deployment, host);
         assert_eq!(sessions.len(), 1, "{host}: {sessions:?}");
     }
 
@@ -218,15 +222,7 @@ fn a_session_ended_with_the_host_clock_set_to_2001_is_not_expired_and_the_clock_
     let admin = deployment.auditor("root-admin", "admin");
     let out = deployment.custos(&admin, &["retention", "purge"]).ok();
     assert!(out.contains("0 purged"), "{out}");
-    let store = Store::open_read_only(&deployment.store_config()).expect("the store");
-    let (sessions, _) = store
-        .index()
-        .sessions(&custos_collector::index::Filter {
-            host: Some(host.clone()),
-            limit: 10,
-            ..Default::default()
-        })
-        .expect("sessions");
+    let sessions = sessions_of(&deployment, &host);
     assert_eq!(sessions.len(), 1, "the recording is gone: {sessions:?}");
     // Listings keep the host's (wrong) times for display, and say its clock was off.
     assert_eq!(sessions[0].end.map(|t| t.0), Some(Y2001_NS + 2));

@@ -249,4 +249,4 @@ pub fn generate_keys(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -39,7 +39,8 @@ fn output(seq: u64, text: &str) -> Event {
     )
 }
 
-fn fixture() -> (tempfile::TempDir, StoreConfig) {
+/// A store configuration in a temporary directory, with fresh keys.
+pub(crate) fn fixture() -> (tempfile::TempDir, StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         dir: dir.path().join("store"),

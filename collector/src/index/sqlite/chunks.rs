@@ -406,18 +406,13 @@ mod tests {
             vec![("h".to_owned(), "s".to_owned(), 1)]
         );
         let writer = index.writer().unwrap();
-        assert_eq!(
+        let stored_in = |agent| {
             writer
-                .batch_recording("h", &SpoolId("s".into()), BatchSeq(1))
-                .unwrap(),
-            Some(old)
-        );
-        assert_eq!(
-            writer
-                .batch_recording("h2", &SpoolId("s".into()), BatchSeq(1))
-                .unwrap(),
-            None
-        );
+                .batch_recording(agent, &SpoolId("s".into()), BatchSeq(1))
+                .unwrap()
+        };
+        assert_eq!(stored_in("h"), Some(old));
+        assert_eq!(stored_in("h2"), None);
         drop(writer);
         let (_, shared) = store_from(&mut index, "h2", 1, 0);
         assert_eq!(shared, vec!["h".to_owned()]);
