@@ -1,5 +1,6 @@
-//! What retention asks of the SQLite index: the recordings past a cutoff (by receive time), every recording's
-//! login user (to count held ones), and removing a recording with everything indexed from it.
+//! What retention asks of the SQLite index: the recordings past a cutoff (by receive time),
+//! every recording's login user (to count held ones), and removing a recording with everything
+//! indexed from it.
 use custos_proto::Timestamp;
 
 use crate::index::{Index, IndexError, IndexWriter};
