@@ -519,3 +519,69 @@ fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
     };
     format!("[{rule}] {who} {what} on {}", event.host)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A sink that keeps what it is sent.
+    struct Kept(Arc<Mutex<Vec<Alert>>>);
+
+    impl Sink for Kept {
+        fn send(&mut self, alert: &Alert) {
+            self.0.lock().unwrap().push(alert.clone());
+        }
+    }
+
+    fn engine(config: &AlertsConfig) -> (Engine, Arc<Mutex<Vec<Alert>>>) {
+        let (rules, builtins) = config.compile().unwrap();
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let engine = Engine {
+            rules,
+            builtins,
+            sinks: vec![Box::new(Kept(kept.clone()))],
+            sessions: HashMap::new(),
+            windows: HashMap::new(),
+            limit: config.rate_limit,
+            window: config.rate_window,
+            silent: HashMap::new(),
+            store: StoreConfig::default(),
+            metrics: Arc::new(CollectorMetrics::default()),
+        };
+        (engine, kept)
+    }
+
+    fn cloned() -> ClonedSpool {
+        ClonedSpool {
+            agent: "web2".into(),
+            spool: "6a1f".into(),
+            others: vec!["web1".into()],
+            recording: "web2-0b5e7c2a-3".into(),
+        }
+    }
+
+    /// On by default, with no rule configured, naming both hosts and the spool; off when
+    /// configured off.
+    #[test]
+    fn cloned_agent_state_is_raised_by_default_and_can_be_turned_off() {
+        let (mut on, kept) = engine(&AlertsConfig::default());
+        on.cloned(cloned());
+        let alerts = kept.lock().unwrap().clone();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let alert = &alerts[0];
+        assert_eq!(alert.rule, "cloned_agent_state");
+        assert_eq!(alert.host, "web2");
+        assert_eq!(alert.session, "web2-0b5e7c2a-3");
+        for named in ["web1", "web2", "6a1f"] {
+            assert!(alert.summary.contains(named), "{named}: {}", alert.summary);
+        }
+
+        let mut config = AlertsConfig::default();
+        config.builtin.cloned_agent = false;
+        let (mut off, kept) = engine(&config);
+        off.cloned(cloned());
+        assert!(kept.lock().unwrap().is_empty());
+    }
+}
