@@ -385,6 +385,17 @@ mod tests {
         DROP TABLE spool_agents;
         UPDATE meta SET value = '2' WHERE key = 'schema_version';";
 
+    /// An index with one recording (its id returned), turned back by `downgrades` into what an
+    /// earlier collector wrote.
+    fn earlier_index(path: &std::path::Path, downgrades: &[&str]) -> String {
+        let mut index = Index::open(path).unwrap();
+        let id = store_one(&mut index, 1, 0);
+        for step in downgrades {
+            index.conn.execute_batch(step).unwrap();
+        }
+        id
+    }
+
     /// An index written by a collector of schema 2 (batches keyed by spool and seq alone) is
     /// upgraded in place: each batch becomes its recording's host's, so that the host's resend
     /// is still a duplicate, another agent's batch of the same spool and seq is not, and the
@@ -393,12 +404,7 @@ mod tests {
     fn a_schema_2_index_is_upgraded_to_batches_of_agents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
-        let old = {
-            let mut index = Index::open(&path).unwrap();
-            let id = store_one(&mut index, 1, 0);
-            index.conn.execute_batch(DOWN_TO_2).unwrap();
-            id
-        };
+        let old = earlier_index(&path, &[DOWN_TO_2]);
         let mut index = Index::open(&path).unwrap();
         assert_eq!(schema_version(&index), SCHEMA_VERSION.to_string());
         assert_eq!(
@@ -432,19 +438,14 @@ mod tests {
     fn a_schema_1_index_is_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
-        let old = {
-            let mut index = Index::open(&path).unwrap();
-            let id = store_one(&mut index, 1, 0);
-            index.conn.execute_batch(DOWN_TO_2).unwrap();
-            index
-                .conn
-                .execute_batch(
-                    "ALTER TABLE recordings DROP COLUMN bytes_uncaptured;
-                     UPDATE meta SET value = '1' WHERE key = 'schema_version';",
-                )
-                .unwrap();
-            id
-        };
+        let old = earlier_index(
+            &path,
+            &[
+                DOWN_TO_2,
+                "ALTER TABLE recordings DROP COLUMN bytes_uncaptured;
+                 UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+            ],
+        );
         let mut index = Index::open(&path).unwrap();
         assert_eq!(schema_version(&index), SCHEMA_VERSION.to_string());
         assert_eq!(uncaptured(&index, &old), 0);
