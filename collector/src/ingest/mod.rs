@@ -5,6 +5,7 @@
 //! peer's address. Each stream carries one request frame; a batch is acknowledged only once the
 //! store has made it durable. A malformed or oversized frame resets its stream with an error
 //! code, is logged and counted, and disturbs nothing else.
+mod endpoint;
 mod stream;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -15,6 +16,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use self::endpoint::bind;
 pub use crate::metrics::IngestMetrics;
 use crate::{config::Config, tls::Revocation, writer::StoreHandle};
 
