@@ -1,14 +1,18 @@
 //! Shipping: the QUIC client that sends spooled batches to the collector (protocol in
 //! docs/protocol.md).
 //!
-//! One connection at a time, reconnecting with exponential backoff and jitter; the agent's
-//! certificate and the CA are read again at every connection, so rotated files take effect at
-//! the next reconnect. Up to `in_flight` batches are outstanding, each on its own stream, but
+//! One connection at a time. A lost connection is made again at once, failed attempts are
+//! retried with the [`backoff`]; the agent's certificate and the CA are read again at every
+//! connection, so rotated files take effect at the next reconnect. Every answer has a deadline
+//! (`shipping.ack_timeout`): a batch not acknowledged in time, or a handshake not finished, ends
+//! the connection at once rather than after the idle timeout (a collector that crashed sends no
+//! close; a restarted one ends the old connection with a stateless reset). Up to `in_flight` batches are outstanding, each on its own stream, but
 //! never two of one session: a session's batches are stored in the order they were made; the
 //! [`window`] decides what goes and what each result means, this module does the I/O. A batch
 //! leaves the spool only when the collector acknowledged it (durably stored). A batch refused
 //! for good (malformed, too large) is set aside by the spool in `rejected/` and logged:
 //! resending it could never succeed, and it must not block the rest.
+mod backoff;
 mod window;
 
 use std::{
@@ -31,7 +35,10 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use self::window::{Outcome, SendError, Window};
+use self::{
+    backoff::Backoff,
+    window::{Outcome, SendError, Window},
+};
 use crate::{
     config::{CollectorConfig, ShippingConfig},
     metrics::{AgentMetrics, ShipMetrics},
@@ -40,8 +47,18 @@ use crate::{
 
 /// Largest response frame accepted from the collector.
 const MAX_RESPONSE: usize = 1024 * 1024;
-/// How long one request (send a frame, get the answer) may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the backlog gauges are brought up to date, and how often a connection looks at
+/// what it has heard from the collector.
+const OBSERVE_EVERY: Duration = Duration::from_millis(100);
+/// While batches wait for their answer and the collector has been quiet this long, the agent
+/// sends it a probe (a one-byte QUIC datagram, which the collector does not read). A crashed
+/// collector sends no close and a restarted one resets the old connection only once a packet of
+/// it arrives: probes make one arrive.
+const PROBE_AFTER: Duration = Duration::from_millis(250);
+/// A live collector acknowledges every QUIC packet within a round trip, whatever its store is
+/// doing: a connection that has heard nothing for this long (or four round trips, if more)
+/// after sending a batch or a probe is given up.
+const SILENCE: Duration = Duration::from_secs(1);
 
 pub struct Shipping {
     pub collector: CollectorConfig,
@@ -59,11 +76,15 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
+    let observer = tokio::spawn(observe(spool.clone(), metrics.clone()));
     let metrics = &metrics.ship;
     let mut endpoint = quinn::Endpoint::client("[::]:0".parse().expect("valid address"))
         .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address")))
         .context("opening a UDP socket")?;
-    let mut backoff = shipping.options.reconnect_min;
+    let mut backoff = Backoff::new(
+        shipping.options.reconnect_min,
+        shipping.options.reconnect_max,
+    );
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         if *stop.borrow() && deadline.is_none() {
@@ -88,7 +109,7 @@ pub async fn run(
             Ok(connection) => {
                 metrics.connects.inc();
                 metrics.connected.set(1);
-                backoff = shipping.options.reconnect_min;
+                backoff.reset();
                 let reason = send_loop(
                     &connection,
                     &shipping,
@@ -110,8 +131,7 @@ pub async fn run(
             }
             Err(err) => {
                 metrics.connect_failures.inc();
-                let jitter: f64 = rand::random_range(0.5..1.5);
-                let wait = backoff.mul_f64(jitter);
+                let wait = backoff.next_random_wait();
                 warn!(
                     collector = %shipping.collector.address,
                     error = %format!("{err:#}"),
@@ -123,13 +143,32 @@ pub async fn run(
                     _ = stop.changed(), if deadline.is_none() => {}
                     _ = sleep_until(deadline) => {}
                 }
-                backoff = (backoff * 2).min(shipping.options.reconnect_max);
             }
         }
     }
     endpoint.close(0u32.into(), b"agent stopping");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    observer.abort();
     Ok(())
+}
+
+/// Keeps the backlog gauges current: batches not acknowledged, and how long the oldest of them
+/// has waited.
+async fn observe(spool: Arc<Mutex<Spool>>, metrics: Arc<AgentMetrics>) {
+    let mut tick = tokio::time::interval(OBSERVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (pending, oldest) = {
+            let spool = lock(&spool);
+            (spool.pending(), spool.oldest_pending())
+        };
+        let ship = &metrics.ship;
+        ship.pending_batches
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        ship.oldest_unacked_seconds
+            .set(oldest.map_or(0.0, |at| at.elapsed().as_secs_f64()));
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -173,12 +212,15 @@ async fn connect(
         .with_context(|| format!("resolving {}", collector.address))?
         .next()
         .ok_or_else(|| anyhow!("{} resolves to no address", collector.address))?;
+    let answer = shipping.options.ack_timeout;
     let connection = tokio::time::timeout(
-        REQUEST_TIMEOUT,
+        answer,
         endpoint.connect_with(client, address, collector.server_name())?,
     )
     .await
-    .map_err(|_| anyhow!("handshake with {address} timed out"))??;
+    .map_err(|_| {
+        anyhow!("no handshake with {address} within {answer:?} (shipping.ack_timeout)")
+    })??;
     let spool_id = lock(spool).id().clone();
     let hello = Frame::Hello(Hello {
         protocol: wire::PROTOCOL_VERSION,
@@ -187,7 +229,7 @@ async fn connect(
         boot_id: shipping.boot_id.clone(),
         spool: spool_id,
     });
-    match request(&connection, &hello).await {
+    match request(&connection, &hello, answer).await {
         Ok(Frame::Welcome(welcome)) => {
             info!(
                 collector = %collector.address,
@@ -211,8 +253,12 @@ async fn connect(
     }
 }
 
-/// One request on its own stream: the frame out, the answer back.
-async fn request(connection: &quinn::Connection, frame: &Frame) -> Result<Frame, SendError> {
+/// One request on its own stream: the frame out, the answer back within `deadline`.
+async fn request(
+    connection: &quinn::Connection,
+    frame: &Frame,
+    deadline: Duration,
+) -> Result<Frame, SendError> {
     let exchange = async {
         let (mut send, mut recv) = connection
             .open_bi()
@@ -232,20 +278,27 @@ async fn request(connection: &quinn::Connection, frame: &Frame) -> Result<Frame,
             Err(err) => Err(SendError::Connection(err.to_string())),
         }
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    tokio::time::timeout(deadline, exchange)
         .await
-        .unwrap_or_else(|_| Err(SendError::Connection("no answer in time".into())))
+        .unwrap_or_else(|_| {
+            Err(SendError::Connection(format!(
+                "no answer within {deadline:?} (shipping.ack_timeout)"
+            )))
+        })
 }
 
 /// How many pending batches one window fill looks at.
 const PENDING_SCAN: usize = 10_000;
 
+/// Sends one batch; its acknowledgement must come within `deadline`, else the connection is
+/// given up (the batch stays spooled and goes again on the next one).
 async fn send_batch(
     connection: quinn::Connection,
     batch: Batch,
+    deadline: Duration,
 ) -> (BatchSeq, Result<(), SendError>) {
     let seq = batch.header.seq;
-    let result = match request(&connection, &Frame::Batch(batch)).await {
+    let result = match request(&connection, &Frame::Batch(batch), deadline).await {
         Ok(Frame::Ack(ack)) if ack.seq == seq => Ok(()),
         Ok(Frame::Ack(ack)) => Err(SendError::Connection(format!(
             "ack of batch {} for batch {seq}",
@@ -275,13 +328,21 @@ async fn send_loop(
 ) -> anyhow::Result<()> {
     let mut in_flight: JoinSet<(BatchSeq, Result<(), SendError>)> = JoinSet::new();
     let mut window = Window::new(shipping.options.in_flight);
+    let mut liveness = Liveness::new(connection);
+    let mut look = tokio::time::interval(OBSERVE_EVERY);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         window.release(Instant::now());
         if window.len() < shipping.options.in_flight {
             let pending = lock(spool).pending_batches(PENDING_SCAN);
             let batches = window.fill(pending, Instant::now(), |seq| read(spool, seq));
             for batch in batches {
-                in_flight.spawn(send_batch(connection.clone(), batch));
+                liveness.asked(Instant::now());
+                in_flight.spawn(send_batch(
+                    connection.clone(),
+                    batch,
+                    shipping.options.ack_timeout,
+                ));
             }
         }
         if deadline.is_some() && window.is_idle() && lock(spool).pending() == 0 {
@@ -320,6 +381,7 @@ async fn send_loop(
                 }
             }
             _ = wake.notified() => {}
+            _ = look.tick() => liveness.look(connection, window.len() > 0)?,
             _ = sleep_until(retry) => {}
             _ = reconnect.notified() => {
                 info!("reconnecting to use the certificates as they are now");
@@ -331,6 +393,57 @@ async fn send_loop(
             _ = sleep_until(*deadline) => return Ok(()),
             reason = connection.closed() => bail!("{reason}"),
         }
+    }
+}
+
+/// Whether the collector still answers at the transport level: what the connection received,
+/// and what it sent since that the collector must acknowledge.
+struct Liveness {
+    /// Datagrams received, and when that count last changed (as seen at a look).
+    received: u64,
+    heard_at: Instant,
+    /// The first batch or probe sent since the collector was last heard.
+    asked_at: Option<Instant>,
+}
+
+impl Liveness {
+    fn new(connection: &quinn::Connection) -> Self {
+        Self {
+            received: connection.stats().udp_rx.datagrams,
+            heard_at: Instant::now(),
+            asked_at: None,
+        }
+    }
+
+    /// Something the collector must acknowledge went at `at`.
+    fn asked(&mut self, at: Instant) {
+        self.asked_at.get_or_insert(at);
+    }
+
+    /// Looks at what the connection received: probes a collector quiet while `waiting` for
+    /// answers; fails when it stayed silent after being asked.
+    fn look(&mut self, connection: &quinn::Connection, waiting: bool) -> anyhow::Result<()> {
+        let received = connection.stats().udp_rx.datagrams;
+        let now = Instant::now();
+        if received != self.received {
+            self.received = received;
+            self.heard_at = now;
+            self.asked_at = None;
+        }
+        let silence = SILENCE.max(connection.rtt() * 4);
+        if let Some(asked) = self.asked_at
+            && now.duration_since(asked) >= silence
+        {
+            bail!("the collector has not answered for {silence:?}");
+        }
+        if waiting && self.asked_at.is_none() && now.duration_since(self.heard_at) >= PROBE_AFTER {
+            match connection.send_datagram((&b"?"[..]).into()) {
+                Ok(()) => self.asked(now),
+                // Then only the acknowledgement deadline applies.
+                Err(err) => debug!(error = %err, "cannot probe the collector"),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_batch_raw: usize,
 }
 
+/// Bytes of agents' liveness probes (unread datagrams) a connection keeps.
+const PROBE_BUFFER: usize = 64;
+
 /// The QUIC server configuration: `tls` (see [`crate::tls`]) and the limits in `config`.
 pub fn quic_config(
     config: &Config,
@@ -49,6 +52,9 @@ pub fn quic_config(
     transport
         .max_concurrent_bidi_streams(config.ingest.max_streams_per_connection.into())
         .max_concurrent_uni_streams(0u8.into())
+        // Agents probe a quiet connection with one-byte datagrams (docs/protocol.md, Liveness),
+        // which nothing reads: a few are kept, older ones dropped.
+        .datagram_receive_buffer_size(Some(PROBE_BUFFER))
         .max_idle_timeout(Some(
             config
                 .ingest
