@@ -13,6 +13,7 @@
 //! for good (malformed, too large) is set aside by the spool in `rejected/` and logged:
 //! resending it could never succeed, and it must not block the rest.
 mod backoff;
+mod liveness;
 mod window;
 
 use std::{
@@ -37,6 +38,7 @@ use tracing::{debug, error, info, warn};
 
 use self::{
     backoff::Backoff,
+    liveness::{Liveness, Verdict},
     window::{Outcome, SendError, Window},
 };
 use crate::{
@@ -48,17 +50,8 @@ use crate::{
 /// Largest response frame accepted from the collector.
 const MAX_RESPONSE: usize = 1024 * 1024;
 /// How often the backlog gauges are brought up to date, and how often a connection looks at
-/// what it has heard from the collector.
+/// what it has heard from the collector ([`liveness`]).
 const OBSERVE_EVERY: Duration = Duration::from_millis(100);
-/// While batches wait for their answer and the collector has been quiet this long, the agent
-/// sends it a probe (a one-byte QUIC datagram, which the collector does not read). A crashed
-/// collector sends no close and a restarted one resets the old connection only once a packet of
-/// it arrives: probes make one arrive.
-const PROBE_AFTER: Duration = Duration::from_millis(250);
-/// A live collector acknowledges every QUIC packet within a round trip, whatever its store is
-/// doing: a connection that has heard nothing for this long (or four round trips, if more)
-/// after sending a batch or a probe is given up.
-const SILENCE: Duration = Duration::from_secs(1);
 
 pub struct Shipping {
     pub collector: CollectorConfig,
@@ -328,7 +321,7 @@ async fn send_loop(
 ) -> anyhow::Result<()> {
     let mut in_flight: JoinSet<(BatchSeq, Result<(), SendError>)> = JoinSet::new();
     let mut window = Window::new(shipping.options.in_flight);
-    let mut liveness = Liveness::new(connection);
+    let mut liveness = Liveness::new(connection.stats().udp_rx.datagrams, Instant::now());
     let mut look = tokio::time::interval(OBSERVE_EVERY);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -381,7 +374,7 @@ async fn send_loop(
                 }
             }
             _ = wake.notified() => {}
-            _ = look.tick() => liveness.look(connection, window.len() > 0)?,
+            _ = look.tick() => look_at(&mut liveness, connection, window.len() > 0)?,
             _ = sleep_until(retry) => {}
             _ = reconnect.notified() => {
                 info!("reconnecting to use the certificates as they are now");
@@ -396,55 +389,24 @@ async fn send_loop(
     }
 }
 
-/// Whether the collector still answers at the transport level: what the connection received,
-/// and what it sent since that the collector must acknowledge.
-struct Liveness {
-    /// Datagrams received, and when that count last changed (as seen at a look).
-    received: u64,
-    heard_at: Instant,
-    /// The first batch or probe sent since the collector was last heard.
-    asked_at: Option<Instant>,
-}
-
-impl Liveness {
-    fn new(connection: &quinn::Connection) -> Self {
-        Self {
-            received: connection.stats().udp_rx.datagrams,
-            heard_at: Instant::now(),
-            asked_at: None,
-        }
+/// Probes a quiet collector, gives up a silent one (see [`liveness`]).
+fn look_at(
+    liveness: &mut Liveness,
+    connection: &quinn::Connection,
+    waiting: bool,
+) -> anyhow::Result<()> {
+    let now = Instant::now();
+    let received = connection.stats().udp_rx.datagrams;
+    match liveness.look(received, connection.rtt(), waiting, now) {
+        Verdict::Fine => {}
+        Verdict::Probe => match connection.send_datagram((&b"?"[..]).into()) {
+            Ok(()) => liveness.probed(now),
+            // Then only the acknowledgement deadline applies.
+            Err(err) => debug!(error = %err, "cannot probe the collector"),
+        },
+        Verdict::Silent(silence) => bail!("the collector has not answered for {silence:?}"),
     }
-
-    /// Something the collector must acknowledge went at `at`.
-    fn asked(&mut self, at: Instant) {
-        self.asked_at.get_or_insert(at);
-    }
-
-    /// Looks at what the connection received: probes a collector quiet while `waiting` for
-    /// answers; fails when it stayed silent after being asked.
-    fn look(&mut self, connection: &quinn::Connection, waiting: bool) -> anyhow::Result<()> {
-        let received = connection.stats().udp_rx.datagrams;
-        let now = Instant::now();
-        if received != self.received {
-            self.received = received;
-            self.heard_at = now;
-            self.asked_at = None;
-        }
-        let silence = SILENCE.max(connection.rtt() * 4);
-        if let Some(asked) = self.asked_at
-            && now.duration_since(asked) >= silence
-        {
-            bail!("the collector has not answered for {silence:?}");
-        }
-        if waiting && self.asked_at.is_none() && now.duration_since(self.heard_at) >= PROBE_AFTER {
-            match connection.send_datagram((&b"?"[..]).into()) {
-                Ok(()) => self.asked(now),
-                // Then only the acknowledgement deadline applies.
-                Err(err) => debug!(error = %err, "cannot probe the collector"),
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// A pending batch read back for sending; `None` when it is gone, or unreadable (then it is
