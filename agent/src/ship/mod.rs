@@ -3,15 +3,17 @@
 //!
 //! One connection at a time. A lost connection is made again at once, failed attempts are
 //! retried with the [`backoff`]; the agent's certificate and the CA are read again at every
-//! connection, so rotated files take effect at the next reconnect. Every answer has a deadline
-//! (`shipping.ack_timeout`): a batch not acknowledged in time, or a handshake not finished, ends
-//! the connection at once rather than after the idle timeout (a collector that crashed sends no
-//! close; a restarted one ends the old connection with a stateless reset). Up to `in_flight` batches are outstanding, each on its own stream, but
-//! never two of one session: a session's batches are stored in the order they were made; the
-//! [`window`] decides what goes and what each result means, this module does the I/O. A batch
-//! leaves the spool only when the collector acknowledged it (durably stored). A batch refused
-//! for good (malformed, too large) is set aside by the spool in `rejected/` and logged:
-//! resending it could never succeed, and it must not block the rest.
+//! connection, so rotated files take effect at the next reconnect. A collector that crashed
+//! sends no close, so a connection does not wait for its idle timeout: a restarted collector
+//! ends it with a stateless reset, a silent one is given up (see [`liveness`]), and every answer
+//! has a deadline (`shipping.ack_timeout`: a batch's acknowledgement, a handshake, the hello).
+//!
+//! Up to `in_flight` batches are outstanding, each on its own stream, but never two of one
+//! session: a session's batches are stored in the order they were made; the [`window`] decides
+//! what goes and what each result means, this module does the I/O. A batch leaves the spool only
+//! when the collector acknowledged it (durably stored). A batch refused for good (malformed, too
+//! large) is set aside by the spool in `rejected/` and logged: resending it could never succeed,
+//! and it must not block the rest.
 mod backoff;
 mod liveness;
 mod window;
