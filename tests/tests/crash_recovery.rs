@@ -1,7 +1,8 @@
 //! A collector that crashes and comes back: the agent resumes shipping within 2 s of it
 //! listening again (the restarted collector answers the agent's probes on the old connection
 //! with a stateless reset, which ends it at once; silence and acknowledgement deadlines and a
-//! quick first retry do the rest), and nothing is lost or stored twice.
+//! quick first retry do the rest; a collector down for systemd's RestartSec is reached by short
+//! handshake attempts), and nothing is lost or stored twice.
 // A package of several targets, each using some of its dependencies: cargo's
 // `unused_crate_dependencies` lint would name the others in every target.
 #![allow(unused_crate_dependencies)]
@@ -26,6 +27,9 @@ const RECOVERY: Duration = Duration::from_secs(2);
 /// Collector restarts, and the time between them.
 const RESTARTS: usize = 4;
 const SPACING: Duration = Duration::from_secs(5);
+/// After the quick restarts, one more after the collector stayed down this long (its systemd
+/// unit's RestartSec): the agent has given the old connection up by then.
+const SLOW_RESTART: Duration = Duration::from_secs(2);
 
 /// The lines `N:<k>:` of `text`, with how often each occurs.
 fn numbered_lines(text: &str) -> std::collections::BTreeMap<u64, usize> {
@@ -66,7 +70,7 @@ fn an_agent_resumes_within_two_seconds_of_each_collector_restart_and_loses_nothi
     shell.expect("N:50:");
 
     let mut recoveries = Vec::new();
-    for round in 0..RESTARTS {
+    for round in 0..=RESTARTS {
         let acked_before = sample(
             &scrape(&agent.daemon.log_text()),
             "custos_agent_batches_acked_total",
@@ -74,6 +78,9 @@ fn an_agent_resumes_within_two_seconds_of_each_collector_restart_and_loses_nothi
         let log_from = agent.daemon.log_len();
         collector.daemon.kill();
         drop(collector);
+        if round == RESTARTS {
+            std::thread::sleep(SLOW_RESTART);
+        }
         collector = deployment.start_collector(&listen, None);
         // The log line "collector listening" has just been read.
         let listening = Instant::now();

@@ -25,6 +25,11 @@ impl Backoff {
         }
     }
 
+    /// The step the next wait is taken from.
+    pub fn step(&self) -> Duration {
+        self.step
+    }
+
     /// Back to the first step (after a connection that worked).
     pub fn reset(&mut self) {
         self.step = self.min;
@@ -66,6 +71,7 @@ mod tests {
             [ms(200), ms(400), ms(800), ms(1500), ms(1500), ms(1500)]
         );
         backoff.reset();
+        assert_eq!(backoff.step(), ms(200));
         let shortest: Vec<Duration> = (0..5).map(|_| backoff.next_wait(0.0)).collect();
         assert_eq!(shortest, [ms(100), ms(200), ms(400), ms(750), ms(750)]);
     }

@@ -17,6 +17,17 @@ pub const PROBE_AFTER: Duration = Duration::from_millis(250);
 /// How long after being asked (a batch or a probe) a silent collector is given up.
 pub const SILENCE: Duration = Duration::from_secs(1);
 
+/// How long a handshake may take: a collector that is up answers within a round trip or two,
+/// so an attempt that has heard nothing for [`SILENCE`] (or four round trips of the last
+/// connection, if more) is given up and the next one sends a fresh first packet at once, rather
+/// than waiting out QUIC's own back-off on its retransmissions. The back-off's `step` stretches
+/// it, so that a slow link still connects after a few tries; never more than `cap`
+/// (`shipping.ack_timeout`).
+pub fn handshake_deadline(last_rtt: Option<Duration>, step: Duration, cap: Duration) -> Duration {
+    let rtt = last_rtt.unwrap_or_default();
+    SILENCE.max(rtt * 4).max(step).min(cap)
+}
+
 /// What to do after a look.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
@@ -135,6 +146,17 @@ mod tests {
         assert_eq!(verdict, Verdict::Silent(SILENCE));
         assert_eq!(at - start, SILENCE);
         assert_eq!(probes, 3);
+    }
+
+    #[test]
+    fn a_handshake_gets_the_silence_stretched_by_the_round_trip_and_the_back_off() {
+        let cap = Duration::from_secs(5);
+        assert_eq!(handshake_deadline(None, ms(200), cap), SILENCE);
+        assert_eq!(handshake_deadline(Some(RTT), ms(200), cap), SILENCE);
+        assert_eq!(handshake_deadline(Some(ms(400)), ms(200), cap), ms(1600));
+        assert_eq!(handshake_deadline(None, ms(3200), cap), ms(3200));
+        assert_eq!(handshake_deadline(Some(ms(2000)), ms(30_000), cap), cap);
+        assert_eq!(handshake_deadline(None, ms(200), ms(500)), ms(500));
     }
 
     #[test]
