@@ -243,9 +243,9 @@ pub struct ShippingConfig {
     pub batch_interval: Duration,
     /// Batches sent and not yet acknowledged.
     pub in_flight: usize,
-    /// How long a batch sent (or the handshake and hello of a new connection) may wait for the
-    /// collector's answer: past it the connection is given up and a new one made; the batch
-    /// stays spooled and goes again.
+    /// How long a batch sent (or the hello of a new connection) may wait for the collector's
+    /// answer: past it the connection is given up and a new one made; the batch stays spooled
+    /// and goes again. Also the longest a handshake attempt may take.
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub ack_timeout: Duration,
     /// Reconnection backoff: from this...
