@@ -243,10 +243,15 @@ pub struct ShippingConfig {
     pub batch_interval: Duration,
     /// Batches sent and not yet acknowledged.
     pub in_flight: usize,
+    /// How long a batch sent (or the hello of a new connection) may wait for the collector's
+    /// answer: past it the connection is given up and a new one made; the batch stays spooled
+    /// and goes again. Also the longest a handshake attempt may take.
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub ack_timeout: Duration,
     /// Reconnection backoff: from this...
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub reconnect_min: Duration,
-    /// ...doubling, with jitter, up to this.
+    /// ...doubling, with jitter, never above this.
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub reconnect_max: Duration,
     /// Keep-alive interval on an idle connection.
@@ -263,7 +268,8 @@ impl Default for ShippingConfig {
             batch_max_bytes: ByteSize::kib(256),
             batch_interval: Duration::from_millis(250),
             in_flight: 16,
-            reconnect_min: Duration::from_millis(500),
+            ack_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
@@ -420,6 +426,14 @@ impl Config {
         if !(1..=1024).contains(&shipping.in_flight) {
             return Err(("shipping.in_flight", "must be 1 to 1024".into()));
         }
+        if shipping.ack_timeout < Duration::from_millis(100)
+            || shipping.ack_timeout > Duration::from_secs(600)
+        {
+            return Err((
+                "shipping.ack_timeout",
+                "must be at least 100ms and at most 10m".into(),
+            ));
+        }
         if shipping.reconnect_min.is_zero() || shipping.reconnect_max < shipping.reconnect_min {
             return Err((
                 "shipping.reconnect_max",
@@ -490,6 +504,13 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
         let err = parse("[capture]\nargv_maxx = 1\n").unwrap_err().to_string();
         assert!(err.contains("argv_maxx"), "{err}");
+        let err = parse("[shipping]\nack_timeout = \"10ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("shipping.ack_timeout: must be at least 100ms and at most 10m"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What the agent counts for its Prometheus endpoint (`[metrics] listen`): events per kind,
 //! records the kernel dropped, the spool, and shipping to the collector.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::atomic::AtomicU64};
 
 use custos_daemon::metrics::Registry;
 pub use custos_daemon::metrics::RuleLabel;
@@ -63,6 +63,10 @@ pub struct ShipMetrics {
     pub connect_failures: Counter,
     /// 1 while connected to the collector.
     pub connected: Gauge,
+    /// Batches not acknowledged yet (waiting, or sent and not answered).
+    pub pending_batches: Gauge,
+    /// Seconds the oldest batch not acknowledged yet has been waiting; 0 when none.
+    pub oldest_unacked_seconds: Gauge<f64, AtomicU64>,
     /// Seconds from sending a batch to its acknowledgement (durable at the collector).
     pub ack_latency: Histogram,
 }
@@ -75,6 +79,8 @@ impl Default for ShipMetrics {
             connects: Counter::default(),
             connect_failures: Counter::default(),
             connected: Gauge::default(),
+            pending_batches: Gauge::default(),
+            oldest_unacked_seconds: Gauge::default(),
             // 1 ms to about 33 s.
             ack_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }
@@ -163,9 +169,19 @@ impl AgentMetrics {
             ship.connect_failures.clone(),
         );
         registry.register(
-            "connected",
+            "ship_connected",
             "1 while connected to the collector",
             ship.connected.clone(),
+        );
+        registry.register(
+            "ship_pending_batches",
+            "Batches the collector has not acknowledged yet",
+            ship.pending_batches.clone(),
+        );
+        registry.register(
+            "ship_oldest_unacked_seconds",
+            "Age of the oldest batch not acknowledged yet (0 when none)",
+            ship.oldest_unacked_seconds.clone(),
         );
         registry.register(
             "send_latency_seconds",

@@ -166,8 +166,8 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         &config.store.dir.join("audit.sqlite"),
     )?));
     let (store, writer) = StoreHandle::spawn(store);
-    let endpoint = quinn::Endpoint::server(tls.quic.clone(), config.ingest.listen)
-        .with_context(|| format!("listening on UDP {}", config.ingest.listen))?;
+    // Its stateless-reset key survives restarts: agents of a crashed collector reconnect at once.
+    let endpoint = ingest::bind(config.ingest.listen, &config.tls.key, tls.quic.clone())?;
     let (reloader, tls) = custos_collector::tls::Reloader::new(&config, endpoint.clone(), tls);
     let limits = Limits {
         max_frame: config.ingest.max_frame_size.as_u64() as usize,

@@ -164,7 +164,7 @@ fn metrics_count_what_each_daemon_does() {
             "custos_agent_events_total{kind=\"session_start\"}"
         ) >= 1.0
     );
-    assert_eq!(sample(&agent_metrics, "custos_agent_connected"), 1.0);
+    assert_eq!(sample(&agent_metrics, "custos_agent_ship_connected"), 1.0);
     assert_eq!(
         sample(&agent_metrics, "custos_agent_kernel_dropped_records_total"),
         0.0

@@ -505,7 +505,7 @@ fn certificates_rotate_without_losing_data() {
     collector.daemon.signal(libc::SIGHUP);
     collector.daemon.wait_log_from(
         from,
-        &["reloaded the CA and the collector's certificate"],
+        &["reloaded the CA, its revocation list and the collector's certificate"],
         DELIVERY,
     );
 

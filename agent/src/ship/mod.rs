@@ -1,14 +1,21 @@
 //! Shipping: the QUIC client that sends spooled batches to the collector (protocol in
 //! docs/protocol.md).
 //!
-//! One connection at a time, reconnecting with exponential backoff and jitter; the agent's
-//! certificate and the CA are read again at every connection, so rotated files take effect at
-//! the next reconnect. Up to `in_flight` batches are outstanding, each on its own stream, but
-//! never two of one session: a session's batches are stored in the order they were made; the
-//! [`window`] decides what goes and what each result means, this module does the I/O. A batch
-//! leaves the spool only when the collector acknowledged it (durably stored). A batch refused
-//! for good (malformed, too large) is set aside by the spool in `rejected/` and logged:
-//! resending it could never succeed, and it must not block the rest.
+//! One connection at a time. A lost connection is made again at once, failed attempts are
+//! retried with the [`backoff`]; the agent's certificate and the CA are read again at every
+//! connection, so rotated files take effect at the next reconnect. A collector that crashed
+//! sends no close, so a connection does not wait for its idle timeout: a restarted collector
+//! ends it with a stateless reset, a silent one is given up (see [`liveness`]), and every answer
+//! has a deadline (`shipping.ack_timeout`: a batch's acknowledgement, a handshake, the hello).
+//!
+//! Up to `in_flight` batches are outstanding, each on its own stream, but never two of one
+//! session: a session's batches are stored in the order they were made; the [`window`] decides
+//! what goes and what each result means, this module does the I/O. A batch leaves the spool only
+//! when the collector acknowledged it (durably stored). A batch refused for good (malformed, too
+//! large) is set aside by the spool in `rejected/` and logged: resending it could never succeed,
+//! and it must not block the rest.
+mod backoff;
+mod liveness;
 mod window;
 
 use std::{
@@ -31,7 +38,11 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use self::window::{Outcome, SendError, Window};
+use self::{
+    backoff::Backoff,
+    liveness::{Liveness, Verdict},
+    window::{Outcome, SendError, Window},
+};
 use crate::{
     config::{CollectorConfig, ShippingConfig},
     metrics::{AgentMetrics, ShipMetrics},
@@ -40,8 +51,11 @@ use crate::{
 
 /// Largest response frame accepted from the collector.
 const MAX_RESPONSE: usize = 1024 * 1024;
-/// How long one request (send a frame, get the answer) may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The round trip a new connection assumes until it has measured one.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
+/// How often the backlog gauges are brought up to date, and how often a connection looks at
+/// what it has heard from the collector ([`liveness`]).
+const OBSERVE_EVERY: Duration = Duration::from_millis(100);
 
 pub struct Shipping {
     pub collector: CollectorConfig,
@@ -59,12 +73,18 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
+    let observer = tokio::spawn(observe(spool.clone(), metrics.clone()));
     let metrics = &metrics.ship;
     let mut endpoint = quinn::Endpoint::client("[::]:0".parse().expect("valid address"))
         .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address")))
         .context("opening a UDP socket")?;
-    let mut backoff = shipping.options.reconnect_min;
+    let mut backoff = Backoff::new(
+        shipping.options.reconnect_min,
+        shipping.options.reconnect_max,
+    );
     let mut deadline: Option<tokio::time::Instant> = None;
+    // The round trip of the last connection, for the next handshake's deadline.
+    let mut last_rtt = None;
     loop {
         if *stop.borrow() && deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + shipping.options.shutdown_grace);
@@ -80,15 +100,17 @@ pub async fn run(
             );
             break;
         }
+        let handshake =
+            liveness::handshake_deadline(last_rtt, backoff.step(), shipping.options.ack_timeout);
         let connection = tokio::select! {
-            connection = connect(&mut endpoint, &shipping, &spool) => connection,
+            connection = connect(&mut endpoint, &shipping, &spool, handshake) => connection,
             _ = sleep_until(deadline) => continue,
         };
         match connection {
             Ok(connection) => {
                 metrics.connects.inc();
                 metrics.connected.set(1);
-                backoff = shipping.options.reconnect_min;
+                backoff.reset();
                 let reason = send_loop(
                     &connection,
                     &shipping,
@@ -101,6 +123,7 @@ pub async fn run(
                 .await;
                 connection.close(0u32.into(), b"agent reconnecting or stopping");
                 metrics.connected.set(0);
+                last_rtt = Some(connection.rtt());
                 match reason {
                     Ok(()) => {}
                     Err(err) => {
@@ -110,8 +133,7 @@ pub async fn run(
             }
             Err(err) => {
                 metrics.connect_failures.inc();
-                let jitter: f64 = rand::random_range(0.5..1.5);
-                let wait = backoff.mul_f64(jitter);
+                let wait = backoff.next_random_wait();
                 warn!(
                     collector = %shipping.collector.address,
                     error = %format!("{err:#}"),
@@ -123,13 +145,32 @@ pub async fn run(
                     _ = stop.changed(), if deadline.is_none() => {}
                     _ = sleep_until(deadline) => {}
                 }
-                backoff = (backoff * 2).min(shipping.options.reconnect_max);
             }
         }
     }
     endpoint.close(0u32.into(), b"agent stopping");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    observer.abort();
     Ok(())
+}
+
+/// Keeps the backlog gauges current: batches not acknowledged, and how long the oldest of them
+/// has waited.
+async fn observe(spool: Arc<Mutex<Spool>>, metrics: Arc<AgentMetrics>) {
+    let mut tick = tokio::time::interval(OBSERVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (pending, oldest) = {
+            let spool = lock(&spool);
+            (spool.pending(), spool.oldest_pending())
+        };
+        let ship = &metrics.ship;
+        ship.pending_batches
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        ship.oldest_unacked_seconds
+            .set(oldest.map_or(0.0, |at| at.elapsed().as_secs_f64()));
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -144,11 +185,12 @@ fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
 }
 
 /// Resolves the collector, builds the TLS configuration from the files as they are now,
-/// connects and says hello.
+/// connects (the handshake done within `handshake`) and says hello.
 async fn connect(
     endpoint: &mut quinn::Endpoint,
     shipping: &Shipping,
     spool: &Mutex<Spool>,
+    handshake: Duration,
 ) -> anyhow::Result<quinn::Connection> {
     let collector = &shipping.collector;
     let files = TlsFiles {
@@ -161,6 +203,10 @@ async fn connect(
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
+        // Until the first measurement: a first packet lost to a collector that is not back yet
+        // goes again after 300 ms rather than a second (RFC 9002's 333 ms guess), within the
+        // short deadline of a handshake (liveness::handshake_deadline).
+        .initial_rtt(INITIAL_RTT)
         .keep_alive_interval(Some(shipping.options.keep_alive))
         .max_idle_timeout(Some(
             (shipping.options.keep_alive * 4)
@@ -174,11 +220,12 @@ async fn connect(
         .next()
         .ok_or_else(|| anyhow!("{} resolves to no address", collector.address))?;
     let connection = tokio::time::timeout(
-        REQUEST_TIMEOUT,
+        handshake,
         endpoint.connect_with(client, address, collector.server_name())?,
     )
     .await
-    .map_err(|_| anyhow!("handshake with {address} timed out"))??;
+    .map_err(|_| anyhow!("no handshake with {address} within {handshake:?}"))??;
+    let answer = shipping.options.ack_timeout;
     let spool_id = lock(spool).id().clone();
     let hello = Frame::Hello(Hello {
         protocol: wire::PROTOCOL_VERSION,
@@ -188,7 +235,7 @@ async fn connect(
         spool: spool_id,
         time: Some(custos_proto::Timestamp::now()),
     });
-    match request(&connection, &hello).await {
+    match request(&connection, &hello, answer).await {
         Ok(Frame::Welcome(welcome)) => {
             info!(
                 collector = %collector.address,
@@ -212,8 +259,12 @@ async fn connect(
     }
 }
 
-/// One request on its own stream: the frame out, the answer back.
-async fn request(connection: &quinn::Connection, frame: &Frame) -> Result<Frame, SendError> {
+/// One request on its own stream: the frame out, the answer back within `deadline`.
+async fn request(
+    connection: &quinn::Connection,
+    frame: &Frame,
+    deadline: Duration,
+) -> Result<Frame, SendError> {
     let exchange = async {
         let (mut send, mut recv) = connection
             .open_bi()
@@ -233,20 +284,27 @@ async fn request(connection: &quinn::Connection, frame: &Frame) -> Result<Frame,
             Err(err) => Err(SendError::Connection(err.to_string())),
         }
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    tokio::time::timeout(deadline, exchange)
         .await
-        .unwrap_or_else(|_| Err(SendError::Connection("no answer in time".into())))
+        .unwrap_or_else(|_| {
+            Err(SendError::Connection(format!(
+                "no answer within {deadline:?} (shipping.ack_timeout)"
+            )))
+        })
 }
 
 /// How many pending batches one window fill looks at.
 const PENDING_SCAN: usize = 10_000;
 
+/// Sends one batch; its acknowledgement must come within `deadline`, else the connection is
+/// given up (the batch stays spooled and goes again on the next one).
 async fn send_batch(
     connection: quinn::Connection,
     batch: Batch,
+    deadline: Duration,
 ) -> (BatchSeq, Result<(), SendError>) {
     let seq = batch.header.seq;
-    let result = match request(&connection, &Frame::Batch(batch)).await {
+    let result = match request(&connection, &Frame::Batch(batch), deadline).await {
         Ok(Frame::Ack(ack)) if ack.seq == seq => Ok(()),
         Ok(Frame::Ack(ack)) => Err(SendError::Connection(format!(
             "ack of batch {} for batch {seq}",
@@ -276,13 +334,21 @@ async fn send_loop(
 ) -> anyhow::Result<()> {
     let mut in_flight: JoinSet<(BatchSeq, Result<(), SendError>)> = JoinSet::new();
     let mut window = Window::new(shipping.options.in_flight);
+    let mut liveness = Liveness::new(connection.stats().udp_rx.datagrams, Instant::now());
+    let mut look = tokio::time::interval(OBSERVE_EVERY);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         window.release(Instant::now());
         if window.len() < shipping.options.in_flight {
             let pending = lock(spool).pending_batches(PENDING_SCAN);
             let batches = window.fill(pending, Instant::now(), |seq| read(spool, seq));
             for batch in batches {
-                in_flight.spawn(send_batch(connection.clone(), batch));
+                liveness.asked(Instant::now());
+                in_flight.spawn(send_batch(
+                    connection.clone(),
+                    batch,
+                    shipping.options.ack_timeout,
+                ));
             }
         }
         if deadline.is_some() && window.is_idle() && lock(spool).pending() == 0 {
@@ -321,6 +387,7 @@ async fn send_loop(
                 }
             }
             _ = wake.notified() => {}
+            _ = look.tick() => look_at(&mut liveness, connection, window.len() > 0)?,
             _ = sleep_until(retry) => {}
             _ = reconnect.notified() => {
                 info!("reconnecting to use the certificates as they are now");
@@ -333,6 +400,26 @@ async fn send_loop(
             reason = connection.closed() => bail!("{reason}"),
         }
     }
+}
+
+/// Probes a quiet collector, gives up a silent one (see [`liveness`]).
+fn look_at(
+    liveness: &mut Liveness,
+    connection: &quinn::Connection,
+    waiting: bool,
+) -> anyhow::Result<()> {
+    let now = Instant::now();
+    let received = connection.stats().udp_rx.datagrams;
+    match liveness.look(received, connection.rtt(), waiting, now) {
+        Verdict::Fine => {}
+        Verdict::Probe => match connection.send_datagram((&b"?"[..]).into()) {
+            Ok(()) => liveness.probed(now),
+            // Then only the acknowledgement deadline applies.
+            Err(err) => debug!(error = %err, "cannot probe the collector"),
+        },
+        Verdict::Silent(silence) => bail!("the collector has not answered for {silence:?}"),
+    }
+    Ok(())
 }
 
 /// A pending batch read back for sending; `None` when it is gone, or unreadable (then it is

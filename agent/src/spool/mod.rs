@@ -19,6 +19,7 @@ use std::{
     io::Write,
     os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt},
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use custos_proto::wire::{Batch, BatchHeader, BatchSeq, SpoolId};
@@ -57,6 +58,8 @@ struct Entry {
     len: u64,
     header: BatchHeader,
     acked: bool,
+    /// When this process appended it, or found it at start.
+    spooled: Instant,
 }
 
 #[derive(Debug)]
@@ -173,6 +176,7 @@ impl Spool {
                                 len: len as u64,
                                 header,
                                 acked: false,
+                                spooled: Instant::now(),
                             },
                         );
                         offset += len;
@@ -254,6 +258,16 @@ impl Spool {
         self.entries.values().filter(|e| !e.acked).count()
     }
 
+    /// When the oldest batch not acknowledged yet was appended (or found at start); `None`
+    /// when every batch is acknowledged.
+    pub fn oldest_pending(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter(|e| !e.acked)
+            .map(|e| e.spooled)
+            .min()
+    }
+
     /// Appends a batch durably. Returns the headers of unacknowledged batches dropped to make
     /// room (the oldest first).
     pub fn append(&mut self, batch: &Batch) -> Result<Vec<BatchHeader>, SpoolError> {
@@ -301,6 +315,7 @@ impl Spool {
                 len: bytes.len() as u64,
                 header: batch.header.clone(),
                 acked: false,
+                spooled: Instant::now(),
             },
         );
         segment.size += bytes.len() as u64;
@@ -444,6 +459,26 @@ mod tests {
             .events
             .extend((0..padding).map(|i| (i * 7919 % 251) as u8));
         batch
+    }
+
+    #[test]
+    fn the_oldest_pending_batch_is_the_oldest_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(spool.oldest_pending(), None);
+        let b1 = batch(&mut spool, 1, 10);
+        spool.append(&b1).unwrap();
+        let first = spool.oldest_pending().expect("one pending");
+        // Appended later, so told apart.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b2 = batch(&mut spool, 2, 10);
+        spool.append(&b2).unwrap();
+        assert_eq!(spool.oldest_pending(), Some(first));
+        spool.ack(b1.header.seq);
+        let second = spool.oldest_pending().expect("one pending");
+        assert!(second > first);
+        spool.ack(b2.header.seq);
+        assert_eq!(spool.oldest_pending(), None);
     }
 
     #[test]

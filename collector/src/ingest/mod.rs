@@ -6,6 +6,7 @@
 //! store has made it durable. A malformed or oversized frame resets its stream with an error
 //! code, is logged and counted, and disturbs nothing else.
 pub mod clock;
+mod endpoint;
 mod stream;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -16,6 +17,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use self::endpoint::bind;
 pub use crate::metrics::IngestMetrics;
 use crate::{config::Config, tls::Revocation, writer::StoreHandle};
 
@@ -39,6 +41,9 @@ pub struct Limits {
     pub max_clock_skew: std::time::Duration,
 }
 
+/// Bytes of agents' liveness probes (unread datagrams) a connection keeps.
+const PROBE_BUFFER: usize = 64;
+
 /// The QUIC server configuration: `tls` (see [`crate::tls`]) and the limits in `config`.
 pub fn quic_config(
     config: &Config,
@@ -50,6 +55,9 @@ pub fn quic_config(
     transport
         .max_concurrent_bidi_streams(config.ingest.max_streams_per_connection.into())
         .max_concurrent_uni_streams(0u8.into())
+        // Agents probe a quiet connection with one-byte datagrams (docs/protocol.md, Liveness),
+        // which nothing reads: a few are kept, older ones dropped.
+        .datagram_receive_buffer_size(Some(PROBE_BUFFER))
         .max_idle_timeout(Some(
             config
                 .ingest
