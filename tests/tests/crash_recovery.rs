@@ -174,7 +174,7 @@ fn an_agent_resumes_within_two_seconds_of_each_collector_restart_and_loses_nothi
         "the replay shows what the screen showed"
     );
     let batches = deployment.stored_batches();
-    let distinct: HashSet<&(String, u64)> = batches.iter().collect();
+    let distinct: HashSet<&(String, String, u64)> = batches.iter().collect();
     assert_eq!(distinct.len(), batches.len(), "a batch was stored twice");
 
     let verify = deployment.custos(&auditor, &["verify", &id]);
