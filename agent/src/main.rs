@@ -151,6 +151,15 @@ fn prepare_shipping(
     };
     let (_, identity) =
         custos_pki::tls::client_config(&files, &[Role::Agent], &[custos_proto::wire::ALPN])?;
+    if !custos_pki::is_host_name(&identity.name) {
+        anyhow::bail!(
+            "{}: the certificate names {:?}, which cannot name a recorded host (letters, digits, \
+             . - _): the collector would refuse every batch; issue one with `custos-collector pki \
+             issue agent HOSTNAME`",
+            collector.certificate.display(),
+            identity.name
+        );
+    }
     let host = HostIdentity::read()?;
     if host.hostname != identity.name {
         warn!(

@@ -241,6 +241,22 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates (or truncates) `path` readable by its owner only: an export holds what a session
+/// showed and typed (PHI), whatever the umask; an existing file loses wider rights.
+fn private_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private (0600)", path.display()))?;
+    Ok(file)
+}
+
 /// A session's endpoint (`path::SESSION...`) for `id`, encoded.
 fn session_path(template: &str, id: &str) -> String {
     path::with_id(template, &encode(id))
@@ -485,9 +501,7 @@ fn export(
         &[("format", format_name.to_owned())],
     )?;
     let mut sink: Box<dyn Write> = match &output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
+        Some(path) => Box::new(std::io::BufWriter::new(private_file(path)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let progress = if std::io::stderr().is_terminal() {

@@ -210,6 +210,12 @@ pub fn issue(
         ));
     }
     check_name(name)?;
+    if role == Role::Agent && !crate::is_host_name(name) {
+        return Err(PkiError::Issue(format!(
+            "{name:?} cannot name a recorded host (letters, digits, . - _; not . or ..): the \
+             collector would refuse every batch of this agent"
+        )));
+    }
     let out = out_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| pki.issued());
@@ -413,5 +419,32 @@ mod tests {
             err.contains("missing.pem") && err.contains("cannot read"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_agent_name_the_store_would_refuse_is_refused_at_issue() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = PkiDir::new(dir.path().join("pki"));
+        init(&pki, &["collector.test".into()], 30).unwrap();
+        for name in ["a@b", "..", "."] {
+            let err = issue(&pki, Role::Agent, name, Validity::days(1), None, false)
+                .expect_err(name)
+                .to_string();
+            assert!(
+                err.contains(&format!("{name:?}")) && err.contains("recorded host"),
+                "{err}"
+            );
+        }
+        // An auditor may be named by a mail address; an agent by a host name.
+        issue(&pki, Role::Auditor, "a@b", Validity::days(1), None, false).unwrap();
+        issue(
+            &pki,
+            Role::Agent,
+            "db-01.example_lab",
+            Validity::days(1),
+            None,
+            false,
+        )
+        .unwrap();
     }
 }

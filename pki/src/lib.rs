@@ -100,6 +100,19 @@ impl PkiError {
     }
 }
 
+/// Whether `name` can name a recorded host: letters, digits, `.`, `-` and `_`, not `.` or `..`,
+/// at most 253 bytes. The one rule for agents' names: `pki issue agent` refuses others, the agent
+/// refuses to start with a certificate of another name, and the store makes a folder of it.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 /// Reads the identity (role and name) from a DER certificate.
 pub fn identity_of(der: &[u8]) -> Result<Identity, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)

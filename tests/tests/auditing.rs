@@ -258,6 +258,11 @@ fn the_asciicast_export_plays_in_asciinema() {
             ],
         )
         .ok();
+    // What a session showed is PHI: the file is its owner's alone, whatever the umask.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file).expect("the export").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "export file mode {mode:o}");
     // asciinema reads its controls from /dev/tty: give it a terminal (script), with output
     // post-processing off so the terminal passes the recorded bytes through unchanged.
     let cat = Command::new("script")

@@ -397,8 +397,22 @@ async fn send_loop(
                 *deadline = Some(tokio::time::Instant::now() + shipping.options.shutdown_grace);
             }
             _ = sleep_until(*deadline) => return Ok(()),
-            reason = connection.closed() => bail!("{reason}"),
+            reason = connection.closed() => bail!("{}", closed_because(&reason)),
         }
+    }
+}
+
+/// Why the collector closed the connection, in words an operator can act on.
+fn closed_because(reason: &quinn::ConnectionError) -> String {
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == wire::CLOSE_CERTIFICATE_REVOKED.into() =>
+        {
+            "the collector closed the connection: this agent's certificate is revoked \
+             (issue a new one with `custos-collector pki issue agent HOSTNAME`)"
+                .to_owned()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -454,5 +468,25 @@ fn reject(spool: &Mutex<Spool>, seq: BatchSeq, code: ErrorCode, message: &str) {
             error = %err,
             "the collector refused a batch for good"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_certificate_is_named_as_the_reason_the_connection_closed() {
+        let closed = |code: u32| {
+            closed_because(&quinn::ConnectionError::ApplicationClosed(
+                quinn::ApplicationClose {
+                    error_code: code.into(),
+                    reason: Default::default(),
+                },
+            ))
+        };
+        let revoked = closed(wire::CLOSE_CERTIFICATE_REVOKED);
+        assert!(revoked.contains("certificate is revoked"), "{revoked}");
+        assert!(!closed(wire::CLOSE_NORMAL).contains("revoked"));
     }
 }

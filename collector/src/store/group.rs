@@ -154,15 +154,8 @@ impl Store {
 /// Where a recording's file goes, relative to the store directory; refuses a host or boot id
 /// that would lead elsewhere.
 fn recording_path(key: &RecordingKey) -> Result<String, StoreError> {
-    let safe = |part: &str| {
-        !part.is_empty()
-            && part != "."
-            && part != ".."
-            && part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    };
-    if !safe(&key.host) || !safe(&key.boot_id.0) {
+    // A boot id is held to the same rule as a host name: both become folder names.
+    if !custos_pki::is_host_name(&key.host) || !custos_pki::is_host_name(&key.boot_id.0) {
         return Err(StoreError::Refused(format!(
             "host {:?} or boot id {:?} is not usable in a path",
             key.host, key.boot_id.0
