@@ -222,6 +222,10 @@ pub struct SpoolConfig {
     pub dir: PathBuf,
     /// When full, the oldest unsent batches are dropped and reported as gap records.
     pub max_size: ByteSize,
+    /// Batches the collector refused for good are kept in `rejected/` this long, for
+    /// inspection, then deleted (they hold what sessions did).
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub keep_rejected: Duration,
 }
 
 impl Default for SpoolConfig {
@@ -229,6 +233,7 @@ impl Default for SpoolConfig {
         Self {
             dir: "/var/lib/custos/spool".into(),
             max_size: ByteSize::gib(1),
+            keep_rejected: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -176,6 +176,7 @@ fn prepare_shipping(
             options: config.shipping.clone(),
             host: identity.name,
             boot_id: host.boot_id,
+            keep_rejected: config.spool.keep_rejected,
         },
         spool,
         recovered,

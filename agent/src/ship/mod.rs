@@ -62,7 +62,12 @@ pub struct Shipping {
     pub options: ShippingConfig,
     pub host: String,
     pub boot_id: BootId,
+    /// How long batches the collector refused for good stay in the spool's `rejected/`.
+    pub keep_rejected: Duration,
 }
+
+/// How often refused batches are checked for expiry.
+const EXPIRE_REJECTED_EVERY: Duration = Duration::from_secs(3600);
 
 /// Sends until `stop` turns true, then for at most `shutdown_grace` while batches are pending.
 pub async fn run(
@@ -73,7 +78,11 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     metrics: Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
-    let observer = tokio::spawn(observe(spool.clone(), metrics.clone()));
+    let observer = tokio::spawn(observe(
+        spool.clone(),
+        metrics.clone(),
+        shipping.keep_rejected,
+    ));
     let metrics = &metrics.ship;
     let mut endpoint = quinn::Endpoint::client("[::]:0".parse().expect("valid address"))
         .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address")))
@@ -155,12 +164,21 @@ pub async fn run(
 }
 
 /// Keeps the backlog gauges current: batches not acknowledged, and how long the oldest of them
-/// has waited.
-async fn observe(spool: Arc<Mutex<Spool>>, metrics: Arc<AgentMetrics>) {
+/// has waited. Once an hour (and at start) deletes refused batches kept past `keep_rejected`.
+async fn observe(spool: Arc<Mutex<Spool>>, metrics: Arc<AgentMetrics>, keep_rejected: Duration) {
     let mut tick = tokio::time::interval(OBSERVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expired_at: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
+        if expired_at.is_none_or(|at| at.elapsed() >= EXPIRE_REJECTED_EVERY) {
+            expired_at = Some(std::time::Instant::now());
+            match lock(&spool).expire_rejected(keep_rejected) {
+                Ok(0) => {}
+                Ok(deleted) => info!(deleted, "refused batches past spool.keep_rejected deleted"),
+                Err(err) => warn!(error = %err, "cannot expire refused batches"),
+            }
+        }
         let (pending, oldest) = {
             let spool = lock(&spool);
             (spool.pending(), spool.oldest_pending())

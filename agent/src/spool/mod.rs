@@ -17,7 +17,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::Write,
-    os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -399,11 +399,42 @@ impl Spool {
             fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
             let path = dir.join(format!("{:020}.batch", seq.0));
             let frame = custos_proto::wire::encode_frame(&custos_proto::wire::Frame::Batch(batch));
-            fs::write(&path, frame).map_err(|e| io(&path, e))?;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut file| file.write_all(&frame))
+                .map_err(|e| io(&path, e))?;
             Ok(path)
         });
         self.ack(seq);
         kept
+    }
+
+    /// Deletes batches set aside in `rejected/` longer ago than `keep`; how many it deleted.
+    pub fn expire_rejected(&self, keep: std::time::Duration) -> Result<usize, SpoolError> {
+        let dir = self.dir.join("rejected");
+        let listing = match fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(io(&dir, err)),
+        };
+        let mut deleted = 0;
+        for item in listing {
+            let path = item.map_err(|e| io(&dir, e))?.path();
+            let age = fs::metadata(&path)
+                .and_then(|meta| meta.modified())
+                .map_err(|e| io(&path, e))?
+                .elapsed()
+                .unwrap_or_default();
+            if age > keep {
+                fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Marks a batch acknowledged.
@@ -506,6 +537,32 @@ mod tests {
         // Sequence numbers are never reused, even after every segment is gone.
         let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
         assert!(spool.allocate().unwrap() > b2.header.seq);
+    }
+
+    #[test]
+    fn a_refused_batch_is_kept_private_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let b = batch(&mut spool, 1, 100);
+        spool.append(&b).unwrap();
+        let kept = spool.set_aside(b.header.seq).unwrap();
+        assert_eq!(
+            fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(spool.pending(), 0, "set aside, not sent again");
+        // Younger than the period: kept; older: deleted.
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(spool.expire_rejected(hour).unwrap(), 0);
+        let old = std::time::SystemTime::now() - 2 * hour;
+        File::options()
+            .write(true)
+            .open(&kept)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(spool.expire_rejected(hour).unwrap(), 1);
+        assert!(!kept.exists());
     }
 
     #[test]
