@@ -314,6 +314,9 @@ pub enum GapReason {
     /// The agent was not running (stopped or restarted) while the session went on: what
     /// happened between `from` and `to` was not recorded; `records` and `bytes` are unknown (0).
     AgentNotRunning,
+    /// The collector refused a batch for good (the agent's log says why; the batch is kept in
+    /// its spool's `rejected/` for a while): its events are not in the recording.
+    RefusedByCollector,
 }
 
 /// Events that were lost, counted: a recording never has a silent hole.
