@@ -321,6 +321,7 @@ fn handle(tracker: &mut Tracker, message: Capture, events: &mut Vec<Event>) {
     match message {
         Capture::Event(captured) => tracker.on_capture(captured, events),
         Capture::Loss(loss) => tracker.on_loss(loss, events),
+        Capture::ClockSet { step_ns } => tracker.on_clock_set(step_ns, events),
     }
 }
 
