@@ -483,13 +483,14 @@ pub async fn access_log(
         state.require_admin(&caller, "reading the access log")?;
         let since = time("since", &q.since)?;
         let limit = q.limit.unwrap_or(10_000).clamp(1, 1_000_000);
-        let (entries, truncated, problems) = state
-            .audit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries(since, limit)
-            .map_err(internal)?;
-        Ok((AccessLog { entries, truncated }, problems))
+        let (entries, truncated, checker) = {
+            let audit = state.audit.lock().unwrap_or_else(|e| e.into_inner());
+            let (entries, truncated) = audit.entries(since, limit).map_err(internal)?;
+            (entries, truncated, audit.checker())
+        };
+        // The whole log's check, on its own connection: logging goes on meanwhile.
+        let check = tokio::task::block_in_place(|| checker.check()).map_err(internal)?;
+        Ok((AccessLog { entries, truncated }, check.problems))
     })();
     let (log, problems) = state.logged(
         &caller,
