@@ -64,6 +64,8 @@ pub struct Shipping {
     pub boot_id: BootId,
     /// How long batches the collector refused for good stay in the spool's `rejected/`.
     pub keep_rejected: Duration,
+    /// The agent's certificate key, signing batches as they are spooled.
+    pub signer: Arc<custos_pki::batch_signature::BatchSigner>,
 }
 
 /// How often refused batches are checked for expiry.
