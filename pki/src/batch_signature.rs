@@ -8,9 +8,12 @@ use ring::{
     rand::SystemRandom,
     signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair},
 };
-use rustls_pki_types::PrivateKeyDer;
+use std::sync::Arc;
 
-use crate::PkiError;
+use rustls::server::{WebPkiClientVerifier, danger::ClientCertVerifier};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+use crate::{Identity, PkiError};
 
 /// An agent's signing key: the private key of its TLS certificate.
 pub struct BatchSigner {
@@ -47,7 +50,9 @@ impl BatchSigner {
             &rng,
         )
         .map_err(|err| {
-            PkiError::Certificate(format!("not an ECDSA P-256 key usable to sign batches: {err}"))
+            PkiError::Certificate(format!(
+                "not an ECDSA P-256 key usable to sign batches: {err}"
+            ))
         })?;
         Ok(BatchSigner { key, rng })
     }
@@ -79,6 +84,41 @@ pub fn verify(certificate: &[u8], message: &[u8], signature: &[u8]) -> Result<()
     ring::signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public)
         .verify(message, signature)
         .map_err(|_| SignatureError::Invalid)
+}
+
+/// Checks stored agents' certificates against the deployment CA, as of when their batches
+/// arrived (a certificate that expired or was revoked since still vouches for what it signed
+/// while it was valid: revocation lists are not consulted).
+pub struct AgentCertificates {
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl AgentCertificates {
+    /// With the CA certificate in `ca` (PEM).
+    pub fn new(ca: &Path) -> Result<AgentCertificates, PkiError> {
+        let roots = Arc::new(crate::files::read_ca(ca)?);
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots, Arc::new(crate::tls::provider()))
+                .build()
+                .map_err(|err| PkiError::file(ca, format!("cannot verify with it: {err}")))?;
+        Ok(AgentCertificates { verifier })
+    }
+
+    /// The identity of `certificate` (DER) when it chains to the CA, was valid `at_ns` (ns since
+    /// the Unix epoch) and is an agent's.
+    pub fn check(&self, certificate: &[u8], at_ns: i64) -> Result<Identity, String> {
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_nanos(
+            u64::try_from(at_ns).unwrap_or_default(),
+        ));
+        self.verifier
+            .verify_client_cert(&CertificateDer::from(certificate), &[], at)
+            .map_err(|err| format!("not a certificate of the deployment CA then: {err}"))?;
+        let identity = crate::identity_of(certificate).map_err(|err| err.to_string())?;
+        if identity.role != crate::Role::Agent {
+            return Err(format!("a certificate of {identity}, not an agent's"));
+        }
+        Ok(identity)
+    }
 }
 
 /// The SHA-256 fingerprint of a DER certificate: how stored chunks name the certificate whose key

@@ -166,11 +166,34 @@ pub struct VerifyResult {
     pub sealed: bool,
     /// Each problem names the chunk where it is.
     pub problems: Vec<String>,
+    /// Chunks whose batch its agent did not sign (agents of protocol 1): nothing but the
+    /// collector vouches for them.
+    #[serde(default)]
+    pub unsigned_chunks: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub results: Vec<VerifyResult>,
+    /// The agents' chains of batches, checked across the whole store (`verify --all` only).
+    #[serde(default)]
+    pub agents: Vec<AgentChainResult>,
+}
+
+/// What checking one agent's chain of signed batches (one spool of one agent) found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentChainResult {
+    /// The agent's certificate name (its host).
+    pub agent: String,
+    pub spool: String,
+    pub ok: bool,
+    /// Batches stored (signed or not).
+    pub batches: u64,
+    /// Batches removed by retention or a purge, as the store's tombstones record them.
+    #[serde(default)]
+    pub removed: u64,
+    /// Each problem names the missing or broken sequence numbers.
+    pub problems: Vec<String>,
 }
 
 /// One line of the access log.

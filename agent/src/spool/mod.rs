@@ -26,7 +26,9 @@ use std::{
 };
 
 use custos_pki::batch_signature::BatchSigner;
-use custos_proto::wire::{Batch, BatchHash, BatchHeader, BatchLink, BatchSeq, BatchSignature, SpoolId};
+use custos_proto::wire::{
+    Batch, BatchHash, BatchHeader, BatchLink, BatchSeq, BatchSignature, SpoolId,
+};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -582,7 +584,11 @@ mod tests {
         spool.append_signed(first, &signer).unwrap();
         let head = spool.chain_head().unwrap();
         let signed = spool.read(head.seq).unwrap().header;
-        assert_eq!(signed.link().unwrap().prev, BatchHash::default(), "the first names none");
+        assert_eq!(
+            signed.link().unwrap().prev,
+            BatchHash::default(),
+            "the first names none"
+        );
         assert_eq!(signed.link().unwrap().hash(), head.hash);
         let second = batch(&mut spool, 1, 10);
         spool.append_signed(second, &signer).unwrap();

@@ -425,7 +425,12 @@ pub async fn verify(
             .iter()
             .map(|id| store.verify(id).map_err(internal))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Json(VerifyReport { results }))
+        // The agents' chains span recordings: checked when the whole store is.
+        let agents = match &q.id {
+            Some(_) => Vec::new(),
+            None => store.verify_agents().map_err(internal)?,
+        };
+        Ok(Json(VerifyReport { results, agents }))
     })
     .await;
     state.logged(&caller, "verify", &target, outcome)
