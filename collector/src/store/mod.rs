@@ -71,7 +71,7 @@ fn io_err(path: &Path, err: impl std::fmt::Display) -> StoreError {
 
 /// Where the store is and which keys it uses: the configuration's `[store]` section, and what
 /// every opening of the store takes.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The store directory (recordings and index).
@@ -84,6 +84,17 @@ pub struct StoreConfig {
     /// to for their signatures to count (`tls.ca`, set when the configuration is read).
     #[serde(skip)]
     pub agent_ca: Option<PathBuf>,
+}
+
+/// The configuration's keys only (`agent_ca` is `tls.ca`, not a key of `[store]`).
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("dir", &self.dir)
+            .field("key_file", &self.key_file)
+            .field("seal_key", &self.seal_key)
+            .finish()
+    }
 }
 
 impl Default for StoreConfig {
@@ -267,5 +278,7 @@ pub fn generate_keys(
     Ok(())
 }
 
+#[cfg(test)]
+mod agent_tests;
 #[cfg(test)]
 pub(crate) mod tests;
