@@ -148,7 +148,8 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Check recordings' hash chains and seals.
+    /// Check recordings' hash chains, seals and agent signatures; with --all, also every
+    /// agent's chain of batches across the store.
     Verify {
         id: Option<String>,
         #[arg(long, conflicts_with = "id")]
@@ -366,9 +367,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&report)?;
             } else {
-                print!("{}", render::verify(&report.results));
+                print!("{}", render::verify(&report.results, &report.agents));
             }
-            if report.results.iter().any(|r| !r.ok) {
+            if report.results.iter().any(|r| !r.ok) || report.agents.iter().any(|a| !a.ok) {
                 return Ok(ExitCode::from(1));
             }
         }

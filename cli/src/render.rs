@@ -6,8 +6,8 @@ use comfy_table::{Table, presets::NOTHING};
 use custos_proto::{
     Timestamp,
     api::{
-        AccessEntry, AgentInfo, CommandInfo, FileInfo, SearchHit, SessionDetail, SessionSummary,
-        VerifyResult,
+        AccessEntry, AgentChainResult, AgentInfo, CommandInfo, FileInfo, SearchHit, SessionDetail,
+        SessionSummary, VerifyResult,
     },
 };
 
@@ -342,12 +342,17 @@ pub fn search(hits: &[SearchHit], truncated: bool) -> String {
     out
 }
 
-pub fn verify(results: &[VerifyResult]) -> String {
+pub fn verify(results: &[VerifyResult], agents: &[AgentChainResult]) -> String {
     let mut out = String::new();
     for r in results {
         if r.ok {
+            let unsigned = if r.unsigned_chunks > 0 {
+                format!(", {} not signed by their agent", r.unsigned_chunks)
+            } else {
+                String::new()
+            };
             out.push_str(&format!(
-                "OK      {}  ({} chunks, {})\n",
+                "OK      {}  ({} chunks, {}{unsigned})\n",
                 escape::text(&r.id),
                 r.chunks,
                 if r.sealed { "sealed" } else { "not sealed yet" }
@@ -365,6 +370,31 @@ pub fn verify(results: &[VerifyResult]) -> String {
         "{} recordings checked, {failed} failed\n",
         results.len()
     ));
+    for a in agents {
+        let chain = format!(
+            "{} spool {}",
+            escape::text(&a.agent),
+            escape::text(&a.spool)
+        );
+        if a.ok {
+            out.push_str(&format!(
+                "OK      agent {chain}  ({} batches, {} removed by purges)\n",
+                a.batches, a.removed
+            ));
+        } else {
+            out.push_str(&format!("FAILED  agent {chain}\n"));
+            for problem in &a.problems {
+                out.push_str(&format!("        {chain}: {}\n", escape::text(problem)));
+            }
+        }
+    }
+    if !agents.is_empty() {
+        let failed = agents.iter().filter(|a| !a.ok).count();
+        out.push_str(&format!(
+            "{} agent chains checked, {failed} failed\n",
+            agents.len()
+        ));
+    }
     out
 }
 

@@ -172,6 +172,7 @@ impl Spool {
     }
 
     /// The last signed batch.
+    #[cfg(test)]
     pub fn chain_head(&self) -> Option<ChainHead> {
         self.chain
     }
