@@ -124,8 +124,7 @@ pub async fn run(
                 metrics.connected.set(1);
                 backoff.reset();
                 let reason = send_loop(
-                    &connection,
-                    &signer,
+                    (&connection, &signer),
                     &shipping,
                     &spool,
                     (&wake, &reconnect),
@@ -349,9 +348,9 @@ async fn send_batch(
 
 /// Keeps up to `in_flight` batches outstanding on `connection` until it fails or shutdown's
 /// grace ends: the I/O around the [`Window`], which decides what goes and what each result means.
+/// Batches go out signed with `signer`, the key of the connection's certificate.
 async fn send_loop(
-    connection: &quinn::Connection,
-    signer: &BatchSigner,
+    (connection, signer): (&quinn::Connection, &BatchSigner),
     shipping: &Shipping,
     spool: &Arc<Mutex<Spool>>,
     (wake, reconnect): (&Notify, &Notify),
