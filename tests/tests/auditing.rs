@@ -563,6 +563,21 @@ fn a_collector_killed_during_ingest_keeps_index_and_recordings_in_agreement() {
     }
     let report = deployment.custos(&auditor, &["verify", "--all"]);
     assert!(report.status.success(), "{}", report.stdout);
+    // The real agent signed every batch, and its chain is unbroken across the crash.
+    let report: VerifyReport = serde_json::from_str(
+        &deployment
+            .custos(&auditor, &["verify", "--all", "--json"])
+            .ok(),
+    )
+    .expect("JSON report");
+    assert!(
+        report.results.iter().all(|r| r.unsigned_chunks == 0),
+        "{report:?}"
+    );
+    assert!(
+        !report.agents.is_empty() && report.agents.iter().all(|a| a.ok && a.batches > 0),
+        "{report:?}"
+    );
     let before: SessionDetail =
         serde_json::from_str(&deployment.custos(&auditor, &["show", &id, "--json"]).ok())
             .expect("JSON");
