@@ -1,4 +1,4 @@
-//! Writing and reading tombstones (`tombstones/<recording id>.json`, format in
+//! Writing and reading tombstones (`tombstones/<recording id>-<removed at, ns>.json`, format in
 //! [`crate::trust::tombstone`]): written, fsynced and renamed into place before a purge deletes
 //! anything, so that every removal the collector made on purpose is on record when its files are
 //! gone.
@@ -68,8 +68,11 @@ pub(super) fn write(
         .mode(0o700)
         .create(&folder)
         .map_err(|e| io_err(&folder, e))?;
-    let target = folder.join(format!("{}.json", row.id));
-    let tmp = folder.join(format!("{}.json.tmp", row.id));
+    // Named by the time too: a recording purged, continued by a late batch and purged again
+    // has two.
+    let name = format!("{}-{}", row.id, body.removed_at.0);
+    let target = folder.join(format!("{name}.json"));
+    let tmp = folder.join(format!("{name}.json.tmp"));
     let json = serde_json::to_vec_pretty(&tombstone).unwrap_or_default();
     let write = || -> std::io::Result<()> {
         let mut file = File::create(&tmp)?;
