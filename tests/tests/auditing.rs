@@ -657,6 +657,14 @@ fn retention_purges_expired_sessions_and_keeps_held_ones() {
         "the recording file is deleted"
     );
     assert!(setup.deployment.recording_file(kept.session).exists());
+    // The purge left a tombstone: the agent's chain verifies across the removal.
+    let verified = custos(&setup.auditor, &["verify", "--all", "--json"]);
+    let report: VerifyReport = serde_json::from_str(&verified.stdout).expect("JSON report");
+    assert!(verified.status.success(), "{report:?}");
+    assert!(
+        report.agents.iter().all(|a| a.ok) && report.agents.iter().any(|a| a.removed > 0),
+        "{report:?}"
+    );
     let log: AccessLog =
         serde_json::from_str(&custos(&setup.admin, &["access-log", "--json"]).ok())
             .expect("JSON log");
