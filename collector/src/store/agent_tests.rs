@@ -213,6 +213,24 @@ fn an_event_altered_and_reencrypted_with_the_store_key_is_named_by_chunk() {
         ],
         "{result:?}"
     );
+    // The agent's chain does not count the altered batch, also were the recording missing from
+    // the index (the chain check reads the files).
+    let index = rusqlite::Connection::open(config.dir.join("index.sqlite")).unwrap();
+    index
+        .execute("DELETE FROM recordings WHERE id = ?1", [&id])
+        .unwrap();
+    drop(index);
+    let agents = store.verify_agents().unwrap();
+    assert!(!agents[0].ok, "{agents:?}");
+    assert!(
+        agents[0].problems[0]
+            .starts_with("seq 2 (recording db1-3ceb1d62-7 chunk 1) is not counted"),
+        "{agents:?}"
+    );
+    assert!(
+        agents[0].problems[1].starts_with("batches after seq 1 and before seq 3 are missing"),
+        "{agents:?}"
+    );
 }
 
 #[test]

@@ -17,7 +17,6 @@ use super::{Store, StoreError, certificates::CertificateCache, io_err, seal_path
 use crate::trust::{
     agent::{self, AgentChains},
     chain::ChainReader,
-    chunk,
     seal::Seal,
 };
 
@@ -32,18 +31,32 @@ impl Store {
     }
 
     /// Checks every agent's chain of batches across the store: the links of every chunk of
-    /// every recording file under `recordings/` (the headers are read, not the index), with the
-    /// batches tombstones record as removed. One result per agent and spool.
+    /// every recording file under `recordings/` (the files found, not the index), with the
+    /// batches tombstones record as removed. A chunk counts as a link only when it is readable
+    /// and its agent signature and content verify (a recording file the index does not list is
+    /// checked as well). One result per agent and spool.
     pub fn verify_agents(&self) -> Result<Vec<AgentChainResult>, StoreError> {
+        let trust = self.agent_trust()?;
+        let mut certificates = CertificateCache::new(self.dir());
         let mut chains = AgentChains::default();
         let recordings = self.dir().join("recordings");
         for path in files_under(&recordings, "rec")? {
             let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
-            let mut offset = 0;
-            // Headers only: each chunk's own checks are per recording.
-            while let Ok(Some(raw)) = chunk::parse(&bytes[offset..]) {
-                chains.add_chunk(&raw.header);
-                offset += raw.encoded_len();
+            // Chunks that do not read are not links; their breaks are the recording's.
+            for chunk in ChainReader::new(&bytes, &self.keys).flatten() {
+                let header = &chunk.raw.header;
+                if let Some(signed) = &header.signed {
+                    let problems = agent::check_chunk(
+                        &chunk,
+                        certificates.get(&signed.certificate),
+                        trust.as_ref(),
+                    );
+                    if !problems.is_empty() {
+                        chains.add_unverified(header, &problems);
+                        continue;
+                    }
+                }
+                chains.add_chunk(header);
             }
         }
         self.add_tombstones(&mut chains)?;

@@ -120,6 +120,8 @@ pub struct AgentChains {
     links: BTreeMap<(String, SpoolId), Vec<Link>>,
     /// Problems of no one chain (a tombstone that does not verify).
     other: Vec<String>,
+    /// Batches found but not counted as links: their chunk does not verify.
+    rejected: BTreeMap<(String, SpoolId), Vec<String>>,
 }
 
 impl AgentChains {
@@ -157,6 +159,21 @@ impl AgentChains {
             });
     }
 
+    /// A chunk of the agent's spool whose signature or content does not verify: not a link of
+    /// its chain (a break shows where it was), and a problem of that chain.
+    pub fn add_unverified(&mut self, header: &ChunkHeader, problems: &[String]) {
+        self.rejected
+            .entry((header.recording.host.clone(), header.batch.spool.clone()))
+            .or_default()
+            .push(format!(
+                "seq {} (recording {} chunk {}) is not counted: {}",
+                header.batch.seq,
+                header.recording.id(),
+                header.index,
+                problems.join("; ")
+            ));
+    }
+
     /// A problem found on the way that no one chain owns (reported as its own result).
     pub fn add_problem(&mut self, problem: String) {
         self.other.push(problem);
@@ -165,7 +182,10 @@ impl AgentChains {
     /// Checks each agent's spool: every signed batch names the signed batch before it (in
     /// sequence order) as its previous, the first names none (or what a tombstone removed), no
     /// sequence number is stored twice, and no unsigned batch follows a signed one.
-    pub fn check(self) -> Vec<AgentChainResult> {
+    pub fn check(mut self) -> Vec<AgentChainResult> {
+        for key in self.rejected.keys() {
+            self.links.entry(key.clone()).or_default();
+        }
         let other = (!self.other.is_empty()).then(|| AgentChainResult {
             agent: "(tombstones)".into(),
             spool: String::new(),
@@ -178,7 +198,11 @@ impl AgentChains {
             .into_iter()
             .map(|((agent, spool), mut links)| {
                 links.sort_by_key(|link| link.seq);
-                let problems = chain_problems(&links);
+                let mut problems = self
+                    .rejected
+                    .remove(&(agent.clone(), spool.clone()))
+                    .unwrap_or_default();
+                problems.extend(chain_problems(&links));
                 AgentChainResult {
                     ok: problems.is_empty(),
                     batches: links.iter().filter(|l| !l.removed).count() as u64,
