@@ -403,6 +403,14 @@ fn tampering_is_detected_and_named() {
         "{}",
         all.stdout
     );
+    // The host's chain of batches shows the chunks gone or altered as missing batches.
+    let host = &setup.deployment.host;
+    assert!(
+        all.stdout.contains(&format!("FAILED  agent {host} spool"))
+            && all.stdout.contains("are missing"),
+        "{}",
+        all.stdout
+    );
 }
 
 #[test]
