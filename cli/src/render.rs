@@ -452,6 +452,48 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn verify_names_broken_agent_chains_and_unsigned_chunks() {
+        let result = VerifyResult {
+            id: "db1-3ceb1d62-7".into(),
+            ok: true,
+            chunks: 3,
+            sealed: true,
+            problems: vec![],
+            unsigned_chunks: 1,
+        };
+        let chain = |ok: bool, problems: Vec<String>| AgentChainResult {
+            agent: "db1".into(),
+            spool: "s".into(),
+            ok,
+            batches: 3,
+            removed: 1,
+            problems,
+        };
+        let out = verify(
+            std::slice::from_ref(&result),
+            &[chain(
+                false,
+                vec!["batches after seq 1 and before seq 4 are missing".into()],
+            )],
+        );
+        assert!(
+            out.contains("(3 chunks, sealed, 1 not signed by their agent)"),
+            "{out}"
+        );
+        assert!(out.contains("FAILED  agent db1 spool s\n"), "{out}");
+        assert!(
+            out.contains("db1 spool s: batches after seq 1 and before seq 4 are missing"),
+            "{out}"
+        );
+        assert!(out.ends_with("1 agent chains checked, 1 failed\n"), "{out}");
+        let out = verify(&[result], &[chain(true, vec![])]);
+        assert!(
+            out.contains("OK      agent db1 spool s  (3 batches, 1 removed by purges)"),
+            "{out}"
+        );
+    }
+
     fn session(bytes_uncaptured: u64) -> SessionDetail {
         SessionDetail {
             summary: SessionSummary {
