@@ -28,6 +28,7 @@ pub struct IngestMetrics {
     pub frames_malformed: Counter,
     pub frames_too_large: Counter,
     pub identity_mismatches: Counter,
+    pub bad_signatures: Counter,
     /// Seconds from a batch's arrival to its acknowledgement (stored and fsynced).
     pub store_latency: Histogram,
 }
@@ -46,6 +47,7 @@ impl Default for IngestMetrics {
             frames_malformed: Counter::default(),
             frames_too_large: Counter::default(),
             identity_mismatches: Counter::default(),
+            bad_signatures: Counter::default(),
             // 100 µs to about 3 s.
             store_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
         }
@@ -81,7 +83,7 @@ impl CollectorMetrics {
     pub fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("custos_collector");
         let i = &self.ingest;
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "connections_accepted",
                 "Agent connections accepted",
@@ -127,6 +129,11 @@ impl CollectorMetrics {
                 "identity_mismatches",
                 "Batches naming another host than the certificate",
                 &i.identity_mismatches,
+            ),
+            (
+                "bad_signatures",
+                "Batches refused because their agent's signature or content hash did not verify",
+                &i.bad_signatures,
             ),
         ];
         for (name, help, counter) in counters {
