@@ -314,6 +314,36 @@ pub enum GapReason {
     /// The agent was not running (stopped or restarted) while the session went on: what
     /// happened between `from` and `to` was not recorded; `records` and `bytes` are unknown (0).
     AgentNotRunning,
+    /// The process sent `bytes` to the session's terminal with sendfile(2), whose data never
+    /// passes through the program's memory; this hook backend cannot capture them.
+    SendfileToTerminal,
+    /// The process moved `bytes` from a pipe to the session's terminal with splice(2); this
+    /// hook backend cannot capture them.
+    SpliceToTerminal,
+    /// The process submitted `records` io_uring requests that open files or write (`detail`
+    /// names the opcode), which bypass the hooked system calls.
+    IoUring,
+    /// The process runs a 32-bit program, whose (compat) system calls this hook backend does
+    /// not see: its opens and terminal writes are missing.
+    Syscalls32Bit,
+    /// An open_by_handle_at(2) whose file could not be named (it failed, or its path could not
+    /// be read); `detail` says which.
+    OpenByHandle,
+}
+
+impl GapReason {
+    /// The route a recording could not see, for the reasons that name one ("sendfile to
+    /// terminal"...); `None` for losses of the recorder itself.
+    pub fn route(self) -> Option<&'static str> {
+        Some(match self {
+            GapReason::SendfileToTerminal => "sendfile to terminal",
+            GapReason::SpliceToTerminal => "splice to terminal",
+            GapReason::IoUring => "io_uring",
+            GapReason::Syscalls32Bit => "32-bit syscalls",
+            GapReason::OpenByHandle => "open_by_handle_at",
+            _ => return None,
+        })
+    }
 }
 
 /// Events that were lost, counted: a recording never has a silent hole.
@@ -327,6 +357,10 @@ pub struct Gap {
     /// First and last loss.
     pub from: Timestamp,
     pub to: Timestamp,
+    /// What else is known of an uncaptured route: the io_uring opcode (`IORING_OP_OPENAT`),
+    /// the terminal written to, an errno.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[cfg(test)]

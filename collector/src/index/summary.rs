@@ -64,6 +64,30 @@ pub struct FileOpenRow {
     pub result: i64,
 }
 
+/// A gap's reason as the index keeps it: the reason's name, and for a route the recording could
+/// not see, the process and what is known (`io_uring by pid 812 (cp): IORING_OP_OPENAT`).
+fn gap_reason(
+    gap: &custos_proto::event::Gap,
+    process: Option<&custos_proto::event::Process>,
+) -> String {
+    let name = serde_json::to_value(gap.reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let Some(route) = gap.reason.route() else {
+        return name;
+    };
+    let mut reason = route.to_owned();
+    if let Some(p) = process {
+        reason.push_str(&format!(" by pid {} ({})", p.tgid.0, p.comm));
+    }
+    if let Some(detail) = &gap.detail {
+        reason.push_str(": ");
+        reason.push_str(detail);
+    }
+    reason
+}
+
 impl ChunkSummary {
     /// What `events` (one chunk's) add to the index.
     pub fn of(events: &[Event]) -> Self {
@@ -98,10 +122,7 @@ impl ChunkSummary {
                 }
                 EventBody::Gap(gap) => summary.gaps.push(GapRow {
                     seq: event.seq.0,
-                    reason: serde_json::to_value(gap.reason)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    reason: gap_reason(gap, process),
                     records: gap.records,
                     bytes: gap.bytes,
                     from: gap.from,
