@@ -218,4 +218,58 @@ mod tests {
             (16, 4, 107)
         );
     }
+
+    #[test]
+    fn gaps_of_uncaptured_routes_name_the_route_the_process_and_the_detail() {
+        use custos_proto::{
+            ByteString, Gid, Pid, Seq, Uid,
+            event::{Gap, GapReason, Process},
+        };
+        let gap = |reason, detail: Option<&str>| Gap {
+            reason,
+            records: 2,
+            bytes: 0,
+            from: Timestamp(1),
+            to: Timestamp(2),
+            detail: detail.map(str::to_owned),
+        };
+        let process = Process {
+            pid: Pid(812),
+            tgid: Pid(812),
+            ppid: Pid(1),
+            uid: Uid(0),
+            euid: Uid(0),
+            gid: Gid(0),
+            loginuid: Some(Uid(0)),
+            login_user: None,
+            user: None,
+            tty: None,
+            comm: ByteString::from(b"cp".to_vec()),
+        };
+        let event = |seq: u64, process: Option<Process>, gap: Gap| Event {
+            time: Timestamp(1),
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            session: AuditSessionId(1),
+            seq: Seq(seq),
+            process,
+            event: EventBody::Gap(gap),
+        };
+        let summary = ChunkSummary::of(&[
+            event(
+                1,
+                Some(process),
+                gap(GapReason::IoUring, Some("IORING_OP_OPENAT")),
+            ),
+            event(2, None, gap(GapReason::RingBufferFull, None)),
+        ]);
+        let reasons: Vec<&str> = summary.gaps.iter().map(|g| g.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "io_uring by pid 812 (cp): IORING_OP_OPENAT",
+                "ring_buffer_full"
+            ]
+        );
+    }
 }
