@@ -161,6 +161,34 @@ fn a_batch_refused_for_good_becomes_a_gap_in_its_recording() {
         String::from_utf8_lossy(&output(&events)).contains("after-refusal"),
         "the rest of the session is recorded"
     );
+
+    // The refused batch is kept sealed in rejected/; the agent's key opens it.
+    let rejected = files_under(&deployment.path("spool/rejected"));
+    assert!(!rejected.is_empty(), "nothing kept in rejected/");
+    let config = deployment.path("agent.toml");
+    std::fs::write(&config, deployment.agent_config(&listen, SHIPPING)).expect("writing");
+    let read = std::process::Command::new(bin("custos-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--read-rejected")
+        .arg(&rejected[0].0)
+        .output()
+        .expect("running custos-agent --read-rejected");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let shown: Vec<Event> = String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an event per line"))
+        .collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| matches!(e.event, EventBody::Output(_))),
+        "{shown:?}"
+    );
 }
 
 /// Every file under `dir` (recursively), with its bytes.
