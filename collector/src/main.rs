@@ -60,6 +60,12 @@ enum Command {
         /// the others as missing. Default: every recording.
         #[arg(long)]
         session: Vec<String>,
+        /// Only sessions active at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        from: Option<jiff::Timestamp>,
+        /// Only sessions active at or before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<jiff::Timestamp>,
     },
     /// Manage the index of the recordings.
     Index {
@@ -90,8 +96,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Pki { command }) => pki::run(command),
         Some(Command::Store { command }) => store_command(cli.config.as_deref(), command),
-        Some(Command::ExportBundle { out, session }) => load_config(cli.config.as_deref())
-            .and_then(|config| export_bundle(&config, &out, &session)),
+        Some(Command::ExportBundle {
+            out,
+            session,
+            from,
+            to,
+        }) => load_config(cli.config.as_deref()).and_then(|config| {
+            export_bundle(
+                &config,
+                &out,
+                &session,
+                from.map(Into::into),
+                to.map(Into::into),
+            )
+        }),
         Some(Command::Index {
             command: IndexCommand::Rebuild,
         }) => load_config(cli.config.as_deref()).and_then(|config| {
@@ -159,14 +177,29 @@ fn export_bundle(
     config: &Config,
     out: &std::path::Path,
     sessions: &[String],
+    from: Option<custos_proto::Timestamp>,
+    to: Option<custos_proto::Timestamp>,
 ) -> anyhow::Result<()> {
-    let recordings = if sessions.is_empty() {
+    let recordings = if sessions.is_empty() && from.is_none() && to.is_none() {
         None
     } else {
         let index =
             custos_collector::index::Index::open_read_only(&config.store.dir.join("index.sqlite"))?;
+        let mut ids = sessions.to_vec();
+        if from.is_some() || to.is_some() {
+            let filter = custos_collector::index::Filter {
+                since: from,
+                until: to,
+                // Every session of the window (the index has no more than this).
+                limit: u32::MAX as usize,
+                ..Default::default()
+            };
+            ids.extend(index.sessions(&filter)?.0.into_iter().map(|s| s.id));
+        }
+        ids.sort();
+        ids.dedup();
         let mut paths = Vec::new();
-        for id in sessions {
+        for id in &ids {
             let row = index
                 .recording(id)?
                 .with_context(|| format!("no recording {id} in the index"))?;

@@ -262,7 +262,33 @@ fn an_exported_bundle_verifies_offline_and_each_attack_without_keys_is_named() {
         bundle.to_str().expect("UTF-8"),
     ]);
     assert!(out.contains("wrote"), "{out}");
+    // One session's bundle: its recording verifies, and the agent's chain names what is not in
+    // it (the tombstones come whole: session 70's removal is accounted for).
+    let partial = work.path().join("partial");
+    let id74 = id(74);
+    collector_command(&[
+        "--config",
+        &config_s,
+        "export-bundle",
+        "--out",
+        partial.to_str().expect("UTF-8"),
+        "--session",
+        &id74,
+    ]);
     collector.daemon.stop();
+    let (code, report, text) = verify_offline(&partial, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(report.results.len(), 1, "{text}");
+    assert!(
+        report.results[0].ok && report.results[0].id == id74,
+        "{text}"
+    );
+    assert!(
+        problems(&report)
+            .iter()
+            .any(|p| p.contains("batches after seq 1 and before seq 9 are missing")),
+        "{text}"
+    );
 
     // Public material only, private files.
     let mut names = Vec::new();
