@@ -4,7 +4,9 @@
 //! certificate key go through real QUIC and mutual TLS to a real collector, which stores, seals,
 //! reseals (a late batch) and purges (a retention purge, leaving a tombstone). The clean bundle
 //! verifies; then each attack by someone who can write the files but holds no key (or only the
-//! store key) is detected and named, each on its own copy of the bundle.
+//! store key) is detected and named, each on its own copy of the bundle; a one-session bundle
+//! names what it leaves out; and the online `verify --all` names the same cuts made in the
+//! collector's own store with its index edited to agree. `verify ID` checks the access log too.
 // A package of several targets, each using some of its dependencies: cargo's
 // `unused_crate_dependencies` lint would name the others in every target.
 #![allow(unused_crate_dependencies)]
@@ -510,6 +512,44 @@ fn an_exported_bundle_verifies_offline_and_each_attack_without_keys_is_named() {
         },
         &[],
         &["names more entries than the log's".into()],
+    );
+
+    // The first two attacks on the collector's own store, its index edited to agree (session 71
+    // cut to one chunk and marked open; session 72's row deleted): the online `verify --all`
+    // names them too, from the files and the agent's chain, whatever the index says.
+    let path = rec(&store, 71, "rec");
+    let bytes = fs::read(&path).expect("recording");
+    let cut = end_of_chunk(&bytes, 0);
+    let first = chunk::parse(&bytes).expect("a chunk").expect("whole");
+    fs::write(&path, &bytes[..cut]).expect("truncate");
+    fs::remove_file(rec(&store, 71, "seal")).expect("seal");
+    fs::remove_file(rec(&store, 72, "rec")).expect("recording");
+    fs::remove_file(rec(&store, 72, "seal")).expect("seal");
+    let index = rusqlite::Connection::open(store.join("index.sqlite")).expect("index");
+    index
+        .execute(
+            "UPDATE recordings SET sealed = 0, chunks = 1, stored_len = ?1, last_hash = ?2
+             WHERE id = ?3",
+            rusqlite::params![cut as i64, first.hash().0.to_vec(), id(71)],
+        )
+        .expect("edit the index");
+    for table in ["recordings WHERE id", "batches WHERE recording"] {
+        index
+            .execute(&format!("DELETE FROM {table} = ?1"), [id(72)])
+            .expect("delete from the index");
+    }
+    drop(index);
+    let config = deployment.collector_config(&listen, "");
+    let _collector = deployment.start_collector_at(&config, None);
+    let out = deployment.custos(&auditor, &["verify", "--all", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let report: VerifyReport = serde_json::from_str(&out.stdout).expect("JSON report");
+    let found = problems(&report);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("batches after seq 2 and before seq 6 are missing")),
+        "{found:#?}"
     );
 }
 
