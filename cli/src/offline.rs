@@ -64,3 +64,40 @@ pub fn verify(dir: &Path, given: &Material) -> anyhow::Result<VerifyReport> {
     };
     store::verify_dir(&verifier).map_err(|err| anyhow::anyhow!("{}: {err}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none() -> Material {
+        Material {
+            ca: None,
+            seal_pub: None,
+            store_key: None,
+        }
+    }
+
+    #[test]
+    fn a_folder_without_public_material_asks_for_it_by_flag() {
+        let dir = std::env::temp_dir().join(format!("custos-offline-{}", std::process::id()));
+        let err = verify(&dir, &none()).unwrap_err().to_string();
+        assert!(
+            err.contains("neither an export bundle nor a store"),
+            "{err}"
+        );
+        std::fs::create_dir_all(dir.join("recordings")).unwrap();
+        let err = verify(&dir, &none()).unwrap_err().to_string();
+        assert!(
+            err.contains("no public/seal.pub (not an export bundle): give --seal-pub FILE"),
+            "{err}"
+        );
+        std::fs::write(dir.join("seal.pub"), "not hex\n").unwrap();
+        let given = Material {
+            seal_pub: Some(dir.join("seal.pub")),
+            ..none()
+        };
+        let err = format!("{:#}", verify(&dir, &given).unwrap_err());
+        assert!(err.contains("not a seal public key"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

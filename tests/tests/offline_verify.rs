@@ -6,7 +6,8 @@
 //! verifies; then each attack by someone who can write the files but holds no key (or only the
 //! store key) is detected and named, each on its own copy of the bundle; a one-session bundle
 //! names what it leaves out; and the online `verify --all` names the same cuts made in the
-//! collector's own store with its index edited to agree. `verify ID` checks the access log too.
+//! collector's own store with its index edited to agree, and a recording file the index does not
+//! list. `verify ID` checks the access log too.
 // A package of several targets, each using some of its dependencies: cargo's
 // `unused_crate_dependencies` lint would name the others in every target.
 #![allow(unused_crate_dependencies)]
@@ -533,10 +534,13 @@ fn an_exported_bundle_verifies_offline_and_each_attack_without_keys_is_named() {
             rusqlite::params![cut as i64, first.hash().0.to_vec(), id(71)],
         )
         .expect("edit the index");
-    for table in ["recordings WHERE id", "batches WHERE recording"] {
-        index
-            .execute(&format!("DELETE FROM {table} = ?1"), [id(72)])
-            .expect("delete from the index");
+    // Session 74's row goes too, its files kept: a recording hidden from the index.
+    for removed in [id(72), id(74)] {
+        for table in ["recordings WHERE id", "batches WHERE recording"] {
+            index
+                .execute(&format!("DELETE FROM {table} = ?1"), [&removed])
+                .expect("delete from the index");
+        }
     }
     drop(index);
     let config = deployment.collector_config(&listen, "");
@@ -549,6 +553,13 @@ fn an_exported_bundle_verifies_offline_and_each_attack_without_keys_is_named() {
         found
             .iter()
             .any(|p| p.contains("batches after seq 2 and before seq 6 are missing")),
+        "{found:#?}"
+    );
+    assert!(
+        found.contains(&format!(
+            "{}: its recording file is in the store but the index does not list it",
+            id(74)
+        )),
         "{found:#?}"
     );
 }
