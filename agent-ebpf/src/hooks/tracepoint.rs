@@ -90,7 +90,14 @@ pub fn sys_exit_write(ctx: TracePointContext) {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_writev")]
 pub fn sys_exit_writev(ctx: TracePointContext) {
-    let Some(exit) = syscall_exit(&ctx) else {
+    on_exit_iovec_write(&ctx);
+}
+
+/// The exit of writev or pwritev2 (fd, iov, iovcnt in the same registers): the bytes written
+/// from the iovecs, when fd is the session's terminal.
+#[inline(always)]
+fn on_exit_iovec_write(ctx: &TracePointContext) {
+    let Some(exit) = syscall_exit(ctx) else {
         return;
     };
     if exit.ret <= 0 {
@@ -111,21 +118,7 @@ pub fn sys_exit_writev(ctx: TracePointContext) {
 /// included (any other offset is refused on a terminal with ESPIPE, like pwrite64 and pwritev).
 #[tracepoint(category = "syscalls", name = "sys_exit_pwritev2")]
 pub fn sys_exit_pwritev2(ctx: TracePointContext) {
-    let Some(exit) = syscall_exit(&ctx) else {
-        return;
-    };
-    if exit.ret <= 0 {
-        return;
-    }
-    let fd = exit.arg(off!(pt_regs_di));
-    let iov = exit.arg(off!(pt_regs_si)) as *const u8;
-    let count = exit.arg(off!(pt_regs_dx));
-    tty::on_fd_write(
-        &exit.task,
-        fd,
-        Source::Iovecs { iov, count },
-        exit.ret as u64,
-    );
+    on_exit_iovec_write(&ctx);
 }
 
 /// sendfile(out_fd, in_fd, offset, count): the bytes go from the input file's pages to the
