@@ -283,38 +283,15 @@ impl Tracker {
                 last_activity: Instant::now(),
             },
         );
-        self.push_gap(
-            sessionid,
-            GapReason::AgentNotRunning,
-            0,
-            0,
-            snapshot.last,
-            now,
-            out,
-        );
-    }
-
-    /// Appends a gap record to an open session.
-    #[allow(clippy::too_many_arguments)]
-    fn push_gap(
-        &mut self,
-        sessionid: u32,
-        reason: GapReason,
-        records: u64,
-        bytes: u64,
-        from: Timestamp,
-        to: Timestamp,
-        out: &mut Vec<Event>,
-    ) {
-        let gap = EventBody::Gap(Gap {
-            reason,
-            records,
-            bytes,
-            from,
-            to,
+        let gap = Gap {
+            reason: GapReason::AgentNotRunning,
+            records: 0,
+            bytes: 0,
+            from: snapshot.last,
+            to: now,
             detail: None,
-        });
-        self.push_own(sessionid, gap, out);
+        };
+        self.push_own(sessionid, EventBody::Gap(gap), out);
     }
 
     /// Appends a record the agent writes itself (no process did it) to an open session.
@@ -411,15 +388,15 @@ impl Tracker {
             self.clock.wall(loss.first_ts),
             self.clock.wall(loss.last_ts),
         );
-        self.gap(
-            loss.sessionid,
-            GapReason::RingBufferFull,
-            loss.records,
-            loss.bytes,
+        let gap = Gap {
+            reason: GapReason::RingBufferFull,
+            records: loss.records,
+            bytes: loss.bytes,
             from,
             to,
-            out,
-        );
+            detail: None,
+        };
+        self.gap(loss.sessionid, gap, out);
     }
 
     /// Records the wall clock being set in every open session, and in those that ended in the
@@ -468,17 +445,8 @@ impl Tracker {
 
     /// Records a gap in a session, opening it again if it had ended (or starting it if nothing
     /// of it got through, from what /proc still knows).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gap(
-        &mut self,
-        sessionid: u32,
-        reason: GapReason,
-        records: u64,
-        bytes: u64,
-        from: Timestamp,
-        to: Timestamp,
-        out: &mut Vec<Event>,
-    ) {
+    pub fn gap(&mut self, sessionid: u32, gap: Gap, out: &mut Vec<Event>) {
+        let (from, to) = (gap.from, gap.to);
         if self.not_recorded.contains_key(&sessionid) {
             return;
         }
@@ -503,7 +471,7 @@ impl Tracker {
             }
         }
         // A session with no process known alive ends at the next sweep.
-        self.push_gap(sessionid, reason, records, bytes, from, to, out);
+        self.push_own(sessionid, EventBody::Gap(gap), out);
     }
 
     /// Ends sessions whose processes are all gone (their exit records were lost), forgets old
