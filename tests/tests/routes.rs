@@ -27,7 +27,7 @@ use custos_proto::{
     event::{Gap, GapReason, Open},
 };
 use custos_tests::{
-    agent::{self, Agent, ended, terminal_bytes},
+    agent::{self, Agent, ended, opens, terminal_bytes},
     bin, contains,
     cprog::CPrograms,
     marker,
@@ -48,16 +48,6 @@ fn gaps<'a>(events: &[&'a Event], reason: GapReason) -> Vec<(&'a Gap, String)> {
                     .map(|p| p.comm.to_string())
                     .unwrap_or_default(),
             )),
-            _ => None,
-        })
-        .collect()
-}
-
-fn opens<'a>(events: &[&'a Event]) -> Vec<&'a Open> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            EventBody::Open(open) => Some(open),
             _ => None,
         })
         .collect()
