@@ -249,12 +249,11 @@ impl Tracker {
                 continue;
             }
             let tty = procfs::tty_of(leader.tgid).filter(|tty| *tty != 0);
-            let start = self.start_event(sessionid, now, leader.tgid, leader.loginuid, tty, true);
+            self.start(sessionid, now, leader.tgid, leader.loginuid, tty, true, out);
             let state = self.sessions.get_mut(&sessionid);
             if let Some(state) = state {
                 state.processes.extend(processes.iter().map(|p| p.tgid));
             }
-            out.push(start);
         }
         for (sessionid, snapshot) in std::mem::take(&mut self.resumed) {
             // Ended while the agent was not running.
@@ -348,8 +347,7 @@ impl Tracker {
                 // The process that did the session's first event (for a fork: the parent).
                 let leader = task.tgid;
                 let tty = (task.tty != 0).then_some(task.tty);
-                let start = self.start_event(sessionid, time, leader, task.loginuid, tty, false);
-                out.push(start);
+                self.start(sessionid, time, leader, task.loginuid, tty, false, out);
             }
         }
         let process = self.process(&task);
@@ -462,9 +460,8 @@ impl Tracker {
                     .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok())
                     .and_then(|text| text.trim().parse().ok())
                     .unwrap_or(AUDIT_UNSET);
-                let start =
-                    self.start_event(sessionid, from, leader.unwrap_or(0), loginuid, tty, false);
-                out.push(start);
+                let leader_pid = leader.unwrap_or(0);
+                self.start(sessionid, from, leader_pid, loginuid, tty, false, out);
                 if let (Some(leader), Some(state)) = (leader, self.sessions.get_mut(&sessionid)) {
                     state.processes.insert(leader);
                 }
@@ -535,7 +532,11 @@ impl Tracker {
         );
     }
 
-    fn start_event(
+    /// Opens a session: its start record, then, when its terminal is a console (a VT or a
+    /// serial line), a gap saying that keystrokes typed there are not recorded (only a pty's
+    /// are, from its master side; what the console shows is).
+    #[allow(clippy::too_many_arguments)]
+    fn start(
         &mut self,
         sessionid: u32,
         time: Timestamp,
@@ -543,7 +544,8 @@ impl Tracker {
         loginuid: u32,
         tty: Option<u32>,
         found_running: bool,
-    ) -> Event {
+        out: &mut Vec<Event>,
+    ) {
         let login_uid = (loginuid != AUDIT_UNSET).then_some(Uid(loginuid));
         let tty = tty.map(Tty);
         let leader_command = procfs::command_line(leader).unwrap_or_default();
@@ -557,7 +559,7 @@ impl Tracker {
                 last_activity: Instant::now(),
             },
         );
-        Event {
+        out.push(Event {
             time,
             host: self.host.hostname.clone(),
             boot_id: self.host.boot_id.clone(),
@@ -574,6 +576,17 @@ impl Tracker {
                 remote: procfs::remote_address(leader),
                 found_running,
             }),
+        });
+        if let Some(console) = tty.filter(|tty| !tty.is_pty()) {
+            let gap = Gap {
+                reason: GapReason::ConsoleKeystrokes,
+                records: 0,
+                bytes: 0,
+                from: time,
+                to: time,
+                detail: Some(console.name()),
+            };
+            self.push_own(sessionid, EventBody::Gap(gap), out);
         }
     }
 
