@@ -2,6 +2,7 @@
 //! never opens the store itself, and every request it makes is in the collector's access log.
 mod client;
 mod escape;
+mod fold;
 mod offline;
 mod render;
 mod replay;
@@ -111,6 +112,10 @@ enum Command {
     /// gaps, as a process tree.
     Show {
         id: String,
+        /// List every file opened, also the reads of system libraries, locale and loader
+        /// files that are otherwise folded into one counted line per process.
+        #[arg(long)]
+        all_files: bool,
         #[arg(long)]
         json: bool,
     },
@@ -324,12 +329,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", render::sessions(&list.sessions, list.truncated));
             }
         }
-        Command::Show { id, json } => {
+        Command::Show {
+            id,
+            all_files,
+            json,
+        } => {
             let detail: SessionDetail = client.get(&session_path(path::SESSION, &id), &[])?;
             if json {
                 print_json(&detail)?;
             } else {
-                print!("{}", render::detail(&detail));
+                print!("{}", render::detail(&detail, all_files));
             }
         }
         Command::Search {

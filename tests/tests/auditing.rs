@@ -167,6 +167,15 @@ fn sessions_are_found_shown_and_replayed_as_the_user_saw_them() {
             && shown.contains("opened /etc/os-release"),
         "{shown}"
     );
+    // cat's loader and libc reads are one counted line (a real dynamically linked program),
+    // listed with --all-files.
+    assert!(
+        shown.contains("reads of system libraries, locale and loader files")
+            && !shown.contains("/etc/ld.so.cache"),
+        "{shown}"
+    );
+    let all = custos(&["show", &alice.id, "--all-files"]).ok();
+    assert!(all.contains("opened /etc/ld.so.cache"), "{all}");
 
     // Replay: the bytes the terminal showed, in order.
     let replay = Command::new(custos_tests::bin("custos"))

@@ -55,7 +55,18 @@ pub fn session_of(tgid: u32) -> Option<u32> {
 /// The command line of a live process, arguments separated by spaces.
 pub fn command_line(tgid: u32) -> Option<Vec<u8>> {
     let raw = fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
-    let trimmed = raw.strip_suffix(b"\0").unwrap_or(&raw);
+    joined_command_line(&raw)
+}
+
+/// A /proc cmdline joined with spaces, without the padding a process that retitles itself
+/// leaves (sshd's `sshd: alice [priv]` is followed by the spaces and NULs that fill its old
+/// argument area).
+fn joined_command_line(raw: &[u8]) -> Option<Vec<u8>> {
+    let end = raw
+        .iter()
+        .rposition(|b| !matches!(b, 0 | b' '))
+        .map_or(0, |last| last + 1);
+    let trimmed = &raw[..end];
     if trimmed.is_empty() {
         return None;
     }
@@ -163,6 +174,22 @@ fn read_u32(path: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_retitled_processs_padding_is_dropped() {
+        let mut sshd = b"sshd: alice [priv]".to_vec();
+        sshd.extend(std::iter::repeat_n(b' ', 200));
+        sshd.extend([0, 0]);
+        assert_eq!(
+            super::joined_command_line(&sshd).as_deref(),
+            Some(&b"sshd: alice [priv]"[..])
+        );
+        assert_eq!(
+            super::joined_command_line(b"ls\0-l\0\0").as_deref(),
+            Some(&b"ls -l"[..])
+        );
+        assert_eq!(super::joined_command_line(b"\0 \0"), None);
+    }
+
     use super::*;
 
     #[test]
