@@ -219,7 +219,7 @@ mod tests {
             received,
             host_clock_skewed: false,
         };
-        let prepared = Prepared::new(Box::new(batch), receipt).unwrap();
+        let prepared = Prepared::new(std::sync::Arc::new(batch), receipt).unwrap();
         match store.append_group(std::slice::from_ref(&prepared)).pop() {
             Some(Ok(Appended::Stored { recording, .. })) => recording,
             other => panic!("not stored: {other:?}"),

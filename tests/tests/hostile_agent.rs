@@ -33,7 +33,7 @@ use custos_tests::{
 const BUDGET_MIB: u64 = 64;
 /// What the collector holds beside the budget: its code, runtime and stores, and the QUIC
 /// buffers of streams waiting for budget (bounded per stream by the collector's receive window).
-const OVERHEAD_MIB: u64 = 96;
+const OVERHEAD_MIB: u64 = 64;
 const INGEST: &str = "memory_budget = \"64 MiB\"\nidentity_memory = \"32 MiB\"\n\
                       connection_memory = \"16 MiB\"\nmax_connections_per_identity = 4\n\
                       stall_timeout = \"2s\"\n";
