@@ -260,6 +260,35 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_budget_must_hold_its_shares_and_a_frame() {
+        let error = |ingest: &str| {
+            Config::parse(Path::new("c.toml"), &format!("[ingest]\n{ingest}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("connection_memory = \"1 MiB\"\n"),
+            "config c.toml: ingest.connection_memory: must be at least ingest.max_frame_size"
+        );
+        assert_eq!(
+            error("identity_memory = \"16 MiB\"\n"),
+            "config c.toml: ingest.identity_memory: must be at least ingest.connection_memory"
+        );
+        assert_eq!(
+            error("memory_budget = \"32 MiB\"\n"),
+            "config c.toml: ingest.memory_budget: must be at least ingest.identity_memory"
+        );
+        assert!(error("max_connections_per_identity = 0\n").contains("must be 1 to 64"));
+        assert!(error("stall_timeout = \"0s\"\n").contains("must be 1s to 60s"));
+        Config::parse(
+            Path::new("c.toml"),
+            "[ingest]\nmax_frame_size = \"1 MiB\"\nmemory_budget = \"4 MiB\"\n\
+             identity_memory = \"2 MiB\"\nconnection_memory = \"1 MiB\"\n",
+        )
+        .expect("a small budget for small frames");
+    }
+
+    #[test]
     fn the_reference_file_documents_every_key_with_its_default() {
         use custos_daemon::reference;
         let text = include_str!("../../packaging/collector.toml");

@@ -430,6 +430,21 @@ fn closed_because(reason: &quinn::ConnectionError) -> String {
              (issue a new one with `custos-collector pki issue agent HOSTNAME`)"
                 .to_owned()
         }
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == wire::CLOSE_MISBEHAVING.into() =>
+        {
+            "the collector cut this agent off for a while: it sent garbage frames or stalled \
+             requests (see the collector's log for this host)"
+                .to_owned()
+        }
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == wire::CLOSE_TOO_MANY_CONNECTIONS.into() =>
+        {
+            "the collector refused the connection: this agent's certificate has too many \
+             connections open (ingest.max_connections_per_identity); another process may be \
+             using it"
+                .to_owned()
+        }
         other => other.to_string(),
     }
 }
@@ -506,5 +521,7 @@ mod tests {
         let revoked = closed(wire::CLOSE_CERTIFICATE_REVOKED);
         assert!(revoked.contains("certificate is revoked"), "{revoked}");
         assert!(!closed(wire::CLOSE_NORMAL).contains("revoked"));
+        assert!(closed(wire::CLOSE_MISBEHAVING).contains("cut this agent off"));
+        assert!(closed(wire::CLOSE_TOO_MANY_CONNECTIONS).contains("too many connections"));
     }
 }

@@ -610,6 +610,55 @@ mod tests {
         (engine, kept)
     }
 
+    #[test]
+    fn the_alert_queue_is_bounded_in_bytes_and_given_back_once_evaluated() {
+        let batch = |bytes: usize| {
+            let mut batch = wire::make_batch(
+                &wire::SpoolId("s".into()),
+                wire::BatchSeq(1),
+                &[Event {
+                    time: Timestamp(1),
+                    host: "web1".into(),
+                    boot_id: BootId("b".into()),
+                    session: custos_proto::AuditSessionId(1),
+                    seq: custos_proto::Seq(1),
+                    process: None,
+                    event: EventBody::SessionEnd(Default::default()),
+                }],
+            )
+            .expect("a batch");
+            batch.events = vec![0; bytes];
+            Arc::new(batch)
+        };
+        let one = batch(1000);
+        let (sender, receiver) = sync_channel(FEED_DEPTH);
+        let metrics = Arc::new(CollectorMetrics::default());
+        let feed = AlertFeed {
+            sender,
+            active: Arc::new(AtomicBool::new(true)),
+            queue: Arc::new(QueueBytes {
+                queued: AtomicUsize::new(0),
+                limit: 2 * queued_size(&one),
+            }),
+            metrics: metrics.clone(),
+        };
+        for _ in 0..3 {
+            feed.offer(one.clone());
+        }
+        assert_eq!(metrics.alert_events_skipped.get(), 1, "the third is over");
+        assert_eq!(Arc::strong_count(&one), 3, "shared, not copied");
+        // The engine evaluates one: its bytes are given back.
+        let (mut engine, _) = engine(&AlertsConfig::default());
+        engine.queue = feed.queue.clone();
+        let Ok(Message::Batch(first)) = receiver.try_recv() else {
+            panic!("a batch queued");
+        };
+        engine.batch(&first);
+        engine.queue.release(queued_size(&first));
+        feed.offer(one.clone());
+        assert_eq!(metrics.alert_events_skipped.get(), 1, "room again");
+    }
+
     fn cloned() -> ClonedSpool {
         ClonedSpool {
             agent: "web2".into(),
