@@ -1,5 +1,5 @@
 //! One request stream: read one frame (within the limits and the connection's memory share),
-//! answer it, close. The frame's reservation is held until the answer is written: a batch's
+//! answer it, close. The frame's reservation is held until the request is answered: a batch's
 //! bytes count against the budget until the store has them.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -106,7 +106,7 @@ pub async fn handle(
 ) {
     let (metrics, limits) = (&ingest.metrics, ingest.limits);
     let agent = peer.identity.name.as_str();
-    let (frame, _reservation) = match read_request(&mut recv, &peer, limits).await {
+    let (frame, reservation) = match read_request(&mut recv, &peer, limits).await {
         Ok(read) => read,
         Err(Unread::Garbage(err)) => {
             let code = err.code();
@@ -190,12 +190,16 @@ pub async fn handle(
         other => {
             metrics.frames_malformed.inc();
             warn!(agent, kind = other.kind(), "unexpected frame");
+            strike(&peer);
             error_frame(
                 ErrorCode::Malformed,
                 format!("a {} frame is not a request", other.kind()),
             )
         }
     };
+    // The request is stored (or refused) and dropped: its memory goes back to the budget before
+    // the answer's delivery is waited for.
+    drop(reservation);
     if let Err(err) = send.write_all(&wire::encode_frame(&response)).await {
         debug!(agent, error = %err, "could not answer (the agent will resend)");
         return;
