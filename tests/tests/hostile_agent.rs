@@ -26,6 +26,7 @@ use custos_proto::{
 use custos_tests::{
     deployment::{Deployment, collector_command},
     free_udp_address,
+    metrics::{sample, scrape},
     quic::{self, Answer},
 };
 
@@ -310,6 +311,13 @@ fn a_hostile_agent_key_is_cut_off_within_the_memory_budget_and_others_keep_shipp
     }
     let again = quic::handshake(address, &ca, Some(pair));
     assert!(again.is_err(), "the cut-off key connects again");
+    let metrics = scrape(&collector.daemon.log_text());
+    assert_eq!(
+        sample(&metrics, "custos_collector_agents_cut_off_total"),
+        1.0
+    );
+    assert!(sample(&metrics, "custos_collector_requests_stalled_total") >= 1.0);
+    assert!(sample(&metrics, "custos_collector_frames_malformed_total") >= 1.0);
 
     // The good agent goes on after it.
     let acked_after = acked.load(Ordering::Relaxed);

@@ -88,8 +88,9 @@ async fn read_request(
 }
 
 /// Counts a strike against the peer's identity; logs when it cut the identity off.
-fn strike(peer: &Peer) {
+fn strike(peer: &Peer, ingest: &Ingest) {
     if peer.share.strike() {
+        ingest.metrics.agents_cut_off.inc();
         warn!(
             agent = %peer.identity.name,
             peer = %peer.address,
@@ -118,18 +119,20 @@ pub async fn handle(
             warn!(agent, peer = %peer.address, error = %err, "bad frame: stream reset");
             let _ = recv.stop(code.stream_code().into());
             let _ = send.reset(code.stream_code().into());
-            strike(&peer);
+            strike(&peer, &ingest);
             return;
         }
         Err(Unread::Stalled(why)) => {
+            metrics.requests_stalled.inc();
             warn!(agent, peer = %peer.address, why, "request stalled: stream reset");
             let code = ErrorCode::Unavailable.stream_code();
             let _ = recv.stop(code.into());
             let _ = send.reset(code.into());
-            strike(&peer);
+            strike(&peer, &ingest);
             return;
         }
         Err(Unread::NoBudget) => {
+            metrics.requests_without_memory.inc();
             warn!(
                 agent,
                 peer = %peer.address,
@@ -190,7 +193,7 @@ pub async fn handle(
         other => {
             metrics.frames_malformed.inc();
             warn!(agent, kind = other.kind(), "unexpected frame");
-            strike(&peer);
+            strike(&peer, &ingest);
             error_frame(
                 ErrorCode::Malformed,
                 format!("a {} frame is not a request", other.kind()),
