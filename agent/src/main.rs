@@ -280,6 +280,7 @@ async fn run(
         tx.clone(),
         stop_rx.clone(),
         metrics.records_read.clone(),
+        capture::clock::ClockWatch::new(),
     ));
     let losses = tokio::spawn(capture::watch_losses(
         monitor,

@@ -107,6 +107,18 @@ impl Output {
         }
     }
 
+    /// Batches the shipper gave up (refused for good, unreadable), with why.
+    fn take_lost(&mut self) -> Vec<(BatchHeader, GapReason)> {
+        match self {
+            Output::Json(_) => Vec::new(),
+            Output::Spool(spooler) => spooler
+                .spool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_lost(),
+        }
+    }
+
     /// Saves the tracker's state, then lets the spool delete what the collector acknowledged.
     fn checkpoint(&mut self, tracker: &Tracker) -> anyhow::Result<()> {
         if let Output::Spool(spooler) = self {
@@ -268,6 +280,9 @@ pub async fn run(
                 }
                 let dropped = output.tick()?;
                 report_dropped(&mut tracker, &dropped, GapReason::SpoolFull, &mut events, metrics);
+                for (header, reason) in output.take_lost() {
+                    report_dropped(&mut tracker, &[header], reason, &mut events, metrics);
+                }
                 if last_checkpoint.elapsed() >= CHECKPOINT {
                     // Everything the state counts is spooled before the state is saved.
                     emit(&mut output, &mut tracker, &mut events, metrics)?;
@@ -306,6 +321,7 @@ fn handle(tracker: &mut Tracker, message: Capture, events: &mut Vec<Event>) {
     match message {
         Capture::Event(captured) => tracker.on_capture(captured, events),
         Capture::Loss(loss) => tracker.on_loss(loss, events),
+        Capture::ClockSet { step_ns } => tracker.on_clock_set(step_ns, events),
     }
 }
 

@@ -367,8 +367,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&report)?;
             } else {
                 print!("{}", render::verify(&report.results));
+                if let Some(log) = &report.access_log {
+                    print!("{}", render::access_log_check(log));
+                }
             }
-            if report.results.iter().any(|r| !r.ok) {
+            if report.results.iter().any(|r| !r.ok)
+                || report.access_log.as_ref().is_some_and(|log| !log.ok)
+            {
                 return Ok(ExitCode::from(1));
             }
         }

@@ -6,8 +6,8 @@ use comfy_table::{Table, presets::NOTHING};
 use custos_proto::{
     Timestamp,
     api::{
-        AccessEntry, AgentInfo, CommandInfo, FileInfo, SearchHit, SessionDetail, SessionSummary,
-        VerifyResult,
+        AccessEntry, AccessLogCheck, AgentInfo, CommandInfo, FileInfo, SearchHit, SessionDetail,
+        SessionSummary, VerifyResult,
     },
 };
 
@@ -365,6 +365,25 @@ pub fn verify(results: &[VerifyResult]) -> String {
         "{} recordings checked, {failed} failed\n",
         results.len()
     ));
+    out
+}
+
+/// The access log's part of `custos verify --all`.
+pub fn access_log_check(check: &AccessLogCheck) -> String {
+    let keyed = match check.keyed_from {
+        Some(1) => "all with MACs".to_owned(),
+        Some(from) => format!("MACs from entry {from}"),
+        None => "none with a MAC yet".to_owned(),
+    };
+    let mut out = format!(
+        "{}  access log  ({} entries, {keyed}, {} signed checkpoints)\n",
+        if check.ok { "OK     " } else { "FAILED " },
+        check.entries,
+        check.checkpoints
+    );
+    for problem in &check.problems {
+        out.push_str(&format!("        access log: {}\n", escape::text(problem)));
+    }
     out
 }
 

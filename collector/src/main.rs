@@ -147,6 +147,49 @@ fn check(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the access log gets a signed checkpoint (when it has new entries).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
+
+/// Signs an access log checkpoint every [`CHECKPOINT_EVERY`] while there are new entries.
+async fn checkpoints(
+    audit: Arc<std::sync::Mutex<Audit>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let audit = audit.clone();
+        let signed = tokio::task::spawn_blocking(move || {
+            audit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .checkpoint_if_new()
+        })
+        .await;
+        match signed {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(error = %err, "could not sign an access log checkpoint"),
+            Err(err) => warn!(error = %err, "the access log checkpoint task failed"),
+        }
+    }
+}
+
+/// A duration in whole days, hours, minutes or seconds, for the access log.
+fn duration_text(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -162,9 +205,20 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let opening = store_config.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&opening)).await??;
     info!(dir = %config.store.dir.display(), "store open");
-    let audit = Arc::new(std::sync::Mutex::new(Audit::open(
+    let mut opened = Audit::open(
         &config.store.dir.join("audit.sqlite"),
-    )?));
+        trust::keys::SealKey::load(&config.store.seal_key)?,
+    )?;
+    // A retention period that took effect is an entry of the access log.
+    let retention_setting = format!(
+        "keep {}, check every {}",
+        duration_text(config.retention.keep),
+        duration_text(config.retention.check_every)
+    );
+    if opened.last_system("retention")?.as_deref() != Some(retention_setting.as_str()) {
+        opened.log_system("retention", &retention_setting, "in effect")?;
+    }
+    let audit = Arc::new(std::sync::Mutex::new(opened));
     let (store, writer) = StoreHandle::spawn(store);
     // Its stateless-reset key survives restarts: agents of a crashed collector reconnect at once.
     let endpoint = ingest::bind(config.ingest.listen, &config.tls.key, tls.quic.clone())?;
@@ -214,6 +268,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         config.retention.check_every,
         stop_tx.subscribe(),
     ));
+    let checkpoint_task = tokio::spawn(checkpoints(audit.clone(), stop_tx.subscribe()));
     let metrics_task =
         custos_daemon::metrics::serve(&config.metrics, metrics.registry(), stop_rx).await?;
     // Signal handlers before saying ready: a SIGHUP right after must reload, not kill.
@@ -257,6 +312,19 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let _ = api_task.await;
     let _ = crl_task.await;
     let _ = retention_task.await;
+    let _ = checkpoint_task.await;
+    // The closing checkpoint covers the last requests.
+    let closing = audit.clone();
+    let signed = tokio::task::spawn_blocking(move || {
+        closing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checkpoint_if_new()
+    })
+    .await?;
+    if let Err(err) = signed {
+        warn!(error = %err, "could not sign the access log's closing checkpoint");
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
     drop(store);
     tokio::task::spawn_blocking(move || writer.join())

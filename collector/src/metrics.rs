@@ -201,10 +201,11 @@ impl CollectorMetrics {
     /// Counts an auditor's request; `result` is the access log's text.
     pub fn query(&self, action: &str, result: &str) {
         let class = match result {
-            "ok" => "ok",
+            r if r == "ok" || r.starts_with("ok:") => "ok",
             "denied" => "denied",
             "not found" => "not_found",
             r if r.starts_with("bad request") => "bad_request",
+            r if r.starts_with("refused") => "refused",
             _ => "error",
         };
         self.queries

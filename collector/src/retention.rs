@@ -203,7 +203,11 @@ mod tests {
     fn fixture() -> Fixture {
         let (dir, config) = crate::store::tests::fixture();
         let audit = Arc::new(Mutex::new(
-            Audit::open(&dir.path().join("audit.sqlite")).unwrap(),
+            Audit::open(
+                &dir.path().join("audit.sqlite"),
+                crate::trust::keys::SealKey::load(&config.seal_key).unwrap(),
+            )
+            .unwrap(),
         ));
         Fixture {
             _dir: dir,

@@ -171,6 +171,26 @@ pub struct VerifyResult {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub results: Vec<VerifyResult>,
+    /// The access log's check, when the whole store was verified (absent from a collector
+    /// older than it, and when one recording was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogCheck>,
+}
+
+/// What checking the access log (its hash chain, its MAC chain and its signed checkpoints)
+/// found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccessLogCheck {
+    pub ok: bool,
+    /// Entries in the log.
+    pub entries: u64,
+    /// The first entry carrying a MAC; entries before it (written by a collector without MACs)
+    /// are covered by the plain hash chain and by the signed checkpoints only.
+    pub keyed_from: Option<u64>,
+    /// Signed checkpoints found.
+    pub checkpoints: u64,
+    /// Each problem names the entry or the checkpoint.
+    pub problems: Vec<String>,
 }
 
 /// One line of the access log.

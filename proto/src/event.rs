@@ -74,6 +74,7 @@ pub enum EventBody {
     Fork(Fork),
     Exit(Exit),
     Gap(Gap),
+    ClockSet(ClockSet),
 }
 
 impl EventBody {
@@ -90,6 +91,7 @@ impl EventBody {
             EventBody::Fork(_) => "fork",
             EventBody::Exit(_) => "exit",
             EventBody::Gap(_) => "gap",
+            EventBody::ClockSet(_) => "clock_set",
         }
     }
 }
@@ -314,6 +316,9 @@ pub enum GapReason {
     /// The agent was not running (stopped or restarted) while the session went on: what
     /// happened between `from` and `to` was not recorded; `records` and `bytes` are unknown (0).
     AgentNotRunning,
+    /// The collector refused a batch for good (the agent's log says why; the batch is kept in
+    /// its spool's `rejected/` for a while): its events are not in the recording.
+    RefusedByCollector,
 }
 
 /// Events that were lost, counted: a recording never has a silent hole.
@@ -327,6 +332,17 @@ pub struct Gap {
     /// First and last loss.
     pub from: Timestamp,
     pub to: Timestamp,
+}
+
+/// The host's wall clock was set (a step, not a slew) while the session was open: by `date -s`,
+/// clock_settime, settimeofday, adjtimex or an NTP client stepping it, in this session or
+/// anywhere on the host. The event's `time` is read from the new clock, as are the times of the
+/// events after it; the collector keeps recordings by its own receive time, whatever the host's
+/// clock says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClockSet {
+    /// How far the clock jumped, in nanoseconds (negative: set back).
+    pub step_ns: i64,
 }
 
 #[cfg(test)]

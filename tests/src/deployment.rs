@@ -1,6 +1,10 @@
 //! A deployment in a temporary directory: the PKI and the store keys made with the collector's
 //! own commands, configuration files, a collector to start and stop, and its store to read.
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use custos_collector::{
     store::{Store, StoreConfig},
@@ -144,6 +148,12 @@ impl Deployment {
         extra: &str,
     ) -> Collector {
         let config = self.collector_config_ingest(listen, ingest, extra);
+        self.start_collector_at(&config, netns)
+    }
+
+    /// Starts the collector with the configuration file `config` (see
+    /// [`Deployment::collector_config`]) and waits until it listens.
+    pub fn start_collector_at(&self, config: &Path, netns: Option<&str>) -> Collector {
         let mut command = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -154,7 +164,7 @@ impl Deployment {
         };
         command
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .env("CUSTOS_LOG", "info,custos_collector::ingest=debug");
         let (daemon, _) = Daemon::spawn("custos-collector", command, false);
         daemon.wait_log(&["collector listening"], Duration::from_secs(30));

@@ -65,6 +65,43 @@ pub fn get(port: u16, ca: &Path, identity: (&Path, &Path), path: &str) -> Result
         .ok_or_else(|| format!("no HTTP response: {text:?}"))
 }
 
+/// Sends `METHOD path` with a JSON `body` and `identity`; returns the response's status line.
+/// The body is sent whole even if the server answers early (a 413 before the end): a write
+/// the server no longer reads is not an error here.
+pub fn request(
+    port: u16,
+    ca: &Path,
+    identity: (&Path, &Path),
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<String, String> {
+    let mut stream = connect(port, ca, identity)?;
+    stream
+        .write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+    let _ = stream.write_all(body).and_then(|()| stream.flush());
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        Err(err) if response.is_empty() => return Err(err.to_string()),
+        Err(_) => {}
+    }
+    let text = String::from_utf8_lossy(&response);
+    text.lines()
+        .next()
+        .filter(|line| line.starts_with("HTTP/"))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no HTTP response: {text:?}"))
+}
+
 /// An API connection kept open (HTTP/1.1 keep-alive) between requests.
 pub struct Held {
     stream: Stream,

@@ -2,7 +2,8 @@
 //! mutual TLS to a real collector, two agent certificates sending the same spool id (hosts
 //! cloned from one image) each get their batch stored, and the clone is alerted; a session whose
 //! events carry the host's clock set back to 2001 is not expired by retention, and the host's
-//! clock is flagged as skewed.
+//! clock is flagged as skewed; a clock set in a recorded session is in its recording and raises
+//! the built-in alert.
 // A package of several targets, each using some of its dependencies: cargo's
 // `unused_crate_dependencies` lint would name the others in every target.
 #![allow(unused_crate_dependencies)]
@@ -20,8 +21,9 @@ use custos_proto::{
     wire::{self, BatchSeq, Frame, SpoolId, make_batch},
 };
 use custos_tests::{
+    agent::Agent,
     deployment::{Deployment, collector_command},
-    free_udp_address,
+    free_udp_address, login_shell,
     quic::{self, Answer},
     wait_until,
 };
@@ -235,4 +237,67 @@ fn a_session_ended_with_the_host_clock_set_to_2001_is_not_expired_and_the_clock_
         out.contains("skewed").then_some(out)
     });
     assert!(agents.contains(&host), "{agents}");
+}
+
+/// `date -s` as root in a recorded session: the session's recording holds the step
+/// (`clock_set`) after the `date` that made it, and the collector raises the built-in
+/// `clock_set` alert naming the host, with no rule configured. The clock is set to what it
+/// reads (a step of milliseconds), so the machine's clock is not disturbed.
+#[test]
+fn a_clock_set_in_a_recorded_session_is_recorded_and_alerted() {
+    let deployment = Deployment::new(&[]);
+    let json_log = deployment.path("alerts.jsonl");
+    let listen = free_udp_address();
+    let alerts = format!("[alerts]\njson_log = \"{}\"\n", json_log.display());
+    let _collector = deployment.start_collector_with(&listen, None, &alerts);
+    let shipping = "[shipping]\nbatch_interval = \"100ms\"\n";
+    let _agent = Agent::start_shipping(&deployment.agent_config(&listen, shipping));
+
+    let (mut shell, session) = login_shell("root");
+    shell.line("date -s \"@$(date +%s.%N)\" >/dev/null && echo clock-set-$((40 + 2))");
+    shell.expect("clock-set-42");
+    shell.expect("custos$ ");
+    shell.line("exit 0");
+    shell.wait_exit();
+    // The shell may end its session before the agent sees the step: the step then follows the
+    // session's end (and the recording is sealed again).
+    let clock_set = |events: &[Event]| {
+        events.iter().enumerate().find_map(|(i, e)| match &e.event {
+            EventBody::ClockSet(set) => Some((i, set.step_ns)),
+            _ => None,
+        })
+    };
+    let (events, (at, step)) = wait_until("the clock_set record", DELIVERY, || {
+        if !deployment.sealed(session) {
+            return None;
+        }
+        let events = deployment.recording(session);
+        clock_set(&events).map(|found| (events, found))
+    });
+    let is_date = |e: &Event| {
+        matches!(&e.event, EventBody::Exec(exec)
+            if exec.filename.to_string().ends_with("/date") && exec.argv.len() == 3)
+    };
+    let date = events
+        .iter()
+        .position(is_date)
+        .expect("the date that set the clock is recorded");
+    assert!(
+        at > date,
+        "the step is recorded after the date that made it"
+    );
+    assert!(step.abs() < 1_000_000_000, "a step of {step} ns");
+
+    let alert = wait_until("the clock_set alert", DELIVERY, || {
+        let log = std::fs::read_to_string(&json_log).ok()?;
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|alert| alert["rule"] == "clock_set")
+    });
+    assert_eq!(alert["host"].as_str(), Some(deployment.host.as_str()));
+    let summary = alert["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("wall clock") && summary.contains("was set"),
+        "{summary}"
+    );
 }

@@ -113,6 +113,56 @@ fn a_recorded_session_arrives_at_the_collector_complete() {
     ));
 }
 
+/// A batch the collector refuses for good (here: larger than its frame limit) is not lost
+/// silently: a gap record in its session says how many events it held, and the rest of the
+/// session arrives.
+#[test]
+fn a_batch_refused_for_good_becomes_a_gap_in_its_recording() {
+    users::ensure("custos-alice");
+    let deployment = Deployment::new(&[]);
+    let listen = free_udp_address();
+    let config = deployment.collector_config(&listen, "");
+    let text = std::fs::read_to_string(&config).expect("the collector's configuration");
+    let text = text.replacen("[ingest]\n", "[ingest]\nmax_frame_size = \"64 KiB\"\n", 1);
+    std::fs::write(&config, text).expect("writing the collector's configuration");
+    let collector = deployment.start_collector_at(&config, None);
+    let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
+    collector
+        .daemon
+        .wait_log(&["agent connected", &deployment.host], DELIVERY);
+
+    let (mut shell, session) = login_shell("custos-alice");
+    // Random bytes in base64 do not compress: a batch of them is over 64 KiB on the wire.
+    shell.line("head -c 300000 /dev/urandom | base64 -w 0; echo; echo after-\"\"refusal");
+    shell.expect("after-refusal\r\n");
+    shell.expect("custos$ ");
+    agent
+        .daemon
+        .wait_log(&["refused a batch for good"], DELIVERY);
+    shell.line("exit 0");
+    assert!(shell.wait_exit().success());
+    deployment.wait_sealed(session, DELIVERY);
+    agent.stop();
+
+    let events = deployment.recording(session);
+    let refused: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            EventBody::Gap(g) if g.reason == GapReason::RefusedByCollector => Some(g),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "no refused_by_collector gap in the recording"
+    );
+    assert!(refused.iter().all(|g| g.records > 0), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&output(&events)).contains("after-refusal"),
+        "the rest of the session is recorded"
+    );
+}
+
 #[test]
 fn a_collector_outage_loses_and_duplicates_nothing() {
     users::ensure("custos-alice");

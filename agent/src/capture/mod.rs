@@ -2,8 +2,10 @@
 //!
 //! - [`decode`]: ring buffer bytes to typed records;
 //! - [`assemble`]: records to event bodies (argv joined to its exec, absolute paths);
-//! - [`drops`]: the kernel's loss counters, turned into per-session loss reports.
+//! - [`drops`]: the kernel's loss counters, turned into per-session loss reports;
+//! - [`clock`]: the host's wall clock being set.
 pub mod assemble;
+pub mod clock;
 pub mod decode;
 pub mod drops;
 
@@ -26,6 +28,10 @@ use prometheus_client::metrics::counter::Counter;
 pub enum Capture {
     Event(Captured),
     Loss(SessionLoss),
+    /// The wall clock was set, by `step_ns` nanoseconds (negative: back).
+    ClockSet {
+        step_ns: i64,
+    },
 }
 
 /// Counts of what the reader saw.
@@ -80,6 +86,7 @@ pub async fn read_ring(
     tx: mpsc::Sender<Capture>,
     mut stop: watch::Receiver<bool>,
     read: Counter,
+    mut clock: Option<clock::ClockWatch>,
 ) -> anyhow::Result<ReaderStats> {
     // SAFETY: the ring buffer owns its file descriptor, which stays open as long as the AsyncFd
     // that owns the ring buffer.
@@ -124,6 +131,13 @@ pub async fn read_ring(
                     poll.parked(stats.records() > before);
                 }
                 timer.as_mut().reset(tokio::time::Instant::now() + poll.next());
+            }
+            step_ns = clock::stepped(&mut clock) => {
+                // Everything the kernel wrote before the step goes first.
+                drain(ring.get_mut(), &mut assembler, &tx, &mut stats).await;
+                if tx.send(Capture::ClockSet { step_ns }).await.is_err() {
+                    return Ok(stats);
+                }
             }
             _ = stop.changed() => break,
         }

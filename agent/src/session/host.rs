@@ -53,6 +53,11 @@ impl BootClock {
         Self { offset_ns: best.1 }
     }
 
+    /// `CLOCK_REALTIME - CLOCK_BOOTTIME`, in nanoseconds.
+    pub fn offset_ns(&self) -> i64 {
+        self.offset_ns
+    }
+
     pub fn wall(&self, boot_ns: u64) -> Timestamp {
         Timestamp(boot_ns as i64 + self.offset_ns)
     }

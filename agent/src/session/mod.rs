@@ -22,7 +22,7 @@ use std::{
 use custos_agent_abi::{AUDIT_UNSET, TaskIds};
 use custos_proto::{
     AuditSessionId, ByteString, Event, EventBody, Gid, Pid, Seq, Timestamp, Tty, Uid,
-    event::{Gap, GapReason, Process, SessionEnd, SessionStart},
+    event::{ClockSet, Gap, GapReason, Process, SessionEnd, SessionStart},
 };
 
 use self::{
@@ -306,6 +306,18 @@ impl Tracker {
         to: Timestamp,
         out: &mut Vec<Event>,
     ) {
+        let gap = EventBody::Gap(Gap {
+            reason,
+            records,
+            bytes,
+            from,
+            to,
+        });
+        self.push_own(sessionid, gap, out);
+    }
+
+    /// Appends a record the agent writes itself (no process did it) to an open session.
+    fn push_own(&mut self, sessionid: u32, event: EventBody, out: &mut Vec<Event>) {
         let Some(state) = self.sessions.get_mut(&sessionid) else {
             return;
         };
@@ -318,13 +330,7 @@ impl Tracker {
             session: AuditSessionId(sessionid),
             seq: Seq(seq),
             process: None,
-            event: EventBody::Gap(Gap {
-                reason,
-                records,
-                bytes,
-                from,
-                to,
-            }),
+            event,
         });
     }
 
@@ -421,6 +427,50 @@ impl Tracker {
         );
     }
 
+    /// Records the wall clock being set in every open session, and in those that ended in the
+    /// last second (`date -s 2001-01-01; exit` ends its session before the step is seen),
+    /// whoever set it (a session's own `date -s` shows as its exec); follows the new clock at
+    /// once.
+    pub fn on_clock_set(&mut self, step_ns: i64, out: &mut Vec<Event>) {
+        const JUST_ENDED: Duration = Duration::from_secs(1);
+        self.clock = BootClock::measure();
+        let now = Timestamp::now();
+        let just_ended: Vec<u32> = self
+            .ended
+            .iter()
+            .filter(|(_, ended)| ended.ended_at.elapsed() <= JUST_ENDED)
+            .map(|(id, _)| *id)
+            .collect();
+        for sessionid in just_ended {
+            self.reopen(sessionid, now);
+        }
+        let mut open: Vec<u32> = self.sessions.keys().copied().collect();
+        open.sort_unstable();
+        tracing::warn!(step_ns, sessions = open.len(), "the wall clock was set");
+        for sessionid in open {
+            self.push_own(sessionid, EventBody::ClockSet(ClockSet { step_ns }), out);
+        }
+    }
+
+    /// Opens an ended session again for a record about it that came late (it ends again at the
+    /// next sweep if no process of it is alive); whether it had ended.
+    fn reopen(&mut self, sessionid: u32, time: Timestamp) -> bool {
+        let Some(ended) = self.ended.remove(&sessionid) else {
+            return false;
+        };
+        self.sessions.insert(
+            sessionid,
+            SessionState {
+                next_seq: ended.next_seq,
+                start: time,
+                last: time,
+                processes: HashSet::new(),
+                last_activity: Instant::now(),
+            },
+        );
+        true
+    }
+
     /// Records a gap in a session, opening it again if it had ended (or starting it if nothing
     /// of it got through, from what /proc still knows).
     #[allow(clippy::too_many_arguments)]
@@ -438,17 +488,10 @@ impl Tracker {
             return;
         }
         if !self.sessions.contains_key(&sessionid) {
-            if let Some(ended) = self.ended.remove(&sessionid) {
-                self.sessions.insert(
-                    sessionid,
-                    SessionState {
-                        next_seq: ended.next_seq,
-                        start: from,
-                        last: to,
-                        processes: HashSet::new(),
-                        last_activity: Instant::now(),
-                    },
-                );
+            if self.reopen(sessionid, from) {
+                if let Some(state) = self.sessions.get_mut(&sessionid) {
+                    state.last = to;
+                }
             } else {
                 let leader = self.find_leader(sessionid);
                 let tty = leader.and_then(procfs::tty_of).filter(|tty| *tty != 0);

@@ -477,8 +477,8 @@ fn read(spool: &Mutex<Spool>, seq: BatchSeq) -> Option<Batch> {
         Ok(batch) => Some(batch),
         Err(SpoolError::Gone(_)) => None,
         Err(err) => {
-            error!(error = %err, "unreadable spooled batch skipped");
-            spool.ack(seq);
+            error!(error = %err, "unreadable spooled batch skipped (a gap record says so)");
+            spool.skip_unreadable(seq);
             None
         }
     }
@@ -492,7 +492,7 @@ fn reject(spool: &Mutex<Spool>, seq: BatchSeq, code: ErrorCode, message: &str) {
             ?code,
             message,
             kept = %path.display(),
-            "the collector refused a batch for good; it is kept aside and not sent again"
+            "the collector refused a batch for good; it is kept aside, not sent again, and a gap record says so"
         ),
         Err(err) => error!(
             seq = seq.0,

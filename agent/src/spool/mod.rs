@@ -22,7 +22,10 @@ use std::{
     time::Instant,
 };
 
-use custos_proto::wire::{Batch, BatchHeader, BatchSeq, SpoolId};
+use custos_proto::{
+    event::GapReason,
+    wire::{Batch, BatchHeader, BatchSeq, SpoolId},
+};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -92,6 +95,9 @@ pub struct Spool {
     /// spool starts there, so a number that might have reached the collector (in a record
     /// damaged since) is never used again.
     reserved: u64,
+    /// Batches taken out of the queue without reaching the collector (refused for good, or
+    /// unreadable), with why: the pipeline turns each into a gap record of its session.
+    lost: Vec<(BatchHeader, GapReason)>,
 }
 
 impl Spool {
@@ -128,6 +134,7 @@ impl Spool {
             active: None,
             next_seq: state.next_batch,
             reserved: 0,
+            lost: Vec::new(),
         };
         let recovered = spool.read_segments()?;
         spool.reserve()?;
@@ -393,6 +400,7 @@ impl Spool {
     /// `rejected/` for inspection (as a length-prefixed frame). It leaves the queue even when
     /// the copy cannot be written: resending it could never succeed, and it must not block the
     /// rest.
+    /// Its events are reported lost ([`Spool::take_lost`]).
     pub fn set_aside(&mut self, seq: BatchSeq) -> Result<PathBuf, SpoolError> {
         let kept = self.read(seq).and_then(|batch| {
             let dir = self.dir.join("rejected");
@@ -409,8 +417,28 @@ impl Spool {
                 .map_err(|e| io(&path, e))?;
             Ok(path)
         });
-        self.ack(seq);
+        self.give_up(seq, GapReason::RefusedByCollector);
         kept
+    }
+
+    /// Takes a batch that cannot be read back out of the queue; its events are reported lost
+    /// ([`Spool::take_lost`]).
+    pub fn skip_unreadable(&mut self, seq: BatchSeq) {
+        self.give_up(seq, GapReason::SpoolCorrupt);
+    }
+
+    fn give_up(&mut self, seq: BatchSeq, reason: GapReason) {
+        if let Some(entry) = self.entries.get_mut(&seq)
+            && !entry.acked
+        {
+            entry.acked = true;
+            self.lost.push((entry.header.clone(), reason));
+        }
+    }
+
+    /// The batches given up since the last call, with why.
+    pub fn take_lost(&mut self) -> Vec<(BatchHeader, GapReason)> {
+        std::mem::take(&mut self.lost)
     }
 
     /// Deletes batches set aside in `rejected/` longer ago than `keep`; how many it deleted.
@@ -551,6 +579,12 @@ mod tests {
             0o600
         );
         assert_eq!(spool.pending(), 0, "set aside, not sent again");
+        assert_eq!(
+            spool.take_lost(),
+            [(b.header.clone(), GapReason::RefusedByCollector)],
+            "its events are reported lost"
+        );
+        assert!(spool.take_lost().is_empty());
         // Younger than the period: kept; older: deleted.
         let hour = std::time::Duration::from_secs(3600);
         assert_eq!(spool.expire_rejected(hour).unwrap(), 0);

@@ -95,6 +95,7 @@ impl AlertsConfig {
             || b.shadow_read
             || b.exfiltration_after_phi
             || b.agent_silent.is_some()
+            || b.clock_set
     }
 }
 
@@ -256,6 +257,7 @@ pub fn start(
         limit: config.rate_limit,
         window: config.rate_window,
         silent: HashMap::new(),
+        clock_sets: HashMap::new(),
         store,
         metrics: metrics.clone(),
     };
@@ -295,6 +297,8 @@ struct Engine {
     window: Duration,
     /// Agents already reported silent, by host.
     silent: HashMap<String, Timestamp>,
+    /// The last clock step alerted, by host (every open session records the same step).
+    clock_sets: HashMap<String, (i64, Timestamp)>,
     store: StoreConfig,
     metrics: Arc<CollectorMetrics>,
 }
@@ -369,6 +373,7 @@ impl Engine {
             .builtins
             .fired(event, &context)
             .into_iter()
+            .filter(|rule| *rule != "clock_set" || self.first_of_clock_set(event))
             .map(String::from)
             .collect();
         fired.extend(
@@ -410,6 +415,27 @@ impl Engine {
             };
             self.raise(alert);
         }
+    }
+
+    /// Whether `event`, a clock step, is the first this host reported of that step (each of
+    /// the host's open sessions records it, within moments of each other).
+    fn first_of_clock_set(&mut self, event: &Event) -> bool {
+        let EventBody::ClockSet(set) = &event.event else {
+            return true;
+        };
+        const SAME_STEP_NS: i64 = 10_000_000_000;
+        let seen = self
+            .clock_sets
+            .get(&event.host)
+            .is_some_and(|(step, time)| {
+                *step == set.step_ns && (event.time.0 - time.0).abs() < SAME_STEP_NS
+            });
+        if self.clock_sets.len() > SESSIONS_MAX {
+            self.clock_sets.clear();
+        }
+        self.clock_sets
+            .insert(event.host.clone(), (set.step_ns, event.time));
+        !seen
     }
 
     /// Sends `alert` unless its rule is over its rate.
@@ -568,6 +594,16 @@ fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
             };
             format!("opened {} for {access}", open.path)
         }
+        EventBody::ClockSet(set) => {
+            let (by, way) = (
+                set.step_ns.unsigned_abs() as f64 / 1e9,
+                if set.step_ns < 0 { "back" } else { "forward" },
+            );
+            return format!(
+                "[{rule}] the wall clock of {} was set {by:.3} s {way} during a session of {who}",
+                event.host
+            );
+        }
         other => format!("{} event", other.kind()),
     };
     format!("[{rule}] {who} {what} on {}", event.host)
@@ -604,6 +640,7 @@ mod tests {
             limit: config.rate_limit,
             window: config.rate_window,
             silent: HashMap::new(),
+            clock_sets: HashMap::new(),
             store: StoreConfig::default(),
             metrics: Arc::new(CollectorMetrics::default()),
         };
@@ -688,6 +725,46 @@ mod tests {
         config.builtin.cloned_agent = false;
         let (mut off, kept) = engine(&config);
         off.cloned(cloned());
+        assert!(kept.lock().unwrap().is_empty());
+    }
+
+    fn clock_set(session: u32, time: i64, step_ns: i64) -> Event {
+        Event {
+            time: Timestamp(time),
+            host: "db1".into(),
+            boot_id: BootId("5d9a0c3e-0000-4000-8000-000000000001".into()),
+            session: custos_proto::AuditSessionId(session),
+            seq: custos_proto::Seq(9),
+            process: None,
+            event: EventBody::ClockSet(custos_proto::event::ClockSet { step_ns }),
+        }
+    }
+
+    /// A clock step raises clock_set by default, once for all the sessions open on the host
+    /// that recorded it, again for the next step; off when configured off.
+    #[test]
+    fn a_clock_step_alerts_once_per_host_and_step() {
+        let (mut on, kept) = engine(&AlertsConfig::default());
+        let now = 1_764_900_000_000_000_000;
+        let back = -3_600_000_000_000;
+        on.event(&clock_set(1, now, back));
+        on.event(&clock_set(2, now + 1_000, back));
+        on.event(&clock_set(1, now + 60_000_000_000, 5_000_000_000));
+        let alerts = kept.lock().unwrap().clone();
+        assert_eq!(alerts.len(), 2, "{alerts:?}");
+        assert_eq!(alerts[0].rule, "clock_set");
+        assert_eq!(alerts[0].host, "db1");
+        assert!(
+            alerts[0].summary.contains("3600.000 s back"),
+            "{}",
+            alerts[0].summary
+        );
+        assert!(alerts[1].summary.contains("5.000 s forward"));
+
+        let mut config = AlertsConfig::default();
+        config.builtin.clock_set = false;
+        let (mut off, kept) = engine(&config);
+        off.event(&clock_set(1, now, back));
         assert!(kept.lock().unwrap().is_empty());
     }
 }

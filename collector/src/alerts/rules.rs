@@ -267,7 +267,8 @@ impl Rule {
     }
 }
 
-/// `[alerts.builtin]`: the built-in rules, all off by default but `cloned_agent`.
+/// `[alerts.builtin]`: the built-in rules, all off by default but `cloned_agent` and
+/// `clock_set`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuiltinConfig {
@@ -286,6 +287,9 @@ pub struct BuiltinConfig {
     /// A spool id arriving from a second agent certificate (`cloned_agent_state`; on by
     /// default).
     pub cloned_agent: bool,
+    /// The host's wall clock set while a session was open (`clock_set`; on by default): once
+    /// per host and step, whichever sessions were open.
+    pub clock_set: bool,
 }
 
 fn silence<'de, D: serde::Deserializer<'de>>(
@@ -317,6 +321,7 @@ impl Default for BuiltinConfig {
             .to_vec(),
             agent_silent: None,
             cloned_agent: true,
+            clock_set: true,
         }
     }
 }
@@ -331,6 +336,7 @@ pub struct Builtins {
     tools: Vec<String>,
     pub agent_silent: Option<std::time::Duration>,
     pub cloned_agent: bool,
+    clock_set: bool,
 }
 
 impl Builtins {
@@ -354,6 +360,7 @@ impl Builtins {
             tools: c.exfiltration_tools.clone(),
             agent_silent: c.agent_silent,
             cloned_agent: c.cloned_agent,
+            clock_set: c.clock_set,
         })
     }
 
@@ -382,6 +389,7 @@ impl Builtins {
                     fired.push("exfiltration_after_phi");
                 }
             }
+            EventBody::ClockSet(_) if self.clock_set => fired.push("clock_set"),
             _ => {}
         }
         fired

@@ -88,6 +88,13 @@ impl Asciicast {
                 "m",
                 &format!("{} keystrokes not recorded (echo off)", suppressed.bytes),
             )],
+            EventBody::ClockSet(set) => vec![line(
+                "m",
+                &format!(
+                    "the host's clock was set ({:+.3} s)",
+                    set.step_ns as f64 / 1e9
+                ),
+            )],
             _ => vec![],
         }
     }

@@ -69,6 +69,14 @@ async fn with_store<T: Send + 'static>(
 
 impl ApiState {
     fn log(&self, caller: &Caller, action: &str, target: &str, result: &str) {
+        tokio::task::block_in_place(|| self.log_blocking(caller, action, target, result));
+    }
+
+    /// Writes one access log entry (and counts it), from a thread that may block.
+    pub(super) fn log_blocking(&self, caller: &Caller, action: &str, target: &str, result: &str) {
+        caller
+            .logged
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let entry = AccessEntry {
             time: Timestamp::now(),
             who: caller.identity.name.clone(),
@@ -87,9 +95,12 @@ impl ApiState {
             result,
             "access"
         );
-        let audit = self.audit.clone();
-        let write = move || audit.lock().unwrap_or_else(|e| e.into_inner()).log(&entry);
-        if let Err(err) = tokio::task::block_in_place(write) {
+        let logged = self
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .log(&entry);
+        if let Err(err) = logged {
             tracing::error!(error = %err, "could not write the access log");
         }
     }
@@ -102,8 +113,20 @@ impl ApiState {
         target: &str,
         outcome: Result<T, Failure>,
     ) -> Result<T, Failure> {
+        self.logged_as(caller, action, target, outcome, "ok")
+    }
+
+    /// As [`ApiState::logged`], with `ok` as the result of a success.
+    fn logged_as<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        outcome: Result<T, Failure>,
+        ok: &str,
+    ) -> Result<T, Failure> {
         let result = match &outcome {
-            Ok(_) => "ok".to_owned(),
+            Ok(_) => ok.to_owned(),
             Err(Failure(StatusCode::NOT_FOUND, _)) => "not found".to_owned(),
             Err(Failure(StatusCode::FORBIDDEN, _)) => "denied".to_owned(),
             Err(Failure(StatusCode::BAD_REQUEST, message)) => format!("bad request: {message}"),
@@ -409,6 +432,14 @@ pub async fn verify(
     Query(q): Query<VerifyQuery>,
 ) -> Result<Json<VerifyReport>, Failure> {
     let target = q.id.clone().unwrap_or_else(|| "all".into());
+    // The whole store's check covers the access log too.
+    let checker = q.id.is_none().then(|| {
+        state
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checker()
+    });
     let outcome = with_store(&state, move |store| {
         let ids = match &q.id {
             Some(id) => {
@@ -425,7 +456,13 @@ pub async fn verify(
             .iter()
             .map(|id| store.verify(id).map_err(internal))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Json(VerifyReport { results }))
+        let access_log = checker
+            .map(|checker| checker.check().map_err(internal))
+            .transpose()?;
+        Ok(Json(VerifyReport {
+            results,
+            access_log,
+        }))
     })
     .await;
     state.logged(&caller, "verify", &target, outcome)
@@ -446,23 +483,30 @@ pub async fn access_log(
         state.require_admin(&caller, "reading the access log")?;
         let since = time("since", &q.since)?;
         let limit = q.limit.unwrap_or(10_000).clamp(1, 1_000_000);
-        let (entries, truncated, broken) = state
-            .audit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries(since, limit)
-            .map_err(internal)?;
-        Ok((AccessLog { entries, truncated }, broken))
+        let (entries, truncated, checker) = {
+            let audit = state.audit.lock().unwrap_or_else(|e| e.into_inner());
+            let (entries, truncated) = audit.entries(since, limit).map_err(internal)?;
+            (entries, truncated, audit.checker())
+        };
+        // The whole log's check, on its own connection: logging goes on meanwhile.
+        let check = tokio::task::block_in_place(|| checker.check()).map_err(internal)?;
+        Ok((AccessLog { entries, truncated }, check.problems))
     })();
-    let (log, broken) = state.logged(
+    let (log, problems) = state.logged(
         &caller,
         "access-log",
         q.since.as_deref().unwrap_or("all"),
         outcome,
     )?;
     let mut response = Json(log).into_response();
-    if let Some(broken) = broken
-        && let Ok(value) = broken.parse()
+    // Every problem, on one line (a header value is one line of visible ASCII).
+    let problems: String = problems
+        .join("; ")
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+        .collect();
+    if !problems.is_empty()
+        && let Ok(value) = problems.parse()
     {
         response.headers_mut().insert("x-custos-chain", value);
     }
@@ -487,7 +531,7 @@ pub async fn add_hold(
     Extension(caller): Extension<Caller>,
     Json(new): Json<NewHold>,
 ) -> Result<Json<custos_proto::api::Hold>, Failure> {
-    let target = format!("add {} {} ({})", new.kind, new.target, new.reason);
+    let target = format!("set {} {}: {}", new.kind, new.target, new.reason);
     let outcome = async {
         state.require_admin(&caller, "placing a hold")?;
         let kind = match new.kind.parse::<HoldKind>() {
@@ -517,7 +561,11 @@ pub async fn add_hold(
         Ok(Json(hold))
     }
     .await;
-    state.logged(&caller, "holds", &target, outcome)
+    let result = match &outcome {
+        Ok(Json(hold)) => format!("ok: hold {}", hold.id),
+        Err(_) => String::new(),
+    };
+    state.logged_as(&caller, "hold", &target, outcome, &result)
 }
 
 pub async fn remove_hold(
@@ -527,19 +575,24 @@ pub async fn remove_hold(
 ) -> Result<StatusCode, Failure> {
     let outcome = (|| {
         state.require_admin(&caller, "lifting a hold")?;
-        let removed = state
+        state
             .audit
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove_hold(id)
-            .map_err(internal)?;
-        if removed {
-            Ok(StatusCode::NO_CONTENT)
-        } else {
-            Err(Failure(StatusCode::NOT_FOUND, format!("no hold {id}")))
-        }
+            .map_err(internal)?
+            .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no hold {id}")))
     })();
-    state.logged(&caller, "holds", &format!("remove {id}"), outcome)
+    let target = match &outcome {
+        Ok(hold) => format!(
+            "release {id} ({} {}: {}, set by {})",
+            hold.kind, hold.target, hold.reason, hold.created_by
+        ),
+        Err(_) => format!("release {id}"),
+    };
+    state
+        .logged(&caller, "hold", &target, outcome)
+        .map(|_| StatusCode::NO_CONTENT)
 }
 
 pub async fn retention(

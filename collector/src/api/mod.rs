@@ -5,11 +5,22 @@
 mod export;
 mod handlers;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use axum::{
     Router,
+    body::Body,
+    extract::{Request, State},
+    middleware::{self, Next},
+    response::Response,
     routing::{delete, get, post},
 };
 use custos_pki::{Identity, Role};
@@ -32,6 +43,76 @@ pub use export::Asciicast;
 pub struct Caller {
     pub identity: Identity,
     pub peer: SocketAddr,
+    /// Set once the request is in the access log (one flag per request, see [`log_refusals`]).
+    pub logged: Arc<AtomicBool>,
+}
+
+impl Caller {
+    pub fn new(identity: Identity, peer: SocketAddr) -> Self {
+        Self {
+            identity,
+            peer,
+            logged: Arc::default(),
+        }
+    }
+}
+
+/// The longest request target (path and query) an access log entry of a refused request keeps.
+const MAX_LOGGED_TARGET: usize = 512;
+/// The most of a refusal's message read back for the access log.
+const MAX_LOGGED_MESSAGE: usize = 1024;
+
+/// Logs a request that no handler logged: one refused before its handler ran (a query, path
+/// or body its extractor rejected: 400, 413, 415, 422; a method the endpoint does not take:
+/// 405). The entry says who, the role, the peer, action `refused`, the method and target, and
+/// the status with the refusal's message.
+async fn log_refusals(
+    State(state): State<Arc<ApiState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(caller) = request.extensions().get::<Caller>().cloned() else {
+        return next.run(request).await;
+    };
+    let caller = Caller {
+        logged: Arc::default(),
+        ..caller
+    };
+    request.extensions_mut().insert(caller.clone());
+    let mut target = format!("{} {}", request.method(), request.uri());
+    if target.len() > MAX_LOGGED_TARGET {
+        let mut end = MAX_LOGGED_TARGET;
+        while !target.is_char_boundary(end) {
+            end -= 1;
+        }
+        target.truncate(end);
+        target.push_str("...");
+    }
+    let response = next.run(request).await;
+    if caller.logged.load(Ordering::Relaxed) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // A refusal's body is a short message; a response no handler logged is not a stream.
+    let message = axum::body::to_bytes(body, MAX_LOGGED_MESSAGE)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&message);
+    let status = parts.status;
+    let result = format!(
+        "refused: {} {}{}{}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        if text.is_empty() { "" } else { ": " },
+        text.trim()
+    );
+    let state = state.clone();
+    let logging = caller.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        state.log_blocking(&logging, "refused", &target, &result)
+    })
+    .await;
+    Response::from_parts(parts, Body::from(message))
 }
 
 pub struct ApiState {
@@ -60,6 +141,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(path::RETENTION_PURGE, post(handlers::purge))
         .route(path::AGENTS, get(handlers::agents))
         .fallback(handlers::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), log_refusals))
         .with_state(state)
 }
 
@@ -127,7 +209,7 @@ pub async fn serve(
             debug!(peer = %peer, caller = %identity, "API connection");
             let caller = identity.to_string();
             let service =
-                TowerToHyperService::new(app.layer(axum::Extension(Caller { identity, peer })));
+                TowerToHyperService::new(app.layer(axum::Extension(Caller::new(identity, peer))));
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::select! {

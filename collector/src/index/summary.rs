@@ -137,8 +137,10 @@ impl ChunkSummary {
                         summary.exits.push((process.tgid.0, exit.code, exit.signal));
                     }
                 }
-                EventBody::InputSuppressed(_) | EventBody::Fork(_) | EventBody::OpenRepeated(_) => {
-                }
+                EventBody::InputSuppressed(_)
+                | EventBody::Fork(_)
+                | EventBody::OpenRepeated(_)
+                | EventBody::ClockSet(_) => {}
             }
         }
         summary

@@ -212,6 +212,26 @@ impl SealKey {
     pub fn public(&self) -> [u8; 32] {
         self.key.verifying_key().to_bytes()
     }
+
+    /// A 32-byte secret for `purpose`, derived from the seal key with HKDF-SHA256 (salt
+    /// `custos seal key derivation v1`, info `purpose`): whoever lacks the seal key cannot
+    /// compute it, and each purpose gets its own.
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        use ring::hkdf;
+        struct Len32;
+        impl hkdf::KeyType for Len32 {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"custos seal key derivation v1")
+            .extract(&self.key.to_bytes());
+        let mut out = [0u8; 32];
+        prk.expand(&[purpose], Len32)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("HKDF-SHA256 yields 32 bytes");
+        out
+    }
 }
 
 /// Checks a seal signature against a public key.
