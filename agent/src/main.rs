@@ -160,6 +160,9 @@ fn prepare_shipping(
             identity.name
         );
     }
+    // The certificate's key also signs every batch (docs/protocol.md, "Batch signatures").
+    let signer = custos_pki::batch_signature::BatchSigner::load(&collector.key)
+        .context("loading the key that signs batches")?;
     let host = HostIdentity::read()?;
     if host.hostname != identity.name {
         warn!(
@@ -177,6 +180,7 @@ fn prepare_shipping(
             host: identity.name,
             boot_id: host.boot_id,
             keep_rejected: config.spool.keep_rejected,
+            signer: Arc::new(signer),
         },
         spool,
         recovered,
@@ -250,6 +254,7 @@ async fn run(
                 ),
                 packer: custos_proto::wire::Packer::new(),
                 spool: spool.clone(),
+                signer: shipping.signer.clone(),
                 wake: wake.clone(),
                 state_path,
                 checkpoint_due: true,

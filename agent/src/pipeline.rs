@@ -41,6 +41,8 @@ pub struct Spooler {
     /// Compresses batches (keeps its zstd context and buffers from one batch to the next).
     pub packer: Packer,
     pub spool: Arc<Mutex<Spool>>,
+    /// Signs each batch with the agent's certificate key as it enters the spool.
+    pub signer: Arc<custos_pki::batch_signature::BatchSigner>,
     pub wake: Arc<Notify>,
     /// Where the tracker's state is saved.
     pub state_path: PathBuf,
@@ -64,7 +66,7 @@ impl Spooler {
                 let Some(batch) = self.packer.make_batch(&id, seq, &events) else {
                     continue;
                 };
-                dropped.extend(spool.append(&batch)?);
+                dropped.extend(spool.append_signed(batch, &self.signer)?);
             }
             Ok(())
         })?;

@@ -148,7 +148,8 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Check recordings' hash chains and seals.
+    /// Check recordings' hash chains, seals and agent signatures; with --all, also every
+    /// agent's chain of batches across the store.
     Verify {
         id: Option<String>,
         #[arg(long, conflicts_with = "id")]
@@ -366,12 +367,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&report)?;
             } else {
-                print!("{}", render::verify(&report.results));
+                print!("{}", render::verify(&report.results, &report.agents));
                 if let Some(log) = &report.access_log {
                     print!("{}", render::access_log_check(log));
                 }
             }
             if report.results.iter().any(|r| !r.ok)
+                || report.agents.iter().any(|a| !a.ok)
                 || report.access_log.as_ref().is_some_and(|log| !log.ok)
             {
                 return Ok(ExitCode::from(1));

@@ -6,8 +6,8 @@ use comfy_table::{Table, presets::NOTHING};
 use custos_proto::{
     Timestamp,
     api::{
-        AccessEntry, AccessLogCheck, AgentInfo, CommandInfo, FileInfo, SearchHit, SessionDetail,
-        SessionSummary, VerifyResult,
+        AccessEntry, AccessLogCheck, AgentChainResult, AgentInfo, CommandInfo, FileInfo, SearchHit,
+        SessionDetail, SessionSummary, VerifyResult,
     },
 };
 
@@ -342,12 +342,17 @@ pub fn search(hits: &[SearchHit], truncated: bool) -> String {
     out
 }
 
-pub fn verify(results: &[VerifyResult]) -> String {
+pub fn verify(results: &[VerifyResult], agents: &[AgentChainResult]) -> String {
     let mut out = String::new();
     for r in results {
         if r.ok {
+            let unsigned = if r.unsigned_chunks > 0 {
+                format!(", {} not signed by their agent", r.unsigned_chunks)
+            } else {
+                String::new()
+            };
             out.push_str(&format!(
-                "OK      {}  ({} chunks, {})\n",
+                "OK      {}  ({} chunks, {}{unsigned})\n",
                 escape::text(&r.id),
                 r.chunks,
                 if r.sealed { "sealed" } else { "not sealed yet" }
@@ -365,6 +370,31 @@ pub fn verify(results: &[VerifyResult]) -> String {
         "{} recordings checked, {failed} failed\n",
         results.len()
     ));
+    for a in agents {
+        let chain = format!(
+            "{} spool {}",
+            escape::text(&a.agent),
+            escape::text(&a.spool)
+        );
+        if a.ok {
+            out.push_str(&format!(
+                "OK      agent {chain}  ({} batches, {} removed by purges)\n",
+                a.batches, a.removed
+            ));
+        } else {
+            out.push_str(&format!("FAILED  agent {chain}\n"));
+            for problem in &a.problems {
+                out.push_str(&format!("        {chain}: {}\n", escape::text(problem)));
+            }
+        }
+    }
+    if !agents.is_empty() {
+        let failed = agents.iter().filter(|a| !a.ok).count();
+        out.push_str(&format!(
+            "{} agent chains checked, {failed} failed\n",
+            agents.len()
+        ));
+    }
     out
 }
 
@@ -440,6 +470,48 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn verify_names_broken_agent_chains_and_unsigned_chunks() {
+        let result = VerifyResult {
+            id: "db1-3ceb1d62-7".into(),
+            ok: true,
+            chunks: 3,
+            sealed: true,
+            problems: vec![],
+            unsigned_chunks: 1,
+        };
+        let chain = |ok: bool, problems: Vec<String>| AgentChainResult {
+            agent: "db1".into(),
+            spool: "s".into(),
+            ok,
+            batches: 3,
+            removed: 1,
+            problems,
+        };
+        let out = verify(
+            std::slice::from_ref(&result),
+            &[chain(
+                false,
+                vec!["batches after seq 1 and before seq 4 are missing".into()],
+            )],
+        );
+        assert!(
+            out.contains("(3 chunks, sealed, 1 not signed by their agent)"),
+            "{out}"
+        );
+        assert!(out.contains("FAILED  agent db1 spool s\n"), "{out}");
+        assert!(
+            out.contains("db1 spool s: batches after seq 1 and before seq 4 are missing"),
+            "{out}"
+        );
+        assert!(out.ends_with("1 agent chains checked, 1 failed\n"), "{out}");
+        let out = verify(&[result], &[chain(true, vec![])]);
+        assert!(
+            out.contains("OK      agent db1 spool s  (3 batches, 1 removed by purges)"),
+            "{out}"
+        );
+    }
 
     fn session(bytes_uncaptured: u64) -> SessionDetail {
         SessionDetail {

@@ -145,7 +145,8 @@ impl ConfigFile for Config {
     const DEFAULT_PATH: &'static str = "/etc/custos/collector.toml";
 
     fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = custos_daemon::config::from_toml(path, text)?;
+        let mut config: Config = custos_daemon::config::from_toml(path, text)?;
+        config.store.agent_ca = Some(config.tls.ca.clone());
         config
             .validate()
             .map_err(|(key, reason)| ConfigError::Invalid {

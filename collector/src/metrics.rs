@@ -33,6 +33,7 @@ pub struct IngestMetrics {
     pub requests_without_memory: Counter,
     /// Times an agent identity was cut off for misbehaving.
     pub agents_cut_off: Counter,
+    pub bad_signatures: Counter,
     /// Seconds from a batch's arrival to its acknowledgement (stored and fsynced).
     pub store_latency: Histogram,
 }
@@ -54,6 +55,7 @@ impl Default for IngestMetrics {
             requests_stalled: Counter::default(),
             requests_without_memory: Counter::default(),
             agents_cut_off: Counter::default(),
+            bad_signatures: Counter::default(),
             // 100 µs to about 3 s.
             store_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
         }
@@ -89,7 +91,7 @@ impl CollectorMetrics {
     pub fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("custos_collector");
         let i = &self.ingest;
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             (
                 "connections_accepted",
                 "Agent connections accepted",
@@ -150,6 +152,11 @@ impl CollectorMetrics {
                 "agents_cut_off",
                 "Agent identities cut off for garbage frames or stalled requests",
                 &i.agents_cut_off,
+            ),
+            (
+                "bad_signatures",
+                "Batches refused because their agent's signature or content hash did not verify",
+                &i.bad_signatures,
             ),
         ];
         for (name, help, counter) in counters {

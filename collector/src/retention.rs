@@ -122,7 +122,8 @@ impl Purge {
                 continue;
             }
             let summary = store.index().session(&id)?;
-            store.purge(&id)?;
+            let rule = format!("retention: last received before {}", self.cutoff);
+            store.purge(&id, &self.reason, &rule)?;
             let (start, end) = summary
                 .as_ref()
                 .map(|s| (s.start.map(|t| t.0), s.end.or(s.last).map(|t| t.0)))
@@ -222,6 +223,7 @@ mod tests {
         let receipt = Receipt {
             received,
             host_clock_skewed: false,
+            agent_certificate: None,
         };
         let prepared = Prepared::new(std::sync::Arc::new(batch), receipt).unwrap();
         match store.append_group(std::slice::from_ref(&prepared)).pop() {

@@ -6,9 +6,12 @@
 //!
 //! - [`issue`]: creating the CA, the collector's certificate and role certificates (rcgen);
 //! - [`registry`]: the record of issued certificates, revocation and the CRL (rcgen);
+//! - [`batch_signature`]: agents signing their batches with their certificate key, and checking
+//!   those signatures;
 //! - [`files`]: reading and checking certificate and key files, with errors that name the file;
 //! - [`tls`]: the rustls configurations every connection uses (mutual TLS 1.3 only), and the
 //!   verifiers that refuse a certificate of the wrong role during the handshake.
+pub mod batch_signature;
 pub mod files;
 pub mod issue;
 pub mod registry;

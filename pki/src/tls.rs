@@ -91,8 +91,26 @@ pub fn client_config(
     roles: &[Role],
     alpn: &[&[u8]],
 ) -> Result<(rustls::ClientConfig, Identity), PkiError> {
+    client_config_and_key(files, roles, alpn).map(|(config, identity, _)| (config, identity))
+}
+
+/// [`client_config`], and the private key it was made with (read once: an agent signs its
+/// batches with the key of the certificate of the connection that carries them).
+pub fn client_config_and_key(
+    files: &TlsFiles<'_>,
+    roles: &[Role],
+    alpn: &[&[u8]],
+) -> Result<
+    (
+        rustls::ClientConfig,
+        Identity,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    ),
+    PkiError,
+> {
     let roots = files::read_ca(files.ca)?;
     let pair = files::load_pair(files.certificate, files.key, roles)?;
+    let key = pair.key.clone_key();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|err| PkiError::Tls(err.to_string()))?
@@ -100,7 +118,7 @@ pub fn client_config(
         .with_client_auth_cert(pair.chain, pair.key)
         .map_err(|err| PkiError::file(files.certificate, err.to_string()))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok((config, pair.identity))
+    Ok((config, pair.identity, key))
 }
 
 /// The identity of a verified peer, from its certificate chain.

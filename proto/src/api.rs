@@ -166,6 +166,10 @@ pub struct VerifyResult {
     pub sealed: bool,
     /// Each problem names the chunk where it is.
     pub problems: Vec<String>,
+    /// Chunks whose batch its agent did not sign (agents of protocol 1): nothing but the
+    /// collector vouches for them.
+    #[serde(default)]
+    pub unsigned_chunks: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,6 +179,9 @@ pub struct VerifyReport {
     /// older than it, and when one recording was asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogCheck>,
+    /// The agents' chains of batches, checked across the whole store (`verify --all` only).
+    #[serde(default)]
+    pub agents: Vec<AgentChainResult>,
 }
 
 /// What checking the access log (its hash chain, its MAC chain and its signed checkpoints)
@@ -190,6 +197,22 @@ pub struct AccessLogCheck {
     /// Signed checkpoints found.
     pub checkpoints: u64,
     /// Each problem names the entry or the checkpoint.
+    pub problems: Vec<String>,
+}
+
+/// What checking one agent's chain of signed batches (one spool of one agent) found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentChainResult {
+    /// The agent's certificate name (its host).
+    pub agent: String,
+    pub spool: String,
+    pub ok: bool,
+    /// Batches stored (signed or not).
+    pub batches: u64,
+    /// Batches removed by retention or a purge, as the store's tombstones record them.
+    #[serde(default)]
+    pub removed: u64,
+    /// Each problem names the missing or broken sequence numbers.
     pub problems: Vec<String>,
 }
 

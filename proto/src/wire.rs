@@ -5,6 +5,11 @@
 //! ([`Frame`]). A batch carries the events of one session, compressed with zstd; it is identified
 //! by the agent's spool id and a sequence number, so that a batch sent twice is stored once.
 //!
+//! From protocol 2 every batch carries its agent's signature ([`BatchSignature`]): over the hash
+//! of its body and the hash of the agent's previous batch in that spool, so a spool's batches form
+//! a chain the agent vouches for ([`BatchLink`]). The message signed is built here; signing and
+//! checking with the agent's certificate key are `custos_pki::batch_signature`'s.
+//!
 //! Everything here is pure: encoding, decoding, limits. The I/O lives in the agent's `ship`
 //! and the collector's `ingest` modules.
 use std::fmt;
@@ -15,8 +20,10 @@ use crate::{AuditSessionId, BootId, Event, Seq, Timestamp};
 
 /// ALPN protocol id; a new incompatible protocol gets a new id.
 pub const ALPN: &[u8] = b"custos/1";
-/// Version carried in hello and welcome frames.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version carried in hello and welcome frames: 2 since agents sign their batches.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version a collector still accepts (agents that send unsigned batches).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Default largest frame either side accepts.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Default largest decompressed batch.
@@ -118,6 +125,98 @@ pub struct BatchHeader {
     pub last_time: Timestamp,
     /// Size of the decompressed events.
     pub raw_len: u64,
+    /// The agent's signature (protocol 2); absent in batches of protocol 1 agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<BatchSignature>,
+}
+
+impl BatchHeader {
+    /// What this batch's signature vouches for, when it is signed.
+    pub fn link(&self) -> Option<BatchLink<'_>> {
+        let signed = self.signed.as_ref()?;
+        Some(BatchLink {
+            spool: &self.spool,
+            seq: self.seq,
+            content: signed.content,
+            prev: signed.prev,
+        })
+    }
+}
+
+/// A SHA-256 hash of a batch's body, or of a batch's link (see [`BatchLink::hash`]).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BatchHash(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+impl BatchHash {
+    /// The hash of a batch body: SHA-256 of the exact `events` bytes sent (compressed).
+    pub fn of_content(body: &[u8]) -> BatchHash {
+        BatchHash(sha2::Sha256::digest(body).into())
+    }
+
+    /// All zeros: the `prev` of a spool's first signed batch.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 32]
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for BatchHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex()[..16])
+    }
+}
+
+use sha2::Digest as _;
+
+/// An agent's signature on a batch (docs/protocol.md, "Batch signatures").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchSignature {
+    /// [`BatchHash::of_content`] of the batch's `events`.
+    pub content: BatchHash,
+    /// [`BatchLink::hash`] of the agent's previous batch in this spool; zeros for the first.
+    pub prev: BatchHash,
+    /// ECDSA P-256 with SHA-256 (ASN.1 DER) by the agent's certificate key over
+    /// [`BatchLink::message`].
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// One link of an agent's chain of batches: what its signature covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLink<'a> {
+    pub spool: &'a SpoolId,
+    pub seq: BatchSeq,
+    pub content: BatchHash,
+    pub prev: BatchHash,
+}
+
+/// Starts every signed batch message (domain separation: no other signature of the agent's key
+/// can be taken for a batch's).
+pub const BATCH_SIGNATURE_CONTEXT: &[u8] = b"custos batch v1\0";
+
+impl BatchLink<'_> {
+    /// The bytes signed: [`BATCH_SIGNATURE_CONTEXT`], the spool id's length (u32 big-endian)
+    /// and UTF-8 bytes, `seq` (u64 big-endian), `content` (32 bytes), `prev` (32 bytes).
+    pub fn message(&self) -> Vec<u8> {
+        let spool = self.spool.0.as_bytes();
+        let mut out = Vec::with_capacity(BATCH_SIGNATURE_CONTEXT.len() + 4 + spool.len() + 72);
+        out.extend_from_slice(BATCH_SIGNATURE_CONTEXT);
+        out.extend_from_slice(&(spool.len() as u32).to_be_bytes());
+        out.extend_from_slice(spool);
+        out.extend_from_slice(&self.seq.0.to_be_bytes());
+        out.extend_from_slice(&self.content.0);
+        out.extend_from_slice(&self.prev.0);
+        out
+    }
+
+    /// The link's hash, which the next batch of the spool names as its `prev`: SHA-256 of
+    /// [`BatchLink::message`].
+    pub fn hash(&self) -> BatchHash {
+        BatchHash(sha2::Sha256::digest(self.message()).into())
+    }
 }
 
 /// Events of one session: `events` is zstd(MessagePack array of [`Event`] maps).
@@ -156,16 +255,20 @@ pub enum ErrorCode {
     Unsupported,
     /// The collector could not store it now. Retry later.
     Unavailable,
+    /// The batch's signature does not verify with the sender's certificate key, or its
+    /// content hash is not its body's. Permanent.
+    BadSignature,
 }
 
 impl ErrorCode {
     /// Every code, for mappings derived from [`ErrorCode::stream_code`].
-    pub const ALL: [ErrorCode; 5] = [
+    pub const ALL: [ErrorCode; 6] = [
         ErrorCode::Malformed,
         ErrorCode::TooLarge,
         ErrorCode::IdentityMismatch,
         ErrorCode::Unsupported,
         ErrorCode::Unavailable,
+        ErrorCode::BadSignature,
     ];
 
     /// Retrying the same request can succeed.
@@ -181,6 +284,7 @@ impl ErrorCode {
             ErrorCode::IdentityMismatch => 0x13,
             ErrorCode::Unsupported => 0x14,
             ErrorCode::Unavailable => 0x15,
+            ErrorCode::BadSignature => 0x16,
         }
     }
 
@@ -315,6 +419,7 @@ impl Packer {
                 first_time: first.time,
                 last_time: last.time,
                 raw_len,
+                signed: None,
             },
             events: body,
         })
@@ -491,6 +596,78 @@ mod tests {
             unpack_events(&decoded.header, &decoded.events, 1 << 20).unwrap(),
             events
         );
+    }
+
+    #[test]
+    fn the_signed_message_is_the_documented_bytes_and_covers_every_field() {
+        let spool = SpoolId("ab".into());
+        let link = BatchLink {
+            spool: &spool,
+            seq: BatchSeq(258),
+            content: BatchHash([1; 32]),
+            prev: BatchHash([2; 32]),
+        };
+        let mut expected = b"custos batch v1\0\0\0\0\x02ab\0\0\0\0\0\0\x01\x02".to_vec();
+        expected.extend_from_slice(&[1; 32]);
+        expected.extend_from_slice(&[2; 32]);
+        assert_eq!(link.message(), expected);
+        assert_eq!(
+            link.hash(),
+            BatchHash(sha2::Sha256::digest(&expected).into())
+        );
+        // Each field changes the message (and so the link's hash).
+        let other_spool = SpoolId("a".into());
+        let variants = [
+            BatchLink {
+                spool: &other_spool,
+                ..link
+            },
+            BatchLink {
+                seq: BatchSeq(259),
+                ..link
+            },
+            BatchLink {
+                content: BatchHash([3; 32]),
+                ..link
+            },
+            BatchLink {
+                prev: BatchHash([0; 32]),
+                ..link
+            },
+        ];
+        for variant in variants {
+            assert_ne!(variant.message(), link.message(), "{variant:?}");
+            assert_ne!(variant.hash(), link.hash());
+        }
+        // The length prefix keeps spool and seq apart ("ab" + seq never reads as "a" + ...).
+        assert_eq!(
+            BatchHash::of_content(b"abc").hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_signed_header_round_trips_and_an_unsigned_one_reads_as_protocol_1() {
+        let events = vec![event(1)];
+        let mut batch = make_batch(&SpoolId("s".into()), BatchSeq(1), &events).unwrap();
+        assert!(batch.header.link().is_none());
+        let unsigned = encode_frame(&Frame::Batch(batch.clone()));
+        assert!(
+            !unsigned.windows(6).any(|w| w == b"signed"),
+            "an unsigned header has no signed field"
+        );
+        batch.header.signed = Some(BatchSignature {
+            content: BatchHash::of_content(&batch.events),
+            prev: BatchHash::default(),
+            signature: vec![9; 70],
+        });
+        let bytes = encode_frame(&Frame::Batch(batch.clone()));
+        let Frame::Batch(decoded) = decode_frame(&bytes[4..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(decoded, batch);
+        let link = decoded.header.link().unwrap();
+        assert_eq!((link.seq, link.prev), (BatchSeq(1), BatchHash::default()));
     }
 
     #[test]

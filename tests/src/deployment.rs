@@ -194,6 +194,7 @@ impl Deployment {
             dir: self.path("store"),
             key_file: self.path("store.key"),
             seal_key: self.pki().join("seal.key"),
+            agent_ca: Some(self.pki().join("ca.pem")),
         }
     }
 

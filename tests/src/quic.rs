@@ -85,6 +85,11 @@ pub enum Answer {
     Ack {
         duplicate: bool,
     },
+    /// An error frame: the collector refused the request.
+    Error {
+        code: wire::ErrorCode,
+        message: String,
+    },
     /// Another frame, by kind.
     Frame(String),
     /// The stream was reset with this application error code.
@@ -115,6 +120,10 @@ pub async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Answer {
     match wire::decode_frame(&body) {
         Ok(wire::Frame::Ack(ack)) => Answer::Ack {
             duplicate: ack.duplicate,
+        },
+        Ok(wire::Frame::Error(error)) => Answer::Error {
+            code: error.code,
+            message: error.message,
         },
         Ok(frame) => Answer::Frame(frame.kind().to_owned()),
         Err(err) => Answer::Other(err.to_string()),

@@ -403,6 +403,14 @@ fn tampering_is_detected_and_named() {
         "{}",
         all.stdout
     );
+    // The host's chain of batches shows the chunks gone or altered as missing batches.
+    let host = &setup.deployment.host;
+    assert!(
+        all.stdout.contains(&format!("FAILED  agent {host} spool"))
+            && all.stdout.contains("are missing"),
+        "{}",
+        all.stdout
+    );
 }
 
 #[test]
@@ -562,6 +570,21 @@ fn a_collector_killed_during_ingest_keeps_index_and_recordings_in_agreement() {
     }
     let report = deployment.custos(&auditor, &["verify", "--all"]);
     assert!(report.status.success(), "{}", report.stdout);
+    // The real agent signed every batch, and its chain is unbroken across the crash.
+    let report: VerifyReport = serde_json::from_str(
+        &deployment
+            .custos(&auditor, &["verify", "--all", "--json"])
+            .ok(),
+    )
+    .expect("JSON report");
+    assert!(
+        report.results.iter().all(|r| r.unsigned_chunks == 0),
+        "{report:?}"
+    );
+    assert!(
+        !report.agents.is_empty() && report.agents.iter().all(|a| a.ok && a.batches > 0),
+        "{report:?}"
+    );
     let before: SessionDetail =
         serde_json::from_str(&deployment.custos(&auditor, &["show", &id, "--json"]).ok())
             .expect("JSON");
@@ -641,6 +664,14 @@ fn retention_purges_expired_sessions_and_keeps_held_ones() {
         "the recording file is deleted"
     );
     assert!(setup.deployment.recording_file(kept.session).exists());
+    // The purge left a tombstone: the agent's chain verifies across the removal.
+    let verified = custos(&setup.auditor, &["verify", "--all", "--json"]);
+    let report: VerifyReport = serde_json::from_str(&verified.stdout).expect("JSON report");
+    assert!(verified.status.success(), "{report:?}");
+    assert!(
+        report.agents.iter().all(|a| a.ok) && report.agents.iter().any(|a| a.removed > 0),
+        "{report:?}"
+    );
     let log: AccessLog =
         serde_json::from_str(&custos(&setup.admin, &["access-log", "--json"]).ok())
             .expect("JSON log");

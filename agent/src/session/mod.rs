@@ -351,19 +351,8 @@ impl Tracker {
         }
         let time = self.clock.wall(ts_boot_ns);
         if !self.sessions.contains_key(&sessionid) {
-            if let Some(ended) = self.ended.remove(&sessionid) {
-                // A straggler of a session already ended: continue its numbering.
-                self.sessions.insert(
-                    sessionid,
-                    SessionState {
-                        next_seq: ended.next_seq,
-                        start: time,
-                        last: time,
-                        processes: HashSet::new(),
-                        last_activity: Instant::now(),
-                    },
-                );
-            } else {
+            // A straggler of a session already ended continues its numbering.
+            if !self.reopen(sessionid, time) {
                 let uid = if task.loginuid != AUDIT_UNSET {
                     task.loginuid
                 } else {

@@ -18,6 +18,7 @@ mod backoff;
 mod liveness;
 mod window;
 
+use custos_pki::batch_signature::BatchSigner;
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -64,6 +65,8 @@ pub struct Shipping {
     pub boot_id: BootId,
     /// How long batches the collector refused for good stay in the spool's `rejected/`.
     pub keep_rejected: Duration,
+    /// The agent's certificate key, signing batches as they are spooled.
+    pub signer: Arc<custos_pki::batch_signature::BatchSigner>,
 }
 
 /// How often refused batches are checked for expiry.
@@ -116,12 +119,12 @@ pub async fn run(
             _ = sleep_until(deadline) => continue,
         };
         match connection {
-            Ok(connection) => {
+            Ok((connection, signer)) => {
                 metrics.connects.inc();
                 metrics.connected.set(1);
                 backoff.reset();
                 let reason = send_loop(
-                    &connection,
+                    (&connection, &signer),
                     &shipping,
                     &spool,
                     (&wake, &reconnect),
@@ -209,14 +212,18 @@ async fn connect(
     shipping: &Shipping,
     spool: &Mutex<Spool>,
     handshake: Duration,
-) -> anyhow::Result<quinn::Connection> {
+) -> anyhow::Result<(quinn::Connection, BatchSigner)> {
     let collector = &shipping.collector;
     let files = TlsFiles {
         ca: &collector.ca,
         certificate: &collector.certificate,
         key: &collector.key,
     };
-    let (tls, _) = custos_pki::tls::client_config(&files, &[Role::Agent], &[wire::ALPN])?;
+    let (tls, _, key) =
+        custos_pki::tls::client_config_and_key(&files, &[Role::Agent], &[wire::ALPN])?;
+    // Batches go out signed with this connection's key (a renewed certificate comes with a new
+    // key; batches spooled before are signed again with it, their chain links unchanged).
+    let signer = BatchSigner::from_key(&key).context("the agent's key cannot sign batches")?;
     let crypto = QuicClientConfig::try_from(tls).context("TLS configuration unusable for QUIC")?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -260,7 +267,7 @@ async fn connect(
                 version = welcome.collector_version,
                 "connected to the collector"
             );
-            Ok(connection)
+            Ok((connection, signer))
         }
         Ok(Frame::Error(err)) => bail!(
             "the collector refused the hello: {:?}: {}",
@@ -341,8 +348,9 @@ async fn send_batch(
 
 /// Keeps up to `in_flight` batches outstanding on `connection` until it fails or shutdown's
 /// grace ends: the I/O around the [`Window`], which decides what goes and what each result means.
+/// Batches go out signed with `signer`, the key of the connection's certificate.
 async fn send_loop(
-    connection: &quinn::Connection,
+    (connection, signer): (&quinn::Connection, &BatchSigner),
     shipping: &Shipping,
     spool: &Arc<Mutex<Spool>>,
     (wake, reconnect): (&Notify, &Notify),
@@ -359,7 +367,7 @@ async fn send_loop(
         window.release(Instant::now());
         if window.len() < shipping.options.in_flight {
             let pending = lock(spool).pending_batches(PENDING_SCAN);
-            let batches = window.fill(pending, Instant::now(), |seq| read(spool, seq));
+            let batches = window.fill(pending, Instant::now(), |seq| read(spool, seq, signer));
             for batch in batches {
                 liveness.asked(Instant::now());
                 in_flight.spawn(send_batch(
@@ -471,9 +479,9 @@ fn look_at(
 
 /// A pending batch read back for sending; `None` when it is gone, or unreadable (then it is
 /// dropped from the spool: it could never be sent).
-fn read(spool: &Mutex<Spool>, seq: BatchSeq) -> Option<Batch> {
+fn read(spool: &Mutex<Spool>, seq: BatchSeq, signer: &BatchSigner) -> Option<Batch> {
     let mut spool = lock(spool);
-    match spool.read(seq) {
+    match spool.read(seq).and_then(|batch| resign(batch, signer)) {
         Ok(batch) => Some(batch),
         Err(SpoolError::Gone(_)) => None,
         Err(err) => {
@@ -482,6 +490,18 @@ fn read(spool: &Mutex<Spool>, seq: BatchSeq) -> Option<Batch> {
             None
         }
     }
+}
+
+/// Signs a signed batch again with `signer` (the key of the connection that will carry it): the
+/// same message, so the same link of the chain.
+fn resign(mut batch: Batch, signer: &BatchSigner) -> Result<Batch, SpoolError> {
+    let message = batch.header.link().map(|link| link.message());
+    if let (Some(message), Some(signed)) = (message, batch.header.signed.as_mut()) {
+        signed.signature = signer
+            .sign(&message)
+            .map_err(|err| SpoolError::Sign(batch.header.seq, err.to_string()))?;
+    }
+    Ok(batch)
 }
 
 /// A batch the collector refused for good: the spool sets it aside; the log says where.
@@ -507,6 +527,54 @@ fn reject(spool: &Mutex<Spool>, seq: BatchSeq, code: ErrorCode, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key pair as `pki issue` makes it: the certificate (DER) and a signer of its key.
+    fn identity() -> (Vec<u8>, BatchSigner) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["h".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let signer = BatchSigner::from_key(&rustls_pki_types::PrivateKeyDer::Pkcs8(
+            key.serialize_der().into(),
+        ))
+        .unwrap();
+        (cert.der().to_vec(), signer)
+    }
+
+    /// A batch spooled before a certificate renewal goes out signed with the new key, the same
+    /// link of the chain.
+    #[test]
+    fn a_spooled_batch_is_signed_again_with_the_connections_key() {
+        let ((old_cert, old_key), (new_cert, new_key)) = (identity(), identity());
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let seq = spool.allocate().unwrap();
+        let event = custos_proto::Event {
+            time: custos_proto::Timestamp(1),
+            host: "h".into(),
+            boot_id: custos_proto::BootId("b".into()),
+            session: custos_proto::AuditSessionId(1),
+            seq: custos_proto::Seq(1),
+            process: None,
+            event: custos_proto::EventBody::SessionEnd(Default::default()),
+        };
+        let batch = wire::make_batch(spool.id(), seq, &[event]).unwrap();
+        spool.append_signed(batch, &old_key).unwrap();
+        let spooled = spool.read(seq).unwrap();
+        let verifies = |batch: &Batch, cert: &[u8]| {
+            let message = batch.header.link().unwrap().message();
+            let signature = &batch.header.signed.as_ref().unwrap().signature;
+            custos_pki::batch_signature::verify(cert, &message, signature).is_ok()
+        };
+        assert!(verifies(&spooled, &old_cert) && !verifies(&spooled, &new_cert));
+        let sent = resign(spooled.clone(), &new_key).unwrap();
+        assert!(verifies(&sent, &new_cert));
+        assert_eq!(
+            sent.header.link().unwrap().hash(),
+            spooled.header.link().unwrap().hash()
+        );
+    }
 
     #[test]
     fn a_revoked_certificate_is_named_as_the_reason_the_connection_closed() {

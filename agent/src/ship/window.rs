@@ -189,6 +189,7 @@ mod tests {
                 first_time: Timestamp::default(),
                 last_time: Timestamp::default(),
                 raw_len: 0,
+                signed: None,
             },
             events: Vec::new(),
         }

@@ -1,9 +1,12 @@
 //! The spool: batches on disk until the collector acknowledges them.
 //!
 //! Layout of the spool directory (default /var/lib/custos/spool, mode 0700):
-//! - `spool.state`: the spool's id and the next batch sequence number (JSON, replaced
-//!   atomically). The id is created once, so a new spool starts a new sequence space at the
-//!   collector.
+//! - `spool.state`: the spool's id, the next batch sequence number and the head of the spool's
+//!   chain of signed batches (JSON, replaced atomically). The id is created once, so a new spool
+//!   starts a new sequence space at the collector. The chain's head (the last signed batch's
+//!   seq and link hash, which the next batch names as its previous) is always either in a
+//!   segment or in the state: the state is written before a segment is deleted, so the chain
+//!   continues across restarts.
 //! - `segments/<first seq>.seg`: batches appended as [`record`]s and fsynced before they are
 //!   sent. A segment is deleted once every batch in it is acknowledged.
 //!
@@ -22,9 +25,10 @@ use std::{
     time::Instant,
 };
 
+use custos_pki::batch_signature::BatchSigner;
 use custos_proto::{
     event::GapReason,
-    wire::{Batch, BatchHeader, BatchSeq, SpoolId},
+    wire::{Batch, BatchHash, BatchHeader, BatchLink, BatchSeq, BatchSignature, SpoolId},
 };
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -39,6 +43,8 @@ pub enum SpoolError {
     Gone(BatchSeq),
     #[error("batch {0} in the spool is damaged")]
     Damaged(BatchSeq),
+    #[error("batch {0} could not be signed: {1}")]
+    Sign(BatchSeq, String),
 }
 
 fn io(path: &Path, err: impl std::fmt::Display) -> SpoolError {
@@ -52,6 +58,18 @@ fn io(path: &Path, err: impl std::fmt::Display) -> SpoolError {
 struct State {
     spool: SpoolId,
     next_batch: u64,
+    /// The last signed batch (absent before the first, and in states of agents that did not
+    /// sign).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<ChainHead>,
+}
+
+/// The last signed batch of the spool: the next one names `hash` as its previous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    pub seq: BatchSeq,
+    /// Its link hash (`BatchLink::hash`).
+    pub hash: BatchHash,
 }
 
 #[derive(Debug)]
@@ -98,6 +116,10 @@ pub struct Spool {
     /// Batches taken out of the queue without reaching the collector (refused for good, or
     /// unreadable), with why: the pipeline turns each into a gap record of its session.
     lost: Vec<(BatchHeader, GapReason)>,
+    /// The head of the spool's chain of signed batches.
+    chain: Option<ChainHead>,
+    /// The head as `spool.state` last recorded it.
+    chain_saved: Option<ChainHead>,
 }
 
 impl Spool {
@@ -121,6 +143,7 @@ impl Spool {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => State {
                 spool: SpoolId(uuid::Uuid::new_v4().to_string()),
                 next_batch: 1,
+                chain: None,
             },
             Err(err) => return Err(io(&state_path, err)),
         };
@@ -135,6 +158,8 @@ impl Spool {
             next_seq: state.next_batch,
             reserved: 0,
             lost: Vec::new(),
+            chain: state.chain,
+            chain_saved: None,
         };
         let recovered = spool.read_segments()?;
         spool.reserve()?;
@@ -143,6 +168,30 @@ impl Spool {
 
     pub fn id(&self) -> &SpoolId {
         &self.id
+    }
+
+    /// The link hash the next signed batch names as its previous: the last signed batch's, or
+    /// zeros before the first.
+    pub fn chain_prev(&self) -> BatchHash {
+        self.chain.map(|head| head.hash).unwrap_or_default()
+    }
+
+    /// The last signed batch.
+    #[cfg(test)]
+    pub fn chain_head(&self) -> Option<ChainHead> {
+        self.chain
+    }
+
+    /// Moves the chain's head to `header`'s batch when it is signed and later than the head.
+    fn advance_chain(&mut self, header: &BatchHeader) {
+        if let Some(link) = header.link()
+            && self.chain.is_none_or(|head| head.seq < header.seq)
+        {
+            self.chain = Some(ChainHead {
+                seq: header.seq,
+                hash: link.hash(),
+            });
+        }
     }
 
     /// Allocates the next batch sequence number.
@@ -175,6 +224,7 @@ impl Spool {
                 match record::read(&bytes[offset..]) {
                     Found::Record { header, len } => {
                         self.next_seq = self.next_seq.max(header.seq.0 + 1);
+                        self.advance_chain(&header);
                         self.entries.insert(
                             header.seq,
                             Entry {
@@ -191,6 +241,7 @@ impl Spool {
                     Found::DamagedPayload { header, len } => {
                         warn!(segment = %path.display(), seq = header.seq.0, "damaged batch skipped");
                         self.next_seq = self.next_seq.max(header.seq.0 + 1);
+                        self.advance_chain(&header);
                         recovered.damaged.push(header);
                         offset += len;
                     }
@@ -224,11 +275,20 @@ impl Spool {
     fn reserve(&mut self) -> Result<(), SpoolError> {
         const BLOCK: u64 = 1024;
         let reserved = self.next_seq + BLOCK;
+        self.write_state(reserved)?;
+        self.reserved = reserved;
+        self.chain_saved = self.chain;
+        Ok(())
+    }
+
+    /// Replaces `spool.state` durably: the id, `next_batch` and the chain's head.
+    fn write_state(&self, next_batch: u64) -> Result<(), SpoolError> {
         let path = self.dir.join("spool.state");
         let tmp = self.dir.join("spool.state.tmp");
         let state = State {
             spool: self.id.clone(),
-            next_batch: reserved,
+            next_batch,
+            chain: self.chain,
         };
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&tmp)?;
@@ -237,8 +297,16 @@ impl Spool {
             fs::rename(&tmp, &path)?;
             File::open(&self.dir)?.sync_all()
         };
-        write().map_err(|e| io(&path, e))?;
-        self.reserved = reserved;
+        write().map_err(|e| io(&path, e))
+    }
+
+    /// Before segments are deleted: the chain's head goes to the state unless it is there, so
+    /// that it survives the segment holding its batch.
+    fn keep_chain_head(&mut self) -> Result<(), SpoolError> {
+        if self.chain.is_some() && self.chain != self.chain_saved {
+            self.write_state(self.reserved)?;
+            self.chain_saved = self.chain;
+        }
         Ok(())
     }
 
@@ -273,6 +341,32 @@ impl Spool {
             .filter(|e| !e.acked)
             .map(|e| e.spooled)
             .min()
+    }
+
+    /// Signs `batch` with the agent's key as the next link of the spool's chain (naming the last
+    /// signed batch as its previous, docs/protocol.md "Batch signatures") and appends it durably.
+    /// Returns the headers of unacknowledged batches dropped to make room.
+    pub fn append_signed(
+        &mut self,
+        mut batch: Batch,
+        signer: &BatchSigner,
+    ) -> Result<Vec<BatchHeader>, SpoolError> {
+        let seq = batch.header.seq;
+        let link = BatchLink {
+            spool: &batch.header.spool,
+            seq,
+            content: BatchHash::of_content(&batch.events),
+            prev: self.chain_prev(),
+        };
+        let signature = signer
+            .sign(&link.message())
+            .map_err(|err| SpoolError::Sign(seq, err.to_string()))?;
+        batch.header.signed = Some(BatchSignature {
+            content: link.content,
+            prev: link.prev,
+            signature,
+        });
+        self.append(&batch)
     }
 
     /// Appends a batch durably. Returns the headers of unacknowledged batches dropped to make
@@ -327,6 +421,7 @@ impl Spool {
         );
         segment.size += bytes.len() as u64;
         self.next_seq = self.next_seq.max(batch.header.seq.0 + 1);
+        self.advance_chain(&batch.header);
         Ok(dropped)
     }
 
@@ -353,6 +448,7 @@ impl Spool {
     }
 
     fn remove_segment(&mut self, id: u64) -> Result<(), SpoolError> {
+        self.keep_chain_head()?;
         if let Some(segment) = self.segments.remove(&id) {
             if self
                 .active
@@ -497,6 +593,56 @@ mod tests {
     };
 
     use super::*;
+
+    fn signer() -> BatchSigner {
+        let key = rcgen::KeyPair::generate().unwrap();
+        BatchSigner::from_key(&rustls_pki_types::PrivateKeyDer::Pkcs8(
+            key.serialize_der().into(),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn signed_batches_chain_across_restarts_and_collected_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = signer();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let first = batch(&mut spool, 1, 10);
+        spool.append_signed(first, &signer).unwrap();
+        let head = spool.chain_head().unwrap();
+        let signed = spool.read(head.seq).unwrap().header;
+        assert_eq!(
+            signed.link().unwrap().prev,
+            BatchHash::default(),
+            "the first names none"
+        );
+        assert_eq!(signed.link().unwrap().hash(), head.hash);
+        let second = batch(&mut spool, 1, 10);
+        spool.append_signed(second, &signer).unwrap();
+        let second = spool.read(spool.chain_head().unwrap().seq).unwrap().header;
+        assert_eq!(second.link().unwrap().prev, head.hash);
+        let head = spool.chain_head().unwrap();
+        drop(spool);
+        // Restarted with the batch still in its segment: the head is found there.
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(spool.chain_head(), Some(head));
+        // Every batch acknowledged and its segment deleted: the head is in spool.state.
+        for (seq, _, _) in spool.pending_batches(10) {
+            spool.ack(seq);
+        }
+        spool.collect().unwrap();
+        assert_eq!(spool.pending(), 0);
+        drop(spool);
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(spool.chain_head(), Some(head));
+        let third = batch(&mut spool, 1, 10);
+        spool.append_signed(third, &signer).unwrap();
+        let third = spool.read(spool.chain_head().unwrap().seq).unwrap().header;
+        // (A restart skips to the next reserved block of numbers: the chain, not the numbers,
+        // says which batch came before.)
+        assert_eq!(third.link().unwrap().prev, head.hash);
+        assert!(third.seq > head.seq);
+    }
 
     fn batch(spool: &mut Spool, session: u32, padding: usize) -> Batch {
         let seq = spool.allocate().unwrap();

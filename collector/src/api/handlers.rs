@@ -459,9 +459,15 @@ pub async fn verify(
         let access_log = checker
             .map(|checker| checker.check().map_err(internal))
             .transpose()?;
+        // The agents' chains span recordings: checked when the whole store is.
+        let agents = match &q.id {
+            Some(_) => Vec::new(),
+            None => store.verify_agents().map_err(internal)?,
+        };
         Ok(Json(VerifyReport {
             results,
             access_log,
+            agents,
         }))
     })
     .await;

@@ -177,6 +177,7 @@ async fn handle_connection(connection: quinn::Connection, remote: SocketAddr, in
     metrics.connected_agents.inc();
     info!(agent = %identity.name, peer = %remote, "agent connected");
     let peer = Arc::new(stream::Peer {
+        certificate: Arc::new(chain.first().map(|c| c.to_vec()).unwrap_or_default()),
         identity,
         address: remote,
         clock: std::sync::Mutex::new(None),

@@ -26,6 +26,8 @@ use crate::{
 /// Who is on the other end of a connection.
 pub struct Peer {
     pub identity: Identity,
+    /// The agent's certificate (DER) on this connection: its key signs the agent's batches.
+    pub certificate: Arc<Vec<u8>>,
     pub address: SocketAddr,
     /// The agent's clock against the collector's, from its hello on this connection.
     pub clock: std::sync::Mutex<Option<HostClock>>,
@@ -177,7 +179,7 @@ pub async fn handle(
                 address: peer.address.to_string(),
                 clock: host_clock,
             });
-            if hello.protocol != wire::PROTOCOL_VERSION {
+            if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&hello.protocol) {
                 error_frame(
                     ErrorCode::Unsupported,
                     format!("protocol {} is not supported", hello.protocol),
@@ -212,6 +214,33 @@ pub async fn handle(
     let _ = send.stopped().await;
 }
 
+/// Checks a signed batch (protocol 2): its content hash is its body's, and its signature verifies
+/// with the key of the certificate it came with. An unsigned batch (protocol 1) passes, and is
+/// stored as unsigned.
+fn check_signature(batch: &wire::Batch, certificate: &[u8]) -> Result<(), String> {
+    let Some(link) = batch.header.link() else {
+        return Ok(());
+    };
+    if wire::BatchHash::of_content(&batch.events) != link.content {
+        return Err(format!(
+            "batch {} of spool {}: its content hash is not its events' hash",
+            link.seq, link.spool
+        ));
+    }
+    let signature = batch
+        .header
+        .signed
+        .as_ref()
+        .map(|signed| signed.signature.as_slice())
+        .unwrap_or_default();
+    custos_pki::batch_signature::verify(certificate, &link.message(), signature).map_err(|err| {
+        format!(
+            "batch {} of spool {}: {err} (the agent's certificate of this connection)",
+            link.seq, link.spool
+        )
+    })
+}
+
 fn error_frame(code: ErrorCode, message: String) -> Frame {
     Frame::Error(ErrorFrame { code, message })
 }
@@ -236,6 +265,11 @@ async fn batch_response(batch: wire::Batch, peer: &Peer, ingest: &Ingest) -> Fra
         );
     }
     let (spool, seq) = (header.spool.clone(), header.seq);
+    if let Err(why) = check_signature(&batch, &peer.certificate) {
+        metrics.bad_signatures.inc();
+        warn!(agent, %spool, %seq, why, "batch refused: its signature does not verify");
+        return error_frame(ErrorCode::BadSignature, why);
+    }
     let (events, raw_len) = (u64::from(header.events), header.raw_len);
     let arrived = std::time::Instant::now();
     let receipt = Receipt {
@@ -245,6 +279,7 @@ async fn batch_response(batch: wire::Batch, peer: &Peer, ingest: &Ingest) -> Fra
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some_and(|clock| clock.skewed),
+        agent_certificate: Some(peer.certificate.clone()),
     };
     store.contact(Contact {
         host: peer.identity.name.clone(),

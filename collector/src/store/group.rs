@@ -16,12 +16,12 @@ use custos_proto::{
 };
 use tracing::warn;
 
-use super::{Store, StoreError, io_err, seal};
+use super::{Store, StoreError, certificates::AgentCertificates, io_err, seal};
 use crate::{
     index::{ChunkSummary, IndexWriter, RecordingRow, StoredChunk},
     trust::{
         chain::MAX_CHUNK_RAW,
-        chunk::{self, BatchRef, ChunkHeader, RecordingKey},
+        chunk::{self, AgentSignature, BatchRef, ChunkHeader, RecordingKey},
         keys::KeyRing,
     },
 };
@@ -51,12 +51,15 @@ pub struct Prepared {
 }
 
 /// What the collector knows of a batch's arrival, beside the batch: stored in its chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
     /// When the collector received it, by its own clock.
     pub received: Timestamp,
     /// The sending host's clock disagreed with the collector's by more than the allowed skew.
     pub host_clock_skewed: bool,
+    /// The sender's certificate (DER), whose key signed the batch (ingest checked the
+    /// signature): kept in the store for verifiers.
+    pub agent_certificate: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl Receipt {
@@ -65,6 +68,7 @@ impl Receipt {
         Receipt {
             received: Timestamp::now(),
             host_clock_skewed: false,
+            agent_certificate: None,
         }
     }
 }
@@ -113,6 +117,7 @@ impl Store {
             index,
             keys,
             seal_key,
+            certificates,
             ..
         } = self;
         let mut writer = match index.writer() {
@@ -121,7 +126,7 @@ impl Store {
         };
         let staged: Vec<_> = group
             .iter()
-            .map(|batch| stage(&mut writer, keys, dir, batch))
+            .map(|batch| stage(&mut writer, keys, certificates, dir, batch))
             .collect();
         let written: Vec<&Written> = staged
             .iter()
@@ -173,6 +178,7 @@ fn recording_path(key: &RecordingKey) -> Result<String, StoreError> {
 fn stage(
     writer: &mut IndexWriter<'_>,
     keys: &KeyRing,
+    certificates: &mut AgentCertificates,
     dir: &Path,
     prepared: &Prepared,
 ) -> Result<Staged, StoreError> {
@@ -201,6 +207,20 @@ fn stage(
         Some(row) => row,
         None => writer.insert_recording(&key, &recording_path(&key)?)?,
     };
+    let signed = match (&header.signed, &receipt.agent_certificate) {
+        (Some(signed), Some(certificate)) => Some(AgentSignature {
+            content: signed.content,
+            prev: signed.prev,
+            signature: signed.signature.clone(),
+            certificate: certificates.keep(dir, certificate)?,
+        }),
+        (Some(_), None) => {
+            return Err(StoreError::Refused(
+                "a signed batch without its agent's certificate".into(),
+            ));
+        }
+        (None, _) => None,
+    };
     let (key_id, enc_key) = keys.current();
     let mut nonce = [0u8; 24];
     getrandom::fill(&mut nonce).map_err(|e| io_err(dir, format!("no randomness: {e}")))?;
@@ -223,6 +243,7 @@ fn stage(
         raw_len: header.raw_len,
         received: Some(receipt.received),
         host_clock_skewed: receipt.host_clock_skewed,
+        signed,
     };
     let (bytes, hash) = chunk::encode(&chunk_header, &batch.events, enc_key);
     let written = write_chunk(dir, &row, &bytes)?;

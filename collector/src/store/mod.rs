@@ -4,6 +4,8 @@
 //!   batch, encrypted and hash-chained ([`crate::trust`]); `<session>.seal`: the collector's
 //!   signature over the final hash and chunk count, written when the session ends.
 //! - `index.sqlite`: the [`crate::index`], rebuildable from the recordings.
+//! - `agents/<fingerprint>.der`: the certificates whose keys signed stored batches
+//!   ([`certificates`]), so that a verifier has them.
 //!
 //! A batch is durable when its chunk is written and fsynced and the index has committed it:
 //! only then is it acknowledged ([`group`]). After a crash, [`Store::open`] replays chunks that
@@ -12,10 +14,12 @@
 //! [`rebuild`]ing the index all walk a recording with the one chain reader.
 //!
 //! The store knows no network; the ingest and API modules call it.
+pub mod certificates;
 mod group;
 mod rebuild;
 mod recovery;
 mod seal;
+mod tombstones;
 mod verify;
 
 use std::{
@@ -67,7 +71,7 @@ fn io_err(path: &Path, err: impl std::fmt::Display) -> StoreError {
 
 /// Where the store is and which keys it uses: the configuration's `[store]` section, and what
 /// every opening of the store takes.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The store directory (recordings and index).
@@ -76,6 +80,21 @@ pub struct StoreConfig {
     pub key_file: PathBuf,
     /// The Ed25519 key that seals ended recordings (`custos-collector pki init` writes it).
     pub seal_key: PathBuf,
+    /// The deployment CA's certificate, which agents' certificates kept in the store must chain
+    /// to for their signatures to count (`tls.ca`, set when the configuration is read).
+    #[serde(skip)]
+    pub agent_ca: Option<PathBuf>,
+}
+
+/// The configuration's keys only (`agent_ca` is `tls.ca`, not a key of `[store]`).
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("dir", &self.dir)
+            .field("key_file", &self.key_file)
+            .field("seal_key", &self.seal_key)
+            .finish()
+    }
 }
 
 impl Default for StoreConfig {
@@ -84,6 +103,7 @@ impl Default for StoreConfig {
             dir: "/var/lib/custos-collector".into(),
             key_file: "/etc/custos/pki/store.key".into(),
             seal_key: "/etc/custos/pki/seal.key".into(),
+            agent_ca: None,
         }
     }
 }
@@ -93,6 +113,10 @@ pub struct Store {
     index: Index,
     keys: KeyRing,
     seal_key: SealKey,
+    /// The agents' certificates kept in `agents/`.
+    certificates: certificates::AgentCertificates,
+    /// The deployment CA's certificate, to check agents' certificates with.
+    agent_ca: Option<PathBuf>,
     /// Held while a writer has the store open: one collector per store.
     _lock: Option<File>,
 }
@@ -135,6 +159,8 @@ impl Store {
             index,
             keys: KeyRing::load(&config.key_file)?,
             seal_key: SealKey::load(&config.seal_key)?,
+            certificates: Default::default(),
+            agent_ca: config.agent_ca.clone(),
             _lock: Some(lock),
         };
         store.recover()?;
@@ -148,6 +174,8 @@ impl Store {
             index: Index::open_read_only(&config.dir.join("index.sqlite"))?,
             keys: KeyRing::load(&config.key_file)?,
             seal_key: SealKey::load(&config.seal_key)?,
+            certificates: Default::default(),
+            agent_ca: config.agent_ca.clone(),
             _lock: None,
         })
     }
@@ -207,12 +235,14 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a recording: its files, then its index rows (a crash between leaves rows of a
-    /// missing file, which the next purge removes).
-    pub fn purge(&mut self, id: &str) -> Result<(), StoreError> {
+    /// Deletes a recording: first its tombstone (`reason`, and `by` which rule or whom, signed
+    /// with the seal key, listing the agents' batches it held), then its files, then its index
+    /// rows (a crash between leaves rows of a missing file, which the next purge removes).
+    pub fn purge(&mut self, id: &str, reason: &str, by: &str) -> Result<(), StoreError> {
         let Some(row) = self.index.recording(id)? else {
             return Ok(());
         };
+        tombstones::write(self, &row, reason, by)?;
         for path in [
             self.dir.join(&row.path),
             self.dir.join(seal_path(&row.path)),
@@ -248,5 +278,7 @@ pub fn generate_keys(
     Ok(())
 }
 
+#[cfg(test)]
+mod agent_tests;
 #[cfg(test)]
 pub(crate) mod tests;

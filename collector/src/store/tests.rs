@@ -46,6 +46,7 @@ pub(crate) fn fixture() -> (tempfile::TempDir, StoreConfig) {
         dir: dir.path().join("store"),
         key_file: dir.path().join("store.key"),
         seal_key: dir.path().join("seal.key"),
+        agent_ca: None,
     };
     generate_keys(
         &config.key_file,
@@ -202,6 +203,7 @@ fn a_crash_between_write_and_commit_is_replayed_and_a_torn_tail_cut() {
             raw_len: b2.header.raw_len,
             received: Some(Timestamp::now()),
             host_clock_skewed: false,
+            signed: None,
         };
         let (bytes, _) = chunk::encode(&header, &b2.events, key);
         let path = store.dir().join(&row.path);

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use custos_proto::{
     AuditSessionId, BootId, Seq, Timestamp,
-    wire::{BatchSeq, SpoolId},
+    wire::{BatchHash, BatchLink, BatchSeq, SpoolId},
 };
 
 pub const MAGIC: [u8; 4] = *b"CCK1";
@@ -96,6 +96,36 @@ pub struct ChunkHeader {
     /// (`ingest.max_clock_skew`) when the batch arrived. Absent when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_clock_skewed: bool,
+    /// The agent's signature on the batch, as it arrived (absent for batches of agents that do
+    /// not sign, protocol 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<AgentSignature>,
+}
+
+impl ChunkHeader {
+    /// The link of the agent's chain this chunk's batch is, when it was signed.
+    pub fn link(&self) -> Option<BatchLink<'_>> {
+        let signed = self.signed.as_ref()?;
+        Some(BatchLink {
+            spool: &self.batch.spool,
+            seq: self.batch.seq,
+            content: signed.content,
+            prev: signed.prev,
+        })
+    }
+}
+
+/// What the agent signed, kept beside the chunk: the batch's content hash, the link hash of the
+/// agent's previous batch in the spool, the signature, and which certificate's key made it (its
+/// SHA-256 fingerprint; the certificate is `agents/<fingerprint hex>.der` in the store).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSignature {
+    pub content: BatchHash,
+    pub prev: BatchHash,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub certificate: [u8; 32],
 }
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -239,6 +269,7 @@ pub(crate) mod tests {
             raw_len: 5,
             received: Some(Timestamp(1)),
             host_clock_skewed: false,
+            signed: None,
         }
     }
 

@@ -1,0 +1,126 @@
+//! Writing and reading tombstones (`tombstones/<recording id>-<removed at, ns>.json`, format in
+//! [`crate::trust::tombstone`]): written, fsynced and renamed into place before a purge deletes
+//! anything, so that every removal the collector made on purpose is on record when its files are
+//! gone.
+use std::{
+    fs::{self, File},
+    io::Write,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+};
+
+use custos_proto::Timestamp;
+use tracing::warn;
+
+use super::{Store, StoreError, group::sync_dir, io_err, verify::files_under};
+use crate::{
+    index::RecordingRow,
+    trust::{
+        agent::AgentChains,
+        chunk,
+        tombstone::{RemovedBatch, Tombstone, TombstoneBody},
+    },
+};
+
+/// The folder of tombstones, in the store directory.
+pub const DIR: &str = "tombstones";
+
+/// Writes the tombstone of `row`'s recording, listing the batches of its committed chunks.
+pub(super) fn write(
+    store: &Store,
+    row: &RecordingRow,
+    reason: &str,
+    by: &str,
+) -> Result<(), StoreError> {
+    let path = store.dir.join(&row.path);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(err) => return Err(io_err(&path, err)),
+    };
+    let committed = &bytes[..(row.stored_len as usize).min(bytes.len())];
+    let mut batches = Vec::new();
+    let mut offset = 0;
+    while let Ok(Some(raw)) = chunk::parse(&committed[offset..]) {
+        let header = &raw.header;
+        let link = header.link();
+        batches.push(RemovedBatch {
+            spool: header.batch.spool.clone(),
+            seq: header.batch.seq,
+            link: link.map(|link| link.hash().hex()),
+            prev: link.map(|link| link.prev.hex()),
+        });
+        offset += raw.encoded_len();
+    }
+    let body = TombstoneBody {
+        version: 1,
+        recording: row.key.clone(),
+        chunks: row.chunks,
+        final_hash: row.last_hash.hex(),
+        removed_at: Timestamp::now(),
+        reason: reason.to_owned(),
+        by: by.to_owned(),
+        batches,
+    };
+    let tombstone = Tombstone::sign(&store.seal_key, &body);
+    let folder = store.dir.join(DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&folder)
+        .map_err(|e| io_err(&folder, e))?;
+    // Named by the time too: a recording purged, continued by a late batch and purged again
+    // has two.
+    let name = format!("{}-{}", row.id, body.removed_at.0);
+    let target = folder.join(format!("{name}.json"));
+    let tmp = folder.join(format!("{name}.json.tmp"));
+    let json = serde_json::to_vec_pretty(&tombstone).unwrap_or_default();
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(&json)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &target)
+    };
+    write().map_err(|e| io_err(&target, e))?;
+    sync_dir(&folder)?;
+    sync_dir(&store.dir)
+}
+
+impl Store {
+    /// Adds the batches every tombstone records as removed to `chains`; a tombstone whose
+    /// signature does not verify counts for nothing, and is a problem of each chain it names.
+    pub(super) fn add_tombstones(&self, chains: &mut AgentChains) -> Result<(), StoreError> {
+        let public = self.seal_key.public();
+        for path in files_under(&self.dir.join(DIR), "json")? {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let read = fs::read(&path)
+                .map_err(|err| err.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<Tombstone>(&bytes).map_err(|err| err.to_string())
+                });
+            let body = match read.and_then(|tombstone| tombstone.open(&public)) {
+                Ok(body) => body,
+                Err(err) => {
+                    warn!(tombstone = name, error = err, "a tombstone does not verify");
+                    chains.add_problem(format!(
+                        "tombstone {name}: {err}; what it records as removed is not accepted"
+                    ));
+                    continue;
+                }
+            };
+            for batch in &body.batches {
+                chains.add_removed(
+                    &body.recording.host,
+                    &batch.spool,
+                    batch.seq,
+                    batch.hashes(),
+                    &format!("{name} ({}, by {})", body.reason, body.by),
+                );
+            }
+        }
+        Ok(())
+    }
+}
