@@ -81,9 +81,9 @@ pub struct IngestConfig {
     /// recordings it sends (retention goes by the collector's clock either way).
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub max_clock_skew: Duration,
-    /// Bytes of request frames held at once by all connections together (docs/configuration.md,
-    /// Memory budget): a stream reserves its frame's length before reading it and waits while
-    /// the budget is used up.
+    /// Bytes of request frames held at once by all connections together (docs/protocol.md,
+    /// Memory and misbehaving agents): a stream reserves its frame's length before reading it
+    /// and waits while the budget is used up.
     pub memory_budget: ByteSize,
     /// The share of `memory_budget` one agent identity (certificate) may hold, all its
     /// connections together.
