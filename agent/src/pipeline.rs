@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use custos_proto::{
     Event,
-    event::GapReason,
+    event::{Gap, GapReason},
     wire::{BatchHeader, Packer},
 };
 use tokio::sync::{Notify, mpsc};
@@ -221,15 +221,15 @@ pub fn report_dropped(
             ?reason,
             "spooled events lost"
         );
-        tracker.gap(
-            header.session.0,
+        let gap = Gap {
             reason,
-            u64::from(header.events),
-            header.raw_len,
-            header.first_time,
-            header.last_time,
-            events,
-        );
+            records: u64::from(header.events),
+            bytes: header.raw_len,
+            from: header.first_time,
+            to: header.last_time,
+            detail: None,
+        };
+        tracker.gap(header.session.0, gap, events);
     }
 }
 

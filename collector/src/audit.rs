@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tracing::{info, warn};
 
 use crate::trust::keys::SealKey;
-use chain::{Checkpoint, MacKey};
+use chain::{Checkpoint, ENTRY_COLUMNS, MacKey, entry_from_row};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS access_log (
@@ -284,27 +284,16 @@ impl Audit {
         since: Option<Timestamp>,
         limit: usize,
     ) -> Result<(Vec<AccessEntry>, bool), AuditError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT time_ns, who, role, peer, action, target, result FROM access_log
-             WHERE time_ns >= ?1 ORDER BY id LIMIT ?2",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM access_log WHERE time_ns >= ?1 ORDER BY id LIMIT ?2"
+        ))?;
         let mut entries = stmt
             .query_map(
                 params![
                     since.map_or(i64::MIN, |s| s.0),
                     limit.saturating_add(1) as i64
                 ],
-                |row| {
-                    Ok(AccessEntry {
-                        time: Timestamp(row.get(0)?),
-                        who: row.get(1)?,
-                        role: row.get(2)?,
-                        peer: row.get(3)?,
-                        action: row.get(4)?,
-                        target: row.get(5)?,
-                        result: row.get(6)?,
-                    })
-                },
+                |row| entry_from_row(row, 0),
             )?
             .collect::<Result<Vec<_>, _>>()?;
         let truncated = entries.len() > limit;
@@ -454,25 +443,11 @@ mod tests {
     /// What the attacker can do without keys: recompute every entry's plain SHA-256 link.
     fn recompute_plain_chain(conn: &Connection) {
         let rows: Vec<(i64, AccessEntry)> = conn
-            .prepare(
-                "SELECT id, time_ns, who, role, peer, action, target, result FROM access_log
-                 ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT id, {ENTRY_COLUMNS} FROM access_log ORDER BY id"
+            ))
             .unwrap()
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    AccessEntry {
-                        time: Timestamp(r.get(1)?),
-                        who: r.get(2)?,
-                        role: r.get(3)?,
-                        peer: r.get(4)?,
-                        action: r.get(5)?,
-                        target: r.get(6)?,
-                        result: r.get(7)?,
-                    },
-                ))
-            })
+            .query_map([], |r| Ok((r.get(0)?, entry_from_row(r, 1)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();

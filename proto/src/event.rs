@@ -334,6 +334,10 @@ pub enum GapReason {
     /// An open_by_handle_at(2) whose file could not be named (it failed, or its path could not
     /// be read); `detail` says which.
     OpenByHandle,
+    /// The session's terminal is a console (a VT or a serial line; `detail` names it):
+    /// keystrokes typed on it are not recorded (keystrokes are taken from a pseudo-terminal's
+    /// master side, which a console has not); what it shows is. Written once, at the start.
+    ConsoleKeystrokes,
 }
 
 impl GapReason {
@@ -346,6 +350,7 @@ impl GapReason {
             GapReason::IoUring => "io_uring",
             GapReason::Syscalls32Bit => "32-bit syscalls",
             GapReason::OpenByHandle => "open_by_handle_at",
+            GapReason::ConsoleKeystrokes => "console keystrokes",
             _ => return None,
         })
     }

@@ -80,11 +80,17 @@ impl Tty {
         Self((major << 20) | (minor & 0xfffff))
     }
 
+    /// A pseudo-terminal's slave side (/dev/pts/N), as ssh and terminal emulators give: not
+    /// a console (a VT or a serial line).
+    pub fn is_pty(self) -> bool {
+        (136..=143).contains(&self.major())
+    }
+
     /// The device's name under /dev, where the numbering is standard.
     pub fn name(self) -> String {
         let (major, minor) = (self.major(), self.minor());
         match major {
-            136..=143 => format!("pts/{}", (major - 136) * 256 + minor),
+            _ if self.is_pty() => format!("pts/{}", (major - 136) * 256 + minor),
             4 if minor < 64 => format!("tty{minor}"),
             4 => format!("ttyS{}", minor - 64),
             5 if minor == 0 => "tty".to_owned(),

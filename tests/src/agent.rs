@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use custos_proto::{AuditSessionId, Event, EventBody};
+use custos_proto::{
+    AuditSessionId, Event, EventBody,
+    event::{Exec, Open},
+};
 
 use crate::{bin, daemon::Daemon};
 
@@ -288,6 +291,28 @@ pub fn terminal_bytes(events: &[&Event], input: bool) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// The opens among `events`.
+pub fn opens<'a>(events: &[&'a Event]) -> Vec<&'a Open> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            EventBody::Open(open) => Some(open),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The execs among `events`.
+pub fn execs<'a>(events: &[&'a Event]) -> Vec<&'a Exec> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            EventBody::Exec(exec) => Some(exec),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Did the session end?

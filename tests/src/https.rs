@@ -51,18 +51,7 @@ pub fn get(port: u16, ca: &Path, identity: (&Path, &Path), path: &str) -> Result
                 .as_bytes(),
         )
         .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    match stream.read_to_end(&mut response) {
-        Ok(_) => {}
-        Err(err) if response.is_empty() => return Err(err.to_string()),
-        Err(_) => {}
-    }
-    let text = String::from_utf8_lossy(&response);
-    text.lines()
-        .next()
-        .filter(|line| line.starts_with("HTTP/"))
-        .map(str::to_owned)
-        .ok_or_else(|| format!("no HTTP response: {text:?}"))
+    status_line(&mut stream)
 }
 
 /// Sends `METHOD path` with a JSON `body` and `identity`; returns the response's status line.
@@ -88,6 +77,12 @@ pub fn request(
         )
         .map_err(|e| e.to_string())?;
     let _ = stream.write_all(body).and_then(|()| stream.flush());
+    status_line(&mut stream)
+}
+
+/// Reads the response to its end (a close cut short after some bytes still counts) and returns
+/// its status line.
+fn status_line(stream: &mut Stream) -> Result<String, String> {
     let mut response = Vec::new();
     match stream.read_to_end(&mut response) {
         Ok(_) => {}

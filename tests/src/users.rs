@@ -19,15 +19,7 @@ pub fn ensure(name: &str) -> User {
         ])
         .status()
         .expect("running useradd");
-    // 9: the user appeared meanwhile (another test created it).
-    assert!(
-        status.success() || status.code() == Some(9),
-        "useradd {name} failed: {status}"
-    );
-    User::from_name(name)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("user {name} missing after useradd"))
+    added(name, status)
 }
 
 /// A system user without a home or a shell, as packages create for daemons.
@@ -46,6 +38,12 @@ pub fn ensure_system(name: &str) -> User {
         ])
         .status()
         .expect("running useradd");
+    added(name, status)
+}
+
+/// The user useradd created: it succeeded, or said 9 (the user appeared meanwhile: another
+/// test created it).
+fn added(name: &str, status: std::process::ExitStatus) -> User {
     assert!(
         status.success() || status.code() == Some(9),
         "useradd {name} failed: {status}"

@@ -6,12 +6,9 @@
 #![allow(unused_crate_dependencies)]
 use std::{process::Command, time::Duration};
 
-use custos_proto::{
-    Event, EventBody,
-    event::{Exec, Open},
-};
+use custos_proto::{Event, EventBody, event::Exec};
 use custos_tests::{
-    agent::{self, Agent, ended, find_session, terminal_bytes},
+    agent::{self, Agent, ended, execs, find_session, opens, terminal_bytes},
     bin, bpf, contains, login_shell, marker,
     sshd::Sshd,
     terminal::Terminal,
@@ -19,26 +16,6 @@ use custos_tests::{
 };
 
 const SESSION_END: Duration = Duration::from_secs(20);
-
-fn execs<'a>(events: &[&'a Event]) -> Vec<&'a Exec> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            EventBody::Exec(exec) => Some(exec),
-            _ => None,
-        })
-        .collect()
-}
-
-fn opens<'a>(events: &[&'a Event]) -> Vec<&'a Open> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            EventBody::Open(open) => Some(open),
-            _ => None,
-        })
-        .collect()
-}
 
 fn argv(exec: &Exec) -> Vec<String> {
     exec.argv.iter().map(|a| a.to_string()).collect()

@@ -27,10 +27,10 @@ use custos_proto::{
     event::{Gap, GapReason, Open},
 };
 use custos_tests::{
-    agent::{self, Agent, ended, terminal_bytes},
+    agent::{self, Agent, ended, opens, terminal_bytes},
     bin, contains,
     cprog::CPrograms,
-    marker,
+    login_shell, marker,
     terminal::Terminal,
 };
 
@@ -48,16 +48,6 @@ fn gaps<'a>(events: &[&'a Event], reason: GapReason) -> Vec<(&'a Gap, String)> {
                     .map(|p| p.comm.to_string())
                     .unwrap_or_default(),
             )),
-            _ => None,
-        })
-        .collect()
-}
-
-fn opens<'a>(events: &[&'a Event]) -> Vec<&'a Open> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            EventBody::Open(open) => Some(open),
             _ => None,
         })
         .collect()
@@ -259,5 +249,61 @@ fn every_route_is_captured_or_a_named_gap() {
         all_gaps.len(),
         sendfile.len() + splice.len() + by_handle_gaps.len() + uring.len() + ia32.len(),
         "no other gap: {all_gaps:#?}"
+    );
+}
+
+/// A console login (a VT, as getty and login give): its keystrokes are not recorded (they are
+/// taken from a pty's master side, which a console has not), and the recording says so at its
+/// start, naming the terminal; a pty login has no such gap. What the console shows is recorded.
+#[test]
+fn a_console_session_says_its_keystrokes_are_not_recorded() {
+    const CONSOLE: &str = "/dev/tty8";
+    let agent = Agent::start("");
+    let mark = marker("CONSOLE-");
+    let (head, tail) = mark.split_at(4);
+    let console = Command::new(bin("custos-testkit"))
+        .args(["login-console", "--user", "root", "--tty", CONSOLE, "--"])
+        .args(["/bin/sh", "-c", &format!("echo {head}''{tail}")])
+        .output()
+        .expect("running custos-testkit login-console");
+    assert!(
+        console.status.success(),
+        "the console login ran: {}",
+        String::from_utf8_lossy(&console.stderr)
+    );
+    let session: u32 = String::from_utf8_lossy(&console.stderr)
+        .lines()
+        .find_map(|line| line.strip_prefix("session="))
+        .and_then(|id| id.trim().parse().ok())
+        .expect("testkit printed its session id");
+    let session = custos_proto::AuditSessionId(session);
+    let (pty_shell, pty_session) = login_shell("root");
+    let mut pty_shell = pty_shell;
+    pty_shell.line("exit 0");
+    assert!(pty_shell.wait_exit().success());
+    agent.wait_for("both sessions' end records", SESSION_END, |events| {
+        (ended(events, session) && ended(events, pty_session)).then_some(())
+    });
+    let stopped = agent.stop();
+    assert!(stopped.success, "agent log:\n{}", stopped.stderr);
+
+    let events = agent::session(&stopped.events, session);
+    let console_gaps = gaps(&events, GapReason::ConsoleKeystrokes);
+    assert_eq!(console_gaps.len(), 1, "one console gap: {events:#?}");
+    assert_eq!(console_gaps[0].0.detail.as_deref(), Some("tty8"));
+    assert!(
+        events.iter().take(2).any(
+            |e| matches!(&e.event, EventBody::Gap(g) if g.reason == GapReason::ConsoleKeystrokes)
+        ),
+        "the gap follows the session's start: {events:#?}"
+    );
+    assert!(
+        contains(&terminal_bytes(&events, false), mark.as_bytes()),
+        "what the console showed is recorded"
+    );
+    let pty_events = agent::session(&stopped.events, pty_session);
+    assert!(
+        gaps(&pty_events, GapReason::ConsoleKeystrokes).is_empty(),
+        "a pty login has no console gap"
     );
 }

@@ -31,6 +31,22 @@ pub const MAC_KEY_PURPOSE: &[u8] = b"custos access log mac v1";
 /// At most this many problems are listed; the count of the rest follows.
 const MAX_PROBLEMS: usize = 100;
 
+/// An entry's columns in the `access_log` table, in the order [`entry_from_row`] reads them.
+pub const ENTRY_COLUMNS: &str = "time_ns, who, role, peer, action, target, result";
+
+/// Reads an entry whose [`ENTRY_COLUMNS`] start at column `first` of `row`.
+pub fn entry_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<AccessEntry> {
+    Ok(AccessEntry {
+        time: Timestamp(row.get(first)?),
+        who: row.get(first + 1)?,
+        role: row.get(first + 2)?,
+        peer: row.get(first + 3)?,
+        action: row.get(first + 4)?,
+        target: row.get(first + 5)?,
+        result: row.get(first + 6)?,
+    })
+}
+
 /// An entry's plain hash: SHA-256 over the label, the previous entry's hash (nothing for the
 /// first entry) and each field as a big-endian u64 length and its UTF-8 bytes.
 pub fn entry_hash(prev: &[u8], entry: &AccessEntry) -> [u8; 32] {
@@ -252,10 +268,9 @@ pub fn check(
     checkpoints.sort_by_key(|c| c.entries);
     let mut pending = checkpoints.iter().filter(|c| c.entries > 0).peekable();
 
-    let mut stmt = conn.prepare(
-        "SELECT id, time_ns, who, role, peer, action, target, result, hash, mac
-         FROM access_log ORDER BY id",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, {ENTRY_COLUMNS}, hash, mac FROM access_log ORDER BY id"
+    ))?;
     let mut rows = stmt.query([])?;
     let mut count: u64 = 0;
     let mut prev: Option<(i64, Vec<u8>, Option<Vec<u8>>)> = None;
@@ -263,15 +278,7 @@ pub fn check(
     while let Some(row) = rows.next()? {
         count += 1;
         let id: i64 = row.get(0)?;
-        let entry = AccessEntry {
-            time: Timestamp(row.get(1)?),
-            who: row.get(2)?,
-            role: row.get(3)?,
-            peer: row.get(4)?,
-            action: row.get(5)?,
-            target: row.get(6)?,
-            result: row.get(7)?,
-        };
+        let entry = entry_from_row(row, 1)?;
         let hash: Vec<u8> = row.get(8)?;
         let stored_mac: Option<Vec<u8>> = row.get(9)?;
         let prev_hash = prev.as_ref().map(|p| p.1.as_slice()).unwrap_or_default();

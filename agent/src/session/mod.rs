@@ -249,12 +249,11 @@ impl Tracker {
                 continue;
             }
             let tty = procfs::tty_of(leader.tgid).filter(|tty| *tty != 0);
-            let start = self.start_event(sessionid, now, leader.tgid, leader.loginuid, tty, true);
+            self.start(sessionid, now, leader.tgid, leader.loginuid, tty, true, out);
             let state = self.sessions.get_mut(&sessionid);
             if let Some(state) = state {
                 state.processes.extend(processes.iter().map(|p| p.tgid));
             }
-            out.push(start);
         }
         for (sessionid, snapshot) in std::mem::take(&mut self.resumed) {
             // Ended while the agent was not running.
@@ -283,38 +282,15 @@ impl Tracker {
                 last_activity: Instant::now(),
             },
         );
-        self.push_gap(
-            sessionid,
-            GapReason::AgentNotRunning,
-            0,
-            0,
-            snapshot.last,
-            now,
-            out,
-        );
-    }
-
-    /// Appends a gap record to an open session.
-    #[allow(clippy::too_many_arguments)]
-    fn push_gap(
-        &mut self,
-        sessionid: u32,
-        reason: GapReason,
-        records: u64,
-        bytes: u64,
-        from: Timestamp,
-        to: Timestamp,
-        out: &mut Vec<Event>,
-    ) {
-        let gap = EventBody::Gap(Gap {
-            reason,
-            records,
-            bytes,
-            from,
-            to,
+        let gap = Gap {
+            reason: GapReason::AgentNotRunning,
+            records: 0,
+            bytes: 0,
+            from: snapshot.last,
+            to: now,
             detail: None,
-        });
-        self.push_own(sessionid, gap, out);
+        };
+        self.push_own(sessionid, EventBody::Gap(gap), out);
     }
 
     /// Appends a record the agent writes itself (no process did it) to an open session.
@@ -371,8 +347,7 @@ impl Tracker {
                 // The process that did the session's first event (for a fork: the parent).
                 let leader = task.tgid;
                 let tty = (task.tty != 0).then_some(task.tty);
-                let start = self.start_event(sessionid, time, leader, task.loginuid, tty, false);
-                out.push(start);
+                self.start(sessionid, time, leader, task.loginuid, tty, false, out);
             }
         }
         let process = self.process(&task);
@@ -411,15 +386,15 @@ impl Tracker {
             self.clock.wall(loss.first_ts),
             self.clock.wall(loss.last_ts),
         );
-        self.gap(
-            loss.sessionid,
-            GapReason::RingBufferFull,
-            loss.records,
-            loss.bytes,
+        let gap = Gap {
+            reason: GapReason::RingBufferFull,
+            records: loss.records,
+            bytes: loss.bytes,
             from,
             to,
-            out,
-        );
+            detail: None,
+        };
+        self.gap(loss.sessionid, gap, out);
     }
 
     /// Records the wall clock being set in every open session, and in those that ended in the
@@ -468,17 +443,8 @@ impl Tracker {
 
     /// Records a gap in a session, opening it again if it had ended (or starting it if nothing
     /// of it got through, from what /proc still knows).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gap(
-        &mut self,
-        sessionid: u32,
-        reason: GapReason,
-        records: u64,
-        bytes: u64,
-        from: Timestamp,
-        to: Timestamp,
-        out: &mut Vec<Event>,
-    ) {
+    pub fn gap(&mut self, sessionid: u32, gap: Gap, out: &mut Vec<Event>) {
+        let (from, to) = (gap.from, gap.to);
         if self.not_recorded.contains_key(&sessionid) {
             return;
         }
@@ -494,16 +460,15 @@ impl Tracker {
                     .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok())
                     .and_then(|text| text.trim().parse().ok())
                     .unwrap_or(AUDIT_UNSET);
-                let start =
-                    self.start_event(sessionid, from, leader.unwrap_or(0), loginuid, tty, false);
-                out.push(start);
+                let leader_pid = leader.unwrap_or(0);
+                self.start(sessionid, from, leader_pid, loginuid, tty, false, out);
                 if let (Some(leader), Some(state)) = (leader, self.sessions.get_mut(&sessionid)) {
                     state.processes.insert(leader);
                 }
             }
         }
         // A session with no process known alive ends at the next sweep.
-        self.push_gap(sessionid, reason, records, bytes, from, to, out);
+        self.push_own(sessionid, EventBody::Gap(gap), out);
     }
 
     /// Ends sessions whose processes are all gone (their exit records were lost), forgets old
@@ -567,7 +532,11 @@ impl Tracker {
         );
     }
 
-    fn start_event(
+    /// Opens a session: its start record, then, when its terminal is a console (a VT or a
+    /// serial line), a gap saying that keystrokes typed there are not recorded (only a pty's
+    /// are, from its master side; what the console shows is).
+    #[allow(clippy::too_many_arguments)]
+    fn start(
         &mut self,
         sessionid: u32,
         time: Timestamp,
@@ -575,7 +544,8 @@ impl Tracker {
         loginuid: u32,
         tty: Option<u32>,
         found_running: bool,
-    ) -> Event {
+        out: &mut Vec<Event>,
+    ) {
         let login_uid = (loginuid != AUDIT_UNSET).then_some(Uid(loginuid));
         let tty = tty.map(Tty);
         let leader_command = procfs::command_line(leader).unwrap_or_default();
@@ -589,7 +559,7 @@ impl Tracker {
                 last_activity: Instant::now(),
             },
         );
-        Event {
+        out.push(Event {
             time,
             host: self.host.hostname.clone(),
             boot_id: self.host.boot_id.clone(),
@@ -606,6 +576,17 @@ impl Tracker {
                 remote: procfs::remote_address(leader),
                 found_running,
             }),
+        });
+        if let Some(console) = tty.filter(|tty| !tty.is_pty()) {
+            let gap = Gap {
+                reason: GapReason::ConsoleKeystrokes,
+                records: 0,
+                bytes: 0,
+                from: time,
+                to: time,
+                detail: Some(console.name()),
+            };
+            self.push_own(sessionid, EventBody::Gap(gap), out);
         }
     }
 

@@ -6,6 +6,10 @@
 //!   controlling terminal), and relays: bytes from stdin are written to the master (keystrokes),
 //!   bytes from the master are copied to stdout (what the terminal shows). Prints
 //!   `session=N` and `pty=/dev/pts/N` on stderr first.
+//! - `login-console --user NAME --tty /dev/ttyN -- CMD...`: what getty and login do for a
+//!   console login: the login uid as above, then CMD as the user on the console terminal
+//!   (own session, that terminal as its controlling terminal, taken from any session that
+//!   had it); waits for it. Prints `session=N` on stderr first.
 //! - `no-session -- CMD...`: runs CMD outside any login session and without a controlling
 //!   terminal (clears the login uid, which root may do, and calls setsid).
 //! - `exit-with CODE -- ARGS...`: prints ARGS joined by `|` and exits with CODE (a real exec
@@ -59,6 +63,12 @@ fn run() -> anyhow::Result<i32> {
             };
             login_pty(&user, command)
         }
+        Some("login-console") => match opts {
+            [_, user_flag, user, tty_flag, tty] if user_flag == "--user" && tty_flag == "--tty" => {
+                login_console(user, tty, command)
+            }
+            _ => bail!("usage: custos-testkit login-console --user NAME --tty /dev/ttyN -- CMD..."),
+        },
         Some("no-session") => no_session(command),
         Some("exit-with") => match opts {
             [_, code] => {
@@ -71,7 +81,9 @@ fn run() -> anyhow::Result<i32> {
             [_, listen, upstream, delay] => udp_relay(listen, upstream, delay.parse()?),
             _ => bail!("usage: custos-testkit udp-relay LISTEN UPSTREAM DELAY_MS --"),
         },
-        _ => bail!("unknown mode; use login-pty, no-session, exit-with or udp-relay"),
+        _ => {
+            bail!("unknown mode; use login-pty, login-console, no-session, exit-with or udp-relay")
+        }
     }
 }
 
@@ -118,14 +130,51 @@ fn login_pty(user: &str, command: &[String]) -> anyhow::Result<i32> {
     }
 }
 
+fn login_console(user: &str, tty: &str, command: &[String]) -> anyhow::Result<i32> {
+    let user = User::from_name(user)?.with_context(|| format!("no user {user}"))?;
+    // As getty does before it runs login: the console is this process's terminal first.
+    setsid()?;
+    let console = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tty)
+        .with_context(|| format!("opening {tty}"))?;
+    // SAFETY: TIOCSCTTY on a terminal, in the session this process leads.
+    if unsafe { libc::ioctl(console.as_raw_fd(), libc::TIOCSCTTY, 1) } != 0 {
+        bail!("TIOCSCTTY on {tty}: {}", std::io::Error::last_os_error());
+    }
+    write_loginuid(user.uid.as_raw())?;
+    let session = std::fs::read_to_string("/proc/self/sessionid")?;
+    eprintln!("session={}", session.trim());
+    // SAFETY: the child only calls async-signal-safe functions before exec.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            let code = match exec_on_terminal(console.into(), &user, command) {
+                Ok(never) => match never {},
+                Err(err) => {
+                    eprintln!("custos-testkit: {err:#}");
+                    127
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => match waitpid(child, None)? {
+            WaitStatus::Exited(_, code) => Ok(code),
+            WaitStatus::Signaled(_, signal, _) => Ok(128 + signal as i32),
+            other => bail!("unexpected wait status {other:?}"),
+        },
+    }
+}
+
 fn exec_on_terminal(
     slave: OwnedFd,
     user: &User,
     command: &[String],
 ) -> anyhow::Result<std::convert::Infallible> {
     setsid()?;
-    // SAFETY: TIOCSCTTY on the slave of a fresh pty in a new session.
-    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+    // SAFETY: TIOCSCTTY on a terminal in a new session; 1: root takes a console another
+    // session had (a fresh pty has none).
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 1) } != 0 {
         bail!("TIOCSCTTY: {}", std::io::Error::last_os_error());
     }
     for fd in 0..3 {
