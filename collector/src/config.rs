@@ -81,6 +81,21 @@ pub struct IngestConfig {
     /// recordings it sends (retention goes by the collector's clock either way).
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub max_clock_skew: Duration,
+    /// Bytes of request frames held at once by all connections together (docs/protocol.md,
+    /// Memory and misbehaving agents): a stream reserves its frame's length before reading it
+    /// and waits while the budget is used up.
+    pub memory_budget: ByteSize,
+    /// The share of `memory_budget` one agent identity (certificate) may hold, all its
+    /// connections together.
+    pub identity_memory: ByteSize,
+    /// The share one connection may hold (at least `max_frame_size`).
+    pub connection_memory: ByteSize,
+    /// Connections one agent identity may have open at once; more are refused.
+    pub max_connections_per_identity: u32,
+    /// A request whose frame does not advance by 16 KiB (or to its end) within this is reset,
+    /// and counts against its agent (enough such strikes cut the agent off).
+    #[serde(deserialize_with = "custos_daemon::duration")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for IngestConfig {
@@ -92,6 +107,11 @@ impl Default for IngestConfig {
             max_streams_per_connection: 64,
             idle_timeout: Duration::from_secs(60),
             max_clock_skew: Duration::from_secs(300),
+            memory_budget: ByteSize::mib(512),
+            identity_memory: ByteSize::mib(64),
+            connection_memory: ByteSize::mib(32),
+            max_connections_per_identity: 4,
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -167,6 +187,37 @@ impl Config {
                 "must be 1 to 10000".into(),
             ));
         }
+        let ingest = &self.ingest;
+        if ingest.connection_memory < ingest.max_frame_size {
+            return Err((
+                "ingest.connection_memory",
+                "must be at least ingest.max_frame_size".into(),
+            ));
+        }
+        if ingest.identity_memory < ingest.connection_memory {
+            return Err((
+                "ingest.identity_memory",
+                "must be at least ingest.connection_memory".into(),
+            ));
+        }
+        if ingest.memory_budget < ingest.identity_memory {
+            return Err((
+                "ingest.memory_budget",
+                "must be at least ingest.identity_memory".into(),
+            ));
+        }
+        if ingest.memory_budget > ByteSize::tib(1) {
+            return Err(("ingest.memory_budget", "must be at most 1 TiB".into()));
+        }
+        if !(1..=64).contains(&ingest.max_connections_per_identity) {
+            return Err((
+                "ingest.max_connections_per_identity",
+                "must be 1 to 64".into(),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ingest.stall_timeout) {
+            return Err(("ingest.stall_timeout", "must be 1s to 60s".into()));
+        }
         if self.ingest.idle_timeout < Duration::from_secs(5) {
             return Err(("ingest.idle_timeout", "must be at least 5s".into()));
         }
@@ -207,6 +258,35 @@ mod tests {
             err.contains("ingest.listen") && !err.contains('\n'),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_memory_budget_must_hold_its_shares_and_a_frame() {
+        let error = |ingest: &str| {
+            Config::parse(Path::new("c.toml"), &format!("[ingest]\n{ingest}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("connection_memory = \"1 MiB\"\n"),
+            "config c.toml: ingest.connection_memory: must be at least ingest.max_frame_size"
+        );
+        assert_eq!(
+            error("identity_memory = \"16 MiB\"\n"),
+            "config c.toml: ingest.identity_memory: must be at least ingest.connection_memory"
+        );
+        assert_eq!(
+            error("memory_budget = \"32 MiB\"\n"),
+            "config c.toml: ingest.memory_budget: must be at least ingest.identity_memory"
+        );
+        assert!(error("max_connections_per_identity = 0\n").contains("must be 1 to 64"));
+        assert!(error("stall_timeout = \"0s\"\n").contains("must be 1s to 60s"));
+        Config::parse(
+            Path::new("c.toml"),
+            "[ingest]\nmax_frame_size = \"1 MiB\"\nmemory_budget = \"4 MiB\"\n\
+             identity_memory = \"2 MiB\"\nconnection_memory = \"1 MiB\"\n",
+        )
+        .expect("a small budget for small frames");
     }
 
     #[test]

@@ -307,11 +307,8 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     // Its stateless-reset key survives restarts: agents of a crashed collector reconnect at once.
     let endpoint = ingest::bind(config.ingest.listen, &config.tls.key, tls.quic.clone())?;
     let (reloader, tls) = custos_collector::tls::Reloader::new(&config, endpoint.clone(), tls);
-    let limits = Limits {
-        max_frame: config.ingest.max_frame_size.as_u64() as usize,
-        max_batch_raw: config.ingest.max_batch_size.as_u64() as usize,
-        max_clock_skew: config.ingest.max_clock_skew,
-    };
+    let limits = Limits::of(&config);
+    let budget = ingest::budget::Budget::new(ingest::budget_limits(&config));
     let metrics = Arc::new(CollectorMetrics::default());
     let alerts =
         custos_collector::alerts::start(&config.alerts, store_config.clone(), metrics.clone())?;
@@ -325,6 +322,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             metrics: metrics.ingest.clone(),
             alerts,
             revocation: tls.agents,
+            budget,
         }),
         stop_rx.clone(),
     ));

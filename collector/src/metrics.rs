@@ -28,6 +28,11 @@ pub struct IngestMetrics {
     pub frames_malformed: Counter,
     pub frames_too_large: Counter,
     pub identity_mismatches: Counter,
+    /// Requests reset for stalling (ingest.stall_timeout) or for waiting too long for memory.
+    pub requests_stalled: Counter,
+    pub requests_without_memory: Counter,
+    /// Times an agent identity was cut off for misbehaving.
+    pub agents_cut_off: Counter,
     pub bad_signatures: Counter,
     /// Seconds from a batch's arrival to its acknowledgement (stored and fsynced).
     pub store_latency: Histogram,
@@ -47,6 +52,9 @@ impl Default for IngestMetrics {
             frames_malformed: Counter::default(),
             frames_too_large: Counter::default(),
             identity_mismatches: Counter::default(),
+            requests_stalled: Counter::default(),
+            requests_without_memory: Counter::default(),
+            agents_cut_off: Counter::default(),
             bad_signatures: Counter::default(),
             // 100 µs to about 3 s.
             store_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
@@ -83,7 +91,7 @@ impl CollectorMetrics {
     pub fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("custos_collector");
         let i = &self.ingest;
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             (
                 "connections_accepted",
                 "Agent connections accepted",
@@ -129,6 +137,21 @@ impl CollectorMetrics {
                 "identity_mismatches",
                 "Batches naming another host than the certificate",
                 &i.identity_mismatches,
+            ),
+            (
+                "requests_stalled",
+                "Requests reset because their frame stopped arriving (ingest.stall_timeout)",
+                &i.requests_stalled,
+            ),
+            (
+                "requests_without_memory",
+                "Requests reset after waiting 60 s for memory (ingest.memory_budget and shares)",
+                &i.requests_without_memory,
+            ),
+            (
+                "agents_cut_off",
+                "Agent identities cut off for garbage frames or stalled requests",
+                &i.agents_cut_off,
             ),
             (
                 "bad_signatures",

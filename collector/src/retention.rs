@@ -225,7 +225,7 @@ mod tests {
             host_clock_skewed: false,
             agent_certificate: None,
         };
-        let prepared = Prepared::new(Box::new(batch), receipt).unwrap();
+        let prepared = Prepared::new(std::sync::Arc::new(batch), receipt).unwrap();
         match store.append_group(std::slice::from_ref(&prepared)).pop() {
             Some(Ok(Appended::Stored { recording, .. })) => recording,
             other => panic!("not stored: {other:?}"),

@@ -96,15 +96,20 @@ impl StoreHandle {
         (StoreHandle { tx, decoding }, thread)
     }
 
-    /// Stores a batch durably; resolves once it is on disk and in the index.
-    pub async fn append(&self, batch: Batch, receipt: Receipt) -> Result<Appended, StoreError> {
+    /// Stores a batch durably; resolves once it is on disk and in the index. The batch is
+    /// shared (with the alert engine), not copied.
+    pub async fn append(
+        &self,
+        batch: Arc<Batch>,
+        receipt: Receipt,
+    ) -> Result<Appended, StoreError> {
         let prepared = {
             let _permit = self
                 .decoding
                 .acquire()
                 .await
                 .map_err(|_| StoreError::ShuttingDown)?;
-            tokio::task::spawn_blocking(move || Prepared::new(Box::new(batch), receipt))
+            tokio::task::spawn_blocking(move || Prepared::new(batch, receipt))
                 .await
                 .map_err(|_| StoreError::ShuttingDown)??
         };

@@ -35,6 +35,12 @@ pub const CLOSE_NORMAL: u32 = 0;
 pub const CLOSE_NO_IDENTITY: u32 = 1;
 /// Connection close code: the agent's certificate was revoked while it was connected.
 pub const CLOSE_CERTIFICATE_REVOKED: u32 = 2;
+/// Connection close code: the agent misbehaved (garbage frames, stalled streams) and is cut off
+/// for a while; its new connections are refused with the same code until then.
+pub const CLOSE_MISBEHAVING: u32 = 3;
+/// Connection close code: the agent's certificate already has as many connections open as
+/// `ingest.max_connections_per_identity` allows.
+pub const CLOSE_TOO_MANY_CONNECTIONS: u32 = 4;
 
 /// Identifies an agent's spool: created once with the spool, so that a new spool (a reinstall)
 /// starts a new sequence space.

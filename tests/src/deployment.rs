@@ -99,9 +99,14 @@ impl Deployment {
     /// Writes the collector's configuration for `listen` (`extra` is appended) and returns its
     /// path.
     pub fn collector_config(&self, listen: &str, extra: &str) -> PathBuf {
+        self.collector_config_ingest(listen, "", extra)
+    }
+
+    /// As [`Deployment::collector_config`], with more keys of `[ingest]` (`ingest`, lines).
+    pub fn collector_config_ingest(&self, listen: &str, ingest: &str, extra: &str) -> PathBuf {
         let pki = self.pki();
         let config = format!(
-            "[ingest]\nlisten = \"{listen}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
+            "[ingest]\nlisten = \"{listen}\"\n{ingest}\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
              [tls]\nca = \"{ca}\"\ncertificate = \"{cert}\"\nkey = \"{key}\"\ncrl = \"{crl}\"\n\
              [store]\ndir = \"{store}\"\nkey_file = \"{store_key}\"\nseal_key = \"{seal}\"\n{extra}\n",
             api = self.api_port,
@@ -131,7 +136,18 @@ impl Deployment {
         netns: Option<&str>,
         extra: &str,
     ) -> Collector {
-        let config = self.collector_config(listen, extra);
+        self.start_collector_ingest(listen, netns, "", extra)
+    }
+
+    /// As [`Deployment::start_collector_with`], with more keys of `[ingest]` (`ingest`, lines).
+    pub fn start_collector_ingest(
+        &self,
+        listen: &str,
+        netns: Option<&str>,
+        ingest: &str,
+        extra: &str,
+    ) -> Collector {
+        let config = self.collector_config_ingest(listen, ingest, extra);
         self.start_collector_at(&config, netns)
     }
 

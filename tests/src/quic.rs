@@ -40,7 +40,9 @@ fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> quinn::ClientCo
     quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).expect("QUIC TLS")))
 }
 
-async fn connect(
+/// Connects with `identity` (certificate and key files) or none; the endpoint and the
+/// connection once the collector accepted the certificate.
+pub async fn connect(
     address: SocketAddr,
     ca: &Path,
     identity: Option<(&Path, &Path)>,
@@ -95,7 +97,8 @@ pub enum Answer {
     Other(String),
 }
 
-async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Answer {
+/// Sends `bytes` (a request frame) on a new stream of `connection`; the collector's answer.
+pub async fn exchange(connection: &quinn::Connection, bytes: &[u8]) -> Answer {
     let Ok((mut send, mut recv)) = connection.open_bi().await else {
         return Answer::Other("cannot open a stream".into());
     };

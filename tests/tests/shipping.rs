@@ -133,7 +133,8 @@ fn a_batch_refused_for_good_becomes_a_gap_in_its_recording() {
         .wait_log(&["agent connected", &deployment.host], DELIVERY);
 
     let (mut shell, session) = login_shell("custos-alice");
-    // Random bytes in base64 do not compress: a batch of them is over 64 KiB on the wire.
+    // Random bytes in base64 do not compress: a batch of them is over 64 KiB on the wire, and a
+    // full one (256 KiB of output) over the collector's 128 KiB stream window.
     shell.line("head -c 300000 /dev/urandom | base64 -w 0; echo; echo after-\"\"refusal");
     shell.expect("after-refusal\r\n");
     shell.expect("custos$ ");
@@ -143,7 +144,18 @@ fn a_batch_refused_for_good_becomes_a_gap_in_its_recording() {
     shell.line("exit 0");
     assert!(shell.wait_exit().success());
     deployment.wait_sealed(session, DELIVERY);
-    agent.stop();
+    // A refusal is an answer on a connection that stays up, also for a batch larger than the
+    // collector's stream window (refused before it is read whole): not a lost connection, a
+    // resend and, resent again and again, the agent cut off as misbehaving.
+    let log = agent.stop().stderr;
+    assert!(
+        !log.contains("connection to the collector lost"),
+        "a refused batch cost the connection:\n{log}"
+    );
+    assert!(
+        !collector.daemon.log_text().contains("agent cut off"),
+        "the collector cut off an agent whose batch it refused"
+    );
 
     let events = deployment.recording(session);
     let refused: Vec<_> = events

@@ -279,7 +279,12 @@ async fn connect(
             other.kind()
         ),
         Err(SendError::Connection(err) | SendError::Retry(err) | SendError::Rejected(_, err)) => {
-            bail!("hello failed: {err}")
+            // A collector that refuses this agent (cut off, too many connections) closes the
+            // connection just after the handshake: its reason, not the hello's failure.
+            match connection.close_reason() {
+                Some(reason) => bail!("hello failed: {}", closed_because(&reason)),
+                None => bail!("hello failed: {err}"),
+            }
         }
     }
 }
@@ -297,15 +302,21 @@ async fn request(
             .map_err(|e| SendError::Connection(e.to_string()))?;
         send.write_all(&wire::encode_frame(frame))
             .await
-            .map_err(|e| SendError::Connection(e.to_string()))?;
+            .map_err(|err| match err {
+                // The collector refused the request before reading it whole (a request larger
+                // than the stream's flow-control window cannot be written before it is read):
+                // the reason is STOP_SENDING's code, and the connection is fine.
+                quinn::WriteError::Stopped(code) => refused(
+                    code.into_inner(),
+                    format!("the collector stopped reading the request: {err}"),
+                ),
+                err => SendError::Connection(err.to_string()),
+            })?;
         let _ = send.finish();
         match read_frame(&mut recv, MAX_RESPONSE).await {
             Ok(frame) => Ok(frame),
             // A stream reset by the collector carries the reason as its code.
-            Err(err @ ReadFrameError::Reset(code)) => Err(SendError::Rejected(
-                ErrorCode::from_stream_code(code).unwrap_or(ErrorCode::Unavailable),
-                err.to_string(),
-            )),
+            Err(err @ ReadFrameError::Reset(code)) => Err(refused(code, err.to_string())),
             Err(err) => Err(SendError::Connection(err.to_string())),
         }
     };
@@ -316,6 +327,17 @@ async fn request(
                 "no answer within {deadline:?} (shipping.ack_timeout)"
             )))
         })
+}
+
+/// A request the collector ended its stream for with `code` (RESET_STREAM of the answer, or
+/// STOP_SENDING of the request; docs/protocol.md, Stream reset codes): refused for good when the
+/// code is a permanent refusal, else (`unavailable`, or a code of no known reason) sent again
+/// later.
+fn refused(code: u64, message: String) -> SendError {
+    match ErrorCode::from_stream_code(code) {
+        Some(code) if !code.is_transient() => SendError::Rejected(code, message),
+        _ => SendError::Retry(message),
+    }
 }
 
 /// How many pending batches one window fill looks at.
@@ -438,6 +460,21 @@ fn closed_because(reason: &quinn::ConnectionError) -> String {
              (issue a new one with `custos-collector pki issue agent HOSTNAME`)"
                 .to_owned()
         }
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == wire::CLOSE_MISBEHAVING.into() =>
+        {
+            "the collector cut this agent off for a while: it sent garbage frames or stalled \
+             requests (see the collector's log for this host)"
+                .to_owned()
+        }
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == wire::CLOSE_TOO_MANY_CONNECTIONS.into() =>
+        {
+            "the collector refused the connection: this agent's certificate has too many \
+             connections open (ingest.max_connections_per_identity); another process may be \
+             using it"
+                .to_owned()
+        }
         other => other.to_string(),
     }
 }
@@ -511,6 +548,8 @@ fn reject(spool: &Mutex<Spool>, seq: BatchSeq, code: ErrorCode, message: &str) {
 
 #[cfg(test)]
 mod tests {
+    use custos_daemon::quic::read_prefix;
+
     use super::*;
 
     /// A key pair as `pki issue` makes it: the certificate (DER) and a signer of its key.
@@ -563,6 +602,100 @@ mod tests {
         );
     }
 
+    /// A QUIC server that refuses every request as the collector refuses one it cannot read:
+    /// it reads the length prefix only, then stops the request (STOP_SENDING) and resets its
+    /// answer (RESET_STREAM), both with `code`. Each stream's receive window is 16 KiB, so a
+    /// larger request cannot be written whole before the refusal. The connection to it.
+    async fn refusing_collector(code: ErrorCode) -> (quinn::Endpoint, quinn::Connection) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        let mut server = quinn::ServerConfig::with_single_cert(
+            vec![der.clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024));
+        server.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = endpoint.local_addr().unwrap();
+        let accepting = endpoint.clone();
+        tokio::spawn(async move {
+            let connection = accepting.accept().await.unwrap().await.unwrap();
+            while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                let _ = read_prefix(&mut recv, usize::MAX).await;
+                let _ = recv.stop(code.stream_code().into());
+                let _ = send.reset(code.stream_code().into());
+            }
+        });
+        let mut roots = quinn::rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
+        let mut client_endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client_endpoint.set_default_client_config(client);
+        let connection = client_endpoint
+            .connect(address, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        (client_endpoint, connection)
+    }
+
+    /// A request of `bytes` (a hello with a long version string).
+    fn request_of(bytes: usize) -> Frame {
+        Frame::Hello(Hello {
+            protocol: wire::PROTOCOL_VERSION,
+            agent_version: "x".repeat(bytes),
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            spool: wire::SpoolId("s".into()),
+            time: None,
+        })
+    }
+
+    /// A request the collector refuses before reading it whole (larger than its stream window)
+    /// ends in the refusal the collector gave, on a connection that stays up: STOP_SENDING's
+    /// code is the collector's reason, as a reset's is. (It was taken for a lost connection:
+    /// the agent reconnected and sent the batch again forever, and the collector, counting each
+    /// as a garbage frame, cut the agent off.)
+    #[tokio::test]
+    async fn a_request_refused_before_it_is_read_whole_is_refused_not_a_lost_connection() {
+        let deadline = Duration::from_secs(10);
+        let (_endpoint, connection) = refusing_collector(ErrorCode::TooLarge).await;
+        match request(&connection, &request_of(1 << 20), deadline).await {
+            Err(SendError::Rejected(ErrorCode::TooLarge, _)) => {}
+            other => panic!("a too-large request: {other:?}"),
+        }
+        // A small one, written whole before the refusal: the reset's code says the same.
+        match request(&connection, &request_of(16), deadline).await {
+            Err(SendError::Rejected(ErrorCode::TooLarge, _)) => {}
+            other => panic!("a small refused request: {other:?}"),
+        }
+        assert!(
+            connection.close_reason().is_none(),
+            "the connection stays up"
+        );
+    }
+
+    /// A stream the collector ends with `unavailable` (a request that waited too long for the
+    /// collector's memory budget, or stalled) is sent again later, never set aside, whether it
+    /// was written whole or not.
+    #[tokio::test]
+    async fn a_request_reset_as_unavailable_is_retried_not_refused() {
+        let deadline = Duration::from_secs(10);
+        let (_endpoint, connection) = refusing_collector(ErrorCode::Unavailable).await;
+        for bytes in [1 << 20, 16] {
+            match request(&connection, &request_of(bytes), deadline).await {
+                Err(SendError::Retry(_)) => {}
+                other => panic!("a request of {bytes} bytes reset as unavailable: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn a_revoked_certificate_is_named_as_the_reason_the_connection_closed() {
         let closed = |code: u32| {
@@ -576,5 +709,7 @@ mod tests {
         let revoked = closed(wire::CLOSE_CERTIFICATE_REVOKED);
         assert!(revoked.contains("certificate is revoked"), "{revoked}");
         assert!(!closed(wire::CLOSE_NORMAL).contains("revoked"));
+        assert!(closed(wire::CLOSE_MISBEHAVING).contains("cut this agent off"));
+        assert!(closed(wire::CLOSE_TOO_MANY_CONNECTIONS).contains("too many connections"));
     }
 }

@@ -12,7 +12,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
     },
     time::{Duration, Instant},
@@ -48,6 +48,9 @@ pub struct AlertsConfig {
     pub rate_window: Duration,
     pub builtin: BuiltinConfig,
     pub rules: Vec<RuleConfig>,
+    /// Bytes of stored batches (compressed) waiting for the engine at most; beyond, alerting
+    /// skips new batches (counted) and ingest goes on.
+    pub queue_size: bytesize::ByteSize,
 }
 
 impl Default for AlertsConfig {
@@ -60,6 +63,7 @@ impl Default for AlertsConfig {
             rate_window: Duration::from_secs(60),
             builtin: BuiltinConfig::default(),
             rules: Vec::new(),
+            queue_size: bytesize::ByteSize::mib(64),
         }
     }
 }
@@ -97,7 +101,8 @@ impl AlertsConfig {
 
 /// What the engine is sent.
 enum Message {
-    Batch(wire::Batch),
+    /// A stored batch, shared with the store (not copied).
+    Batch(Arc<wire::Batch>),
     Cloned(ClonedSpool),
     Rules(Box<CompiledRules>),
 }
@@ -128,9 +133,38 @@ struct CompiledRules {
 #[derive(Clone)]
 pub struct AlertFeed {
     sender: SyncSender<Message>,
-    /// Some rule can fire (otherwise batches are not even copied).
+    /// Some rule can fire (otherwise batches are not even offered).
     active: Arc<AtomicBool>,
+    queue: Arc<QueueBytes>,
     metrics: Arc<CollectorMetrics>,
+}
+
+/// The bytes of batches offered to the engine and not yet evaluated, against their limit.
+struct QueueBytes {
+    queued: AtomicUsize,
+    limit: usize,
+}
+
+impl QueueBytes {
+    /// Counts `bytes` in unless that would pass the limit.
+    fn admit(&self, bytes: usize) -> bool {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                queued
+                    .checked_add(bytes)
+                    .filter(|&after| after <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// What a batch counts against the queue's limit.
+fn queued_size(batch: &wire::Batch) -> usize {
+    batch.events.len() + std::mem::size_of::<wire::Batch>()
 }
 
 impl AlertFeed {
@@ -138,11 +172,19 @@ impl AlertFeed {
         self.active.load(Ordering::Relaxed)
     }
 
-    pub fn offer(&self, batch: wire::Batch) {
+    /// Offers a stored batch (shared with the store) to the engine; skipped (and counted) when
+    /// the engine's queue is full, in bytes or in batches.
+    pub fn offer(&self, batch: Arc<wire::Batch>) {
         let events = u64::from(batch.header.events);
+        let size = queued_size(&batch);
+        if !self.queue.admit(size) {
+            self.metrics.alert_events_skipped.inc_by(events);
+            return;
+        }
         match self.sender.try_send(Message::Batch(batch)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queue.release(size);
                 self.metrics.alert_events_skipped.inc_by(events);
             }
         }
@@ -201,7 +243,12 @@ pub fn start(
         );
     }
     let (sender, receiver) = sync_channel(FEED_DEPTH);
+    let queue = Arc::new(QueueBytes {
+        queued: AtomicUsize::new(0),
+        limit: usize::try_from(config.queue_size.as_u64()).unwrap_or(usize::MAX),
+    });
     let mut engine = Engine {
+        queue: queue.clone(),
         rules,
         builtins,
         sinks,
@@ -223,6 +270,7 @@ pub fn start(
     Ok(AlertFeed {
         sender,
         active: Arc::new(AtomicBool::new(config.active())),
+        queue,
         metrics,
     })
 }
@@ -237,6 +285,8 @@ struct Window {
 }
 
 struct Engine {
+    /// Bytes of batches waiting for it (released once evaluated).
+    queue: Arc<QueueBytes>,
     rules: Vec<Rule>,
     builtins: Builtins,
     sinks: Vec<Box<dyn Sink>>,
@@ -261,7 +311,10 @@ impl Engine {
         let mut last_check = Instant::now();
         loop {
             match receiver.recv_timeout(Duration::from_millis(500)) {
-                Ok(Message::Batch(batch)) => self.batch(batch),
+                Ok(Message::Batch(batch)) => {
+                    self.batch(&batch);
+                    self.queue.release(queued_size(&batch));
+                }
                 Ok(Message::Cloned(cloned)) => self.cloned(cloned),
                 Ok(Message::Rules(new)) => {
                     self.rules = new.rules;
@@ -287,7 +340,7 @@ impl Engine {
         }
     }
 
-    fn batch(&mut self, batch: wire::Batch) {
+    fn batch(&mut self, batch: &wire::Batch) {
         let limit = 1 << 30;
         let events = match wire::decode_events(&batch.events, batch.header.raw_len, limit) {
             Ok(events) => events,
@@ -575,6 +628,10 @@ mod tests {
         let (rules, builtins) = config.compile().unwrap();
         let kept = Arc::new(Mutex::new(Vec::new()));
         let engine = Engine {
+            queue: Arc::new(QueueBytes {
+                queued: AtomicUsize::new(0),
+                limit: usize::MAX,
+            }),
             rules,
             builtins,
             sinks: vec![Box::new(Kept(kept.clone()))],
@@ -588,6 +645,55 @@ mod tests {
             metrics: Arc::new(CollectorMetrics::default()),
         };
         (engine, kept)
+    }
+
+    #[test]
+    fn the_alert_queue_is_bounded_in_bytes_and_given_back_once_evaluated() {
+        let batch = |bytes: usize| {
+            let mut batch = wire::make_batch(
+                &wire::SpoolId("s".into()),
+                wire::BatchSeq(1),
+                &[Event {
+                    time: Timestamp(1),
+                    host: "web1".into(),
+                    boot_id: BootId("b".into()),
+                    session: custos_proto::AuditSessionId(1),
+                    seq: custos_proto::Seq(1),
+                    process: None,
+                    event: EventBody::SessionEnd(Default::default()),
+                }],
+            )
+            .expect("a batch");
+            batch.events = vec![0; bytes];
+            Arc::new(batch)
+        };
+        let one = batch(1000);
+        let (sender, receiver) = sync_channel(FEED_DEPTH);
+        let metrics = Arc::new(CollectorMetrics::default());
+        let feed = AlertFeed {
+            sender,
+            active: Arc::new(AtomicBool::new(true)),
+            queue: Arc::new(QueueBytes {
+                queued: AtomicUsize::new(0),
+                limit: 2 * queued_size(&one),
+            }),
+            metrics: metrics.clone(),
+        };
+        for _ in 0..3 {
+            feed.offer(one.clone());
+        }
+        assert_eq!(metrics.alert_events_skipped.get(), 1, "the third is over");
+        assert_eq!(Arc::strong_count(&one), 3, "shared, not copied");
+        // The engine evaluates one: its bytes are given back.
+        let (mut engine, _) = engine(&AlertsConfig::default());
+        engine.queue = feed.queue.clone();
+        let Ok(Message::Batch(first)) = receiver.try_recv() else {
+            panic!("a batch queued");
+        };
+        engine.batch(&first);
+        engine.queue.release(queued_size(&first));
+        feed.offer(one.clone());
+        assert_eq!(metrics.alert_events_skipped.get(), 1, "room again");
     }
 
     fn cloned() -> ClonedSpool {

@@ -4,7 +4,9 @@
 //! through the handshake; anything else is refused there and logged with the reason and the
 //! peer's address. Each stream carries one request frame; a batch is acknowledged only once the
 //! store has made it durable. A malformed or oversized frame resets its stream with an error
-//! code, is logged and counted, and disturbs nothing else.
+//! code, is logged and counted, and disturbs nothing else. What agents' requests may hold in
+//! memory is bounded by [`budget`]; an agent that misbehaves is cut off there.
+pub mod budget;
 pub mod clock;
 mod endpoint;
 mod stream;
@@ -30,6 +32,8 @@ pub struct Ingest {
     pub alerts: crate::alerts::AlertFeed,
     /// Closes connections whose agent certificate is revoked.
     pub revocation: Revocation,
+    /// Bytes of requests held, per connection, per identity and in total; agents' conduct.
+    pub budget: Arc<budget::Budget>,
 }
 
 /// Limits applied to every stream.
@@ -39,7 +43,37 @@ pub struct Limits {
     pub max_batch_raw: usize,
     /// An agent's clock off by more than this from the collector's is flagged.
     pub max_clock_skew: std::time::Duration,
+    /// A request that does not advance within this is reset (and counts against its agent).
+    pub stall_timeout: std::time::Duration,
 }
+
+impl Limits {
+    /// The limits in `config`.
+    pub fn of(config: &Config) -> Limits {
+        let ingest = &config.ingest;
+        Limits {
+            max_frame: usize::try_from(ingest.max_frame_size.as_u64()).unwrap_or(usize::MAX),
+            max_batch_raw: usize::try_from(ingest.max_batch_size.as_u64()).unwrap_or(usize::MAX),
+            max_clock_skew: ingest.max_clock_skew,
+            stall_timeout: ingest.stall_timeout,
+        }
+    }
+}
+
+/// The budget in `config`.
+pub fn budget_limits(config: &Config) -> budget::BudgetLimits {
+    let ingest = &config.ingest;
+    budget::BudgetLimits {
+        total: ingest.memory_budget.as_u64(),
+        identity: ingest.identity_memory.as_u64(),
+        connection: ingest.connection_memory.as_u64(),
+        connections_per_identity: ingest.max_connections_per_identity as usize,
+    }
+}
+
+/// Each stream's QUIC receive window: what an agent can send on a stream the collector is not
+/// reading (one waiting for budget) is held in QUIC's buffers, outside the budget.
+const STREAM_WINDOW: u32 = 128 * 1024;
 
 /// Bytes of agents' liveness probes (unread datagrams) a connection keeps.
 const PROBE_BUFFER: usize = 64;
@@ -55,6 +89,7 @@ pub fn quic_config(
     transport
         .max_concurrent_bidi_streams(config.ingest.max_streams_per_connection.into())
         .max_concurrent_uni_streams(0u8.into())
+        .stream_receive_window(STREAM_WINDOW.into())
         // Agents probe a quiet connection with one-byte datagrams (docs/protocol.md, Liveness),
         // which nothing reads: a few are kept, older ones dropped.
         .datagram_receive_buffer_size(Some(PROBE_BUFFER))
@@ -125,6 +160,19 @@ async fn handle_connection(connection: quinn::Connection, remote: SocketAddr, in
     let chain = chain.unwrap_or_default();
     let mut revocation = ingest.revocation.clone();
     let mut revoked = false;
+    let share = match ingest.budget.connect(&identity.name) {
+        Ok(share) => share,
+        Err(refusal) => {
+            metrics.connections_refused.inc();
+            let code = match refusal {
+                budget::Refusal::TooManyConnections { .. } => wire::CLOSE_TOO_MANY_CONNECTIONS,
+                budget::Refusal::CutOff { .. } => wire::CLOSE_MISBEHAVING,
+            };
+            warn!(agent = %identity.name, peer = %remote, reason = %refusal, "refused a connection");
+            connection.close(code.into(), refusal.to_string().as_bytes());
+            return;
+        }
+    };
     metrics.connections_accepted.inc();
     metrics.connected_agents.inc();
     info!(agent = %identity.name, peer = %remote, "agent connected");
@@ -133,7 +181,9 @@ async fn handle_connection(connection: quinn::Connection, remote: SocketAddr, in
         identity,
         address: remote,
         clock: std::sync::Mutex::new(None),
+        share,
     });
+    let mut cut_off = false;
     let reason = loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
@@ -146,6 +196,18 @@ async fn handle_connection(connection: quinn::Connection, remote: SocketAddr, in
                 revoked = true;
                 warn!(agent = %peer.identity.name, peer = %remote, "agent certificate revoked: closing its connection");
                 connection.close(wire::CLOSE_CERTIFICATE_REVOKED.into(), b"certificate revoked");
+            }
+            () = peer.share.cut_off(), if !cut_off => {
+                cut_off = true;
+                warn!(
+                    agent = %peer.identity.name,
+                    peer = %remote,
+                    "agent cut off for {:?}: {} garbage frames or stalled requests within {:?}; closing its connection",
+                    budget::CUT_OFF_FOR,
+                    budget::STRIKES,
+                    budget::STRIKE_WINDOW,
+                );
+                connection.close(wire::CLOSE_MISBEHAVING.into(), b"misbehaving: cut off");
             }
         }
     };

@@ -1,7 +1,9 @@
-//! One request stream: read one frame (within the limits), answer it, close.
+//! One request stream: read one frame (within the limits and the connection's memory share),
+//! answer it, close. The frame's reservation is held until the request is answered: a batch's
+//! bytes count against the budget until the store has them.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use custos_daemon::quic::{ReadFrameError, read_frame};
+use custos_daemon::quic::{ReadFrameError, read_body, read_prefix};
 use custos_pki::Identity;
 use custos_proto::{
     Timestamp,
@@ -12,6 +14,7 @@ use tracing::{debug, warn};
 
 use super::{
     Ingest,
+    budget::{ConnectionShare, Reservation, ReserveError},
     clock::{self, HostClock},
 };
 use crate::{
@@ -28,10 +31,75 @@ pub struct Peer {
     pub address: SocketAddr,
     /// The agent's clock against the collector's, from its hello on this connection.
     pub clock: std::sync::Mutex<Option<HostClock>>,
+    /// The connection's share of the memory budget, and its identity's conduct.
+    pub share: ConnectionShare,
 }
 
-/// How long a client may take to send its request frame.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request may wait for its memory budget.
+const BUDGET_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a request was not read.
+enum Unread {
+    /// The stream ended or was reset by the agent: nothing to answer.
+    Gone(ReadFrameError),
+    /// Over the limit or not a frame: reset, a strike.
+    Garbage(wire::WireError),
+    /// No prefix, or a body not advancing, within the stall timeout: reset, a strike.
+    Stalled(String),
+    /// Waited for budget longer than [`BUDGET_WAIT`]: reset as unavailable (the agent resends).
+    NoBudget,
+}
+
+/// Reads the request frame within the limits and the peer's memory share; the frame and the
+/// reservation that covers it (held until the request is answered).
+async fn read_request(
+    recv: &mut RecvStream,
+    peer: &Peer,
+    limits: super::Limits,
+) -> Result<(Frame, Reservation), Unread> {
+    let stall = limits.stall_timeout;
+    let len = match tokio::time::timeout(stall, read_prefix(recv, limits.max_frame)).await {
+        Err(_) => return Err(Unread::Stalled(format!("no frame within {stall:?}"))),
+        Ok(Err(ReadFrameError::Wire(err))) => return Err(Unread::Garbage(err)),
+        Ok(Err(err)) => return Err(Unread::Gone(err)),
+        Ok(Ok(len)) => len,
+    };
+    let reservation = match tokio::time::timeout(BUDGET_WAIT, peer.share.reserve(len as u64)).await
+    {
+        Ok(Ok(reservation)) => reservation,
+        Ok(Err(ReserveError::OverShare { bytes, share })) => {
+            return Err(Unread::Garbage(wire::WireError::FrameTooLarge {
+                len: usize::try_from(bytes).unwrap_or(usize::MAX),
+                limit: usize::try_from(share).unwrap_or(usize::MAX),
+            }));
+        }
+        Ok(Err(ReserveError::Closed)) | Err(_) => return Err(Unread::NoBudget),
+    };
+    let body = match read_body(recv, len, Some(stall)).await {
+        Ok(body) => body,
+        Err(err @ ReadFrameError::Stalled { .. }) => {
+            return Err(Unread::Stalled(format!(
+                "{err} (ingest.stall_timeout {stall:?})"
+            )));
+        }
+        Err(ReadFrameError::Wire(err)) => return Err(Unread::Garbage(err)),
+        Err(err) => return Err(Unread::Gone(err)),
+    };
+    let frame = wire::decode_frame(&body).map_err(Unread::Garbage)?;
+    Ok((frame, reservation))
+}
+
+/// Counts a strike against the peer's identity; logs when it cut the identity off.
+fn strike(peer: &Peer, ingest: &Ingest) {
+    if peer.share.strike() {
+        ingest.metrics.agents_cut_off.inc();
+        warn!(
+            agent = %peer.identity.name,
+            peer = %peer.address,
+            "agent cut off: too many garbage frames or stalled requests"
+        );
+    }
+}
 
 pub async fn handle(
     mut send: SendStream,
@@ -41,10 +109,9 @@ pub async fn handle(
 ) {
     let (metrics, limits) = (&ingest.metrics, ingest.limits);
     let agent = peer.identity.name.as_str();
-    let read = read_frame(&mut recv, limits.max_frame);
-    let frame = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
-        Ok(Ok(frame)) => frame,
-        Ok(Err(ReadFrameError::Wire(err))) => {
+    let (frame, reservation) = match read_request(&mut recv, &peer, limits).await {
+        Ok(read) => read,
+        Err(Unread::Garbage(err)) => {
             let code = err.code();
             if code == ErrorCode::TooLarge {
                 metrics.frames_too_large.inc();
@@ -54,15 +121,32 @@ pub async fn handle(
             warn!(agent, peer = %peer.address, error = %err, "bad frame: stream reset");
             let _ = recv.stop(code.stream_code().into());
             let _ = send.reset(code.stream_code().into());
+            strike(&peer, &ingest);
             return;
         }
-        Ok(Err(err @ (ReadFrameError::Stream(_) | ReadFrameError::Reset(_)))) => {
+        Err(Unread::Stalled(why)) => {
+            metrics.requests_stalled.inc();
+            warn!(agent, peer = %peer.address, why, "request stalled: stream reset");
+            let code = ErrorCode::Unavailable.stream_code();
+            let _ = recv.stop(code.into());
+            let _ = send.reset(code.into());
+            strike(&peer, &ingest);
+            return;
+        }
+        Err(Unread::NoBudget) => {
+            metrics.requests_without_memory.inc();
+            warn!(
+                agent,
+                peer = %peer.address,
+                "request waited {BUDGET_WAIT:?} for memory (ingest.memory_budget and its shares): stream reset"
+            );
+            let code = ErrorCode::Unavailable.stream_code();
+            let _ = recv.stop(code.into());
+            let _ = send.reset(code.into());
+            return;
+        }
+        Err(Unread::Gone(err)) => {
             debug!(agent, error = %err, "stream ended before a full frame");
-            return;
-        }
-        Err(_) => {
-            warn!(agent, peer = %peer.address, "no request within {REQUEST_TIMEOUT:?}: stream reset");
-            let _ = send.reset(ErrorCode::Malformed.stream_code().into());
             return;
         }
     };
@@ -111,12 +195,16 @@ pub async fn handle(
         other => {
             metrics.frames_malformed.inc();
             warn!(agent, kind = other.kind(), "unexpected frame");
+            strike(&peer, &ingest);
             error_frame(
                 ErrorCode::Malformed,
                 format!("a {} frame is not a request", other.kind()),
             )
         }
     };
+    // The request is stored (or refused) and dropped: its memory goes back to the budget before
+    // the answer's delivery is waited for.
+    drop(reservation);
     if let Err(err) = send.write_all(&wire::encode_frame(&response)).await {
         debug!(agent, error = %err, "could not answer (the agent will resend)");
         return;
@@ -201,6 +289,7 @@ async fn batch_response(batch: wire::Batch, peer: &Peer, ingest: &Ingest) -> Fra
         address: peer.address.to_string(),
         clock: None,
     });
+    let batch = Arc::new(batch);
     let for_alerts = ingest.alerts.wants().then(|| batch.clone());
     match store.append(batch, receipt).await {
         Ok(Appended::Stored {

@@ -73,7 +73,7 @@ impl Agent {
             agent_certificate: Some(self.certificate.clone()),
             ..Receipt::now()
         };
-        let prepared = Prepared::new(Box::new(self.batch(events)), receipt).unwrap();
+        let prepared = Prepared::new(std::sync::Arc::new(self.batch(events)), receipt).unwrap();
         match store.append_group(std::slice::from_ref(&prepared)).pop() {
             Some(Ok(Appended::Stored { recording, .. })) => recording,
             other => panic!("not stored: {other:?}"),

@@ -7,6 +7,7 @@ use std::{
     io::{Seek, SeekFrom, Write},
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use custos_proto::{
@@ -44,7 +45,7 @@ pub enum Appended {
 /// is most of the work of storing a batch; it needs no store, so it runs before the writer, on
 /// any thread.
 pub struct Prepared {
-    batch: Box<Batch>,
+    batch: Arc<Batch>,
     summary: ChunkSummary,
     receipt: Receipt,
 }
@@ -75,7 +76,7 @@ impl Receipt {
 impl Prepared {
     /// Decodes the batch's events (refusing a batch whose events do not match its header) and
     /// summarises what they add to the index.
-    pub fn new(batch: Box<Batch>, receipt: Receipt) -> Result<Prepared, StoreError> {
+    pub fn new(batch: Arc<Batch>, receipt: Receipt) -> Result<Prepared, StoreError> {
         let events = wire::unpack_events(&batch.header, &batch.events, MAX_CHUNK_RAW)
             .map_err(|err| StoreError::Refused(err.to_string()))?;
         let summary = ChunkSummary::of(&events);
@@ -91,7 +92,7 @@ impl Store {
     /// Stores one batch (already checked against its header and the sender's identity) durably,
     /// once, received now.
     pub fn append(&mut self, batch: Batch) -> Result<Appended, StoreError> {
-        let prepared = Prepared::new(Box::new(batch), Receipt::now())?;
+        let prepared = Prepared::new(Arc::new(batch), Receipt::now())?;
         let mut stored = self.append_group(std::slice::from_ref(&prepared));
         stored.pop().unwrap_or(Err(StoreError::ShuttingDown))
     }

@@ -113,7 +113,7 @@ fn stores_once_reads_back_and_seals() {
 fn a_group_chains_its_chunks_skips_repeats_and_isolates_a_bad_batch() {
     let (_dir, config) = fixture();
     let mut store = Store::open(&config).unwrap();
-    let prepare = |batch: Batch| Prepared::new(Box::new(batch), Receipt::now()).unwrap();
+    let prepare = |batch: Batch| Prepared::new(std::sync::Arc::new(batch), Receipt::now()).unwrap();
     let mut other_session = output(1, "elsewhere");
     other_session.session = AuditSessionId(8);
     let mut bad_host = output(1, "x");
