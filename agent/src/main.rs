@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::RingBuf;
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use custos_pki::{Role, tls::TlsFiles};
 use custos_proto::event::GapReason;
 use tokio::sync::{Notify, mpsc, watch};
@@ -77,6 +77,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = custos_clidoc::generate_if_asked(Cli::command) {
+        return code;
+    }
     memory::configure_allocator();
     let cli = Cli::parse();
     custos_daemon::init_logging();

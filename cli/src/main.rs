@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use custos_proto::{
     Event,
     api::{
@@ -233,6 +233,9 @@ enum RetentionCommand {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = custos_clidoc::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

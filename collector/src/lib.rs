@@ -18,5 +18,8 @@ pub mod pki;
 pub mod retention;
 pub mod store;
 pub mod tls;
+
+// The binary's `--generate` (man page, completions); the library does not use it.
+use custos_clidoc as _;
 pub use custos_trust as trust;
 pub mod writer;

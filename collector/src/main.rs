@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use custos_collector::{
     api::{self, ApiState},
     audit::Audit,
@@ -91,6 +91,9 @@ enum StoreCommand {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = custos_clidoc::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     custos_daemon::init_logging();
     let result = match cli.command {

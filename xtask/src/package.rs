@@ -27,6 +27,7 @@ pub fn package() -> anyhow::Result<Built> {
     setup::setup()?;
     ensure_packagers()?;
     cmd::run(cmd::cargo().args(["build", "--release", "--bins"]))?;
+    generate_docs()?;
     let out = cmd::target_dir().join("packages");
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
@@ -70,6 +71,30 @@ pub fn package() -> anyhow::Result<Built> {
         println!("package: {}", path.display());
     }
     Ok(built)
+}
+
+/// The programs whose man page and completions the packages install (custos-clidoc).
+const PROGRAMS: [&str; 3] = ["custos", "custos-collector", "custos-agent"];
+
+/// Writes each program's man page and bash, zsh and fish completions (its hidden `--generate`)
+/// under target/release/generated/, where the packages' assets name them.
+fn generate_docs() -> anyhow::Result<()> {
+    let release = cmd::target_dir().join("release");
+    let dir = release.join("generated");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for program in PROGRAMS {
+        for (what, file) in [
+            ("man", format!("{program}.1")),
+            ("bash", format!("{program}.bash")),
+            ("zsh", format!("_{program}")),
+            ("fish", format!("{program}.fish")),
+        ] {
+            let text = cmd::output(Command::new(release.join(program)).args(["--generate", what]))?;
+            let path = dir.join(file);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Installs cargo-deb and cargo-generate-rpm (from crates.io) when missing or of another

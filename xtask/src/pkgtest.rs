@@ -27,6 +27,7 @@ pub fn test_packages() -> anyhow::Result<()> {
     ensure_packages(&[
         ("debootstrap", "/usr/sbin/debootstrap"),
         ("rpm", "/usr/bin/rpm"),
+        ("man-db", "/usr/bin/man"),
     ])?;
     let built = package::package()?;
     let base = base_root()?;
@@ -89,6 +90,50 @@ pub fn test_packages() -> anyhow::Result<()> {
             format!("{path} is {expected} (found {})", found.output.trim()),
         );
     }
+
+    // Man pages and completions, generated from the programs' own definitions: each names
+    // the program and its subcommands.
+    for (path, expected) in [
+        ("/usr/share/man/man1/custos.1", ".TH custos 1"),
+        (
+            "/usr/share/man/man1/custos-collector.1",
+            ".TH custos-collector 1",
+        ),
+        ("/usr/share/man/man1/custos-agent.1", ".TH custos-agent 1"),
+        ("/usr/share/bash-completion/completions/custos", "replay"),
+        (
+            "/usr/share/bash-completion/completions/custos-collector",
+            "export-bundle",
+        ),
+        (
+            "/usr/share/bash-completion/completions/custos-agent",
+            "--config",
+        ),
+        ("/usr/share/zsh/vendor-completions/_custos", "replay"),
+        ("/usr/share/fish/vendor_completions.d/custos.fish", "replay"),
+    ] {
+        let found = root.sh(&format!("grep -c -F -e '{expected}' {path}"))?;
+        check(
+            found.ok,
+            format!("{path} is installed and holds {expected:?}"),
+        );
+    }
+    // `man custos` renders the installed page (man-db of the host, reading the chroot's file).
+    let page = root.path.join("usr/share/man/man1/custos.1");
+    let man = Command::new("man")
+        .arg("-l")
+        .arg(&page)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output();
+    let rendered = man
+        .as_ref()
+        .map(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).contains("replay"))
+        .unwrap_or(false);
+    check(
+        rendered,
+        "man renders custos(1), listing its subcommands".to_owned(),
+    );
 
     // Key separation: the network-facing daemon's user cannot read the CA key, but can read
     // what it runs with.
