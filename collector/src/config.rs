@@ -181,6 +181,17 @@ impl Config {
                 "must be at least ingest.max_frame_size".into(),
             ));
         }
+        // Every reader of the store (replay, verify, rebuild) reads chunks up to this size.
+        let chunk_max = custos_proto::wire::DEFAULT_MAX_BATCH_RAW as u64;
+        if self.ingest.max_batch_size.as_u64() > chunk_max {
+            return Err((
+                "ingest.max_batch_size",
+                format!(
+                    "must be at most {} MiB (the store's chunk limit)",
+                    chunk_max >> 20
+                ),
+            ));
+        }
         if !(1..=10_000).contains(&self.ingest.max_streams_per_connection) {
             return Err((
                 "ingest.max_streams_per_connection",
@@ -287,6 +298,20 @@ mod tests {
              identity_memory = \"2 MiB\"\nconnection_memory = \"1 MiB\"\n",
         )
         .expect("a small budget for small frames");
+    }
+
+    #[test]
+    fn a_max_batch_size_the_store_cannot_read_back_is_refused() {
+        let err = Config::parse(
+            Path::new("c.toml"),
+            "[ingest]\nmax_batch_size = \"65 MiB\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ingest.max_batch_size: must be at most 64 MiB"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -204,6 +204,57 @@ fn a_batch_refused_for_good_becomes_a_gap_in_its_recording() {
     );
 }
 
+/// `ingest.max_batch_size` bounds a batch once decompressed: a batch small on the wire but
+/// larger unpacked (a session printing one repeated line) is refused with the limit named, and
+/// the recording says what it lost.
+#[test]
+fn a_batch_over_the_collectors_max_batch_size_is_refused_and_recorded_as_a_gap() {
+    users::ensure("custos-alice");
+    let deployment = Deployment::new(&[]);
+    let listen = free_udp_address();
+    let config = deployment.collector_config(&listen, "");
+    let text = std::fs::read_to_string(&config).expect("the collector's configuration");
+    let text = text.replacen(
+        "[ingest]\n",
+        "[ingest]\nmax_frame_size = \"64 KiB\"\nmax_batch_size = \"64 KiB\"\n",
+        1,
+    );
+    std::fs::write(&config, text).expect("writing the collector's configuration");
+    let collector = deployment.start_collector_at(&config, None);
+    let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
+    collector
+        .daemon
+        .wait_log(&["agent connected", &deployment.host], DELIVERY);
+
+    let (mut shell, session) = login_shell("custos-alice");
+    // 200 KB of one repeated line: a few KiB compressed, far over 64 KiB unpacked.
+    shell.line("yes custos-line | head -c 200000; echo after-\"\"refusal");
+    shell.expect("after-refusal\r\n");
+    shell.expect("custos$ ");
+    collector
+        .daemon
+        .wait_log(&["batch refused: over ingest.max_batch_size"], DELIVERY);
+    agent
+        .daemon
+        .wait_log(&["refused a batch for good"], DELIVERY);
+    shell.line("exit 0");
+    assert!(shell.wait_exit().success());
+    deployment.wait_sealed(session, DELIVERY);
+    drop(agent);
+
+    let events = deployment.recording(session);
+    assert!(
+        events.iter().any(
+            |e| matches!(&e.event, EventBody::Gap(g) if g.reason == GapReason::RefusedByCollector && g.records > 0)
+        ),
+        "no refused_by_collector gap in the recording"
+    );
+    assert!(
+        String::from_utf8_lossy(&output(&events)).contains("after-refusal"),
+        "the rest of the session is recorded"
+    );
+}
+
 /// Every file under `dir` (recursively), with its bytes.
 fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut found = Vec::new();

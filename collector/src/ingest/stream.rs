@@ -265,6 +265,25 @@ async fn batch_response(batch: wire::Batch, peer: &Peer, ingest: &Ingest) -> Fra
         );
     }
     let (spool, seq) = (header.spool.clone(), header.seq);
+    let limit = ingest.limits.max_batch_raw;
+    if header.raw_len > limit as u64 {
+        metrics.frames_too_large.inc();
+        warn!(
+            agent,
+            %spool,
+            %seq,
+            raw_len = header.raw_len,
+            limit,
+            "batch refused: over ingest.max_batch_size decompressed (lower the agent's shipping.batch_max_bytes)"
+        );
+        return error_frame(
+            ErrorCode::TooLarge,
+            format!(
+                "batch of {} bytes decompressed is over the collector's ingest.max_batch_size of {limit} bytes",
+                header.raw_len
+            ),
+        );
+    }
     if let Err(why) = check_signature(&batch, &peer.certificate) {
         metrics.bad_signatures.inc();
         warn!(agent, %spool, %seq, why, "batch refused: its signature does not verify");
