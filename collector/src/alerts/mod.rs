@@ -6,6 +6,7 @@
 //! - [`sinks`]: where alerts go (JSON lines, syslog, HTTPS webhook).
 pub mod rules;
 pub mod sinks;
+pub mod syslog_tls;
 
 use std::{
     collections::HashMap,
@@ -38,8 +39,11 @@ use crate::{
 pub struct AlertsConfig {
     /// A JSON lines file alerts are appended to.
     pub json_log: Option<PathBuf>,
-    /// `unix:/dev/log` or `udp:HOST:PORT` (RFC 5424).
+    /// `unix:/dev/log`, `udp:HOST:PORT` (RFC 5424) or `tls:HOST:PORT` (RFC 5425, the
+    /// receiver's certificate checked against `syslog_ca`).
     pub syslog: Option<String>,
+    /// CA certificates (PEM) a `tls:` syslog receiver's certificate must chain to.
+    pub syslog_ca: PathBuf,
     pub webhook: Option<WebhookConfig>,
     /// At most this many alerts per rule per `rate_window`; the rest are counted and reported
     /// in one notice when the window ends.
@@ -58,6 +62,7 @@ impl Default for AlertsConfig {
         Self {
             json_log: None,
             syslog: None,
+            syslog_ca: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
             webhook: None,
             rate_limit: 20,
             rate_window: Duration::from_secs(60),
@@ -82,7 +87,7 @@ impl AlertsConfig {
             return Err("alerts.rate_limit: must be at least 1".into());
         }
         if let Some(syslog) = &self.syslog {
-            Syslog::new(syslog)?;
+            Syslog::new(syslog, &self.syslog_ca)?;
         }
         Ok((rules, builtins))
     }
@@ -230,7 +235,9 @@ pub fn start(
         sinks.push(Box::new(JsonLog::new(path.clone())));
     }
     if let Some(target) = &config.syslog {
-        sinks.push(Box::new(Syslog::new(target).map_err(anyhow::Error::msg)?));
+        sinks.push(Box::new(
+            Syslog::new(target, &config.syslog_ca).map_err(anyhow::Error::msg)?,
+        ));
     }
     if let Some(webhook) = &config.webhook {
         sinks.push(Box::new(

@@ -1,10 +1,11 @@
-//! Where alerts go: a JSON lines file, syslog (RFC 5424, over the local socket or UDP), and an
+//! Where alerts go: a JSON lines file, syslog (RFC 5424, over the local socket or UDP, or over
+//! TLS: [`super::syslog_tls`]), and an
 //! HTTPS webhook (with retries, from a bounded queue: when the receiver is down, the oldest
 //! alerts waiting are dropped and counted, never the collector's ingest).
 use std::{
     collections::VecDeque,
     io::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Condvar, Mutex},
     time::Duration,
 };
@@ -12,6 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use super::syslog_tls::TlsSyslog;
 use crate::metrics::CollectorMetrics;
 
 /// One alert, as every sink sends it.
@@ -99,21 +101,29 @@ impl Sink for JsonLog {
     }
 }
 
-/// RFC 5424 over a datagram socket: `unix:/dev/log` or `udp:HOST:PORT`.
+/// RFC 5424 over a datagram socket (`unix:/dev/log`, `udp:HOST:PORT`) or over TLS
+/// (`tls:HOST:PORT`, RFC 5425).
 pub struct Syslog {
     target: String,
+    tls: Option<TlsSyslog>,
     hostname: String,
 }
 
 impl Syslog {
-    pub fn new(target: &str) -> Result<Self, String> {
-        if !(target.starts_with("unix:") || target.starts_with("udp:")) {
-            return Err(format!(
-                "alerts.syslog: {target:?} is not unix:PATH or udp:HOST:PORT"
-            ));
-        }
+    /// A sink for `target`; a `tls:` receiver is checked against the CAs in `ca`.
+    pub fn new(target: &str, ca: &Path) -> Result<Self, String> {
+        let tls = match target.strip_prefix("tls:") {
+            Some(address) => Some(TlsSyslog::new(address, ca)?),
+            None if target.starts_with("unix:") || target.starts_with("udp:") => None,
+            None => {
+                return Err(format!(
+                    "alerts.syslog: {target:?} is not unix:PATH, udp:HOST:PORT or tls:HOST:PORT"
+                ));
+            }
+        };
         Ok(Self {
             target: target.to_owned(),
+            tls,
             hostname: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "-".into()),
@@ -151,6 +161,12 @@ impl Syslog {
 impl Sink for Syslog {
     fn send(&mut self, alert: &Alert) {
         let message = self.format(alert);
+        if let Some(tls) = &mut self.tls {
+            if let Err(err) = tls.send(&message) {
+                warn!(target = self.target, error = %err, "cannot send the alert to syslog");
+            }
+            return;
+        }
         let sent = if let Some(path) = self.target.strip_prefix("unix:") {
             std::os::unix::net::UnixDatagram::unbound()
                 .and_then(|s| s.send_to(message.as_bytes(), path).map(|_| ()))
