@@ -1,6 +1,9 @@
 //! A real OpenSSH server (Debian's openssh-server) on a loopback port, with PAM on, so that
 //! pam_loginuid starts an audit session for each login as on any Debian server.
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use crate::{bin, terminal::Terminal};
 
@@ -39,6 +42,7 @@ impl Sshd {
              KbdInteractiveAuthentication no\n\
              PermitRootLogin no\n\
              PrintMotd no\n\
+             Subsystem sftp /usr/lib/openssh/sftp-server\n\
              LogLevel INFO\n",
             host_key = path("host_key").display(),
             pid = path("sshd.pid").display(),
@@ -66,9 +70,34 @@ impl Sshd {
 
     /// `ssh -tt user@127.0.0.1`: a remote terminal even though our side is a pipe.
     pub fn login(&self, user: &str) -> Command {
-        let mut command = Command::new("ssh");
+        let mut command = self.client("ssh", "-p");
+        command.arg("-tt").arg(format!("{user}@127.0.0.1"));
         command
-            .args(["-tt", "-F", "/dev/null", "-i"])
+    }
+
+    /// `ssh -T user@127.0.0.1 COMMAND`: a command without a terminal, as scripts run them.
+    pub fn run(&self, user: &str, remote_command: &str) -> Command {
+        let mut command = self.client("ssh", "-p");
+        command
+            .arg("-T")
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(remote_command);
+        command
+    }
+
+    /// `scp LOCAL user@127.0.0.1:REMOTE`: an upload (over SFTP, scp's default).
+    pub fn scp(&self, local: &Path, user: &str, remote: &str) -> Command {
+        let mut command = self.client("scp", "-P");
+        command.arg(local).arg(format!("{user}@127.0.0.1:{remote}"));
+        command
+    }
+
+    /// `program` (ssh or scp) with the fixture's key, no host key checks, this server's port
+    /// (given with `port_flag`).
+    fn client(&self, program: &str, port_flag: &str) -> Command {
+        let mut command = Command::new(program);
+        command
+            .args(["-F", "/dev/null", "-i"])
             .arg(self.client_key())
             .args([
                 "-o",
@@ -79,10 +108,9 @@ impl Sshd {
                 "LogLevel=ERROR",
                 "-o",
                 "BatchMode=yes",
-                "-p",
+                port_flag,
             ])
-            .arg(self.port.to_string())
-            .arg(format!("{user}@127.0.0.1"));
+            .arg(self.port.to_string());
         command
     }
 }

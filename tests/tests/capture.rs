@@ -6,7 +6,10 @@
 #![allow(unused_crate_dependencies)]
 use std::{process::Command, time::Duration};
 
-use custos_proto::{Event, EventBody, event::Exec};
+use custos_proto::{
+    Event, EventBody,
+    event::{Access, Exec},
+};
 use custos_tests::{
     agent::{self, Agent, ended, execs, find_session, opens, terminal_bytes},
     bin, bpf, contains, login_shell, marker,
@@ -318,6 +321,88 @@ fn an_ssh_login_is_attributed_to_the_user_through_sudo_and_su() {
     assert!(
         echo_as_root,
         "the root shell's output was recorded as root's"
+    );
+}
+
+/// Logins without a terminal, as scripts and file transfers make them: `ssh host COMMAND` and
+/// an scp upload are each a recorded session, with the source address, the commands and the
+/// files (the uploaded file opened for writing by sftp-server).
+#[test]
+fn a_non_interactive_ssh_command_and_an_scp_upload_are_recorded() {
+    users::ensure("custos-carol");
+    let sshd = Sshd::start();
+    let agent = Agent::start("");
+    let ran = sshd
+        .run("custos-carol", "cat /etc/hostname")
+        .output()
+        .expect("running ssh");
+    assert!(
+        ran.status.success(),
+        "ssh: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let upload = tempfile::NamedTempFile::new().expect("a file to upload");
+    std::fs::write(upload.path(), marker("SCP-")).expect("writing the upload");
+    let dest = format!("/tmp/{}", marker("custos-scp-"));
+    let copied = sshd
+        .scp(upload.path(), "custos-carol", &dest)
+        .output()
+        .expect("running scp");
+    assert!(
+        copied.status.success(),
+        "scp: {}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let _ = std::fs::remove_file(&dest);
+
+    let sessions = agent.wait_for("both sessions' ends", SESSION_END, |events| {
+        let mut sessions: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.event {
+                EventBody::SessionStart(start)
+                    if start.login_user.as_deref() == Some("custos-carol") =>
+                {
+                    Some(e.session)
+                }
+                _ => None,
+            })
+            .collect();
+        sessions.dedup();
+        (sessions.len() == 2 && sessions.iter().all(|s| ended(events, *s))).then_some(sessions)
+    });
+    let stopped = agent.stop();
+    let command = agent::session(&stopped.events, sessions[0]);
+    let transfer = agent::session(&stopped.events, sessions[1]);
+    for events in [&command, &transfer] {
+        let EventBody::SessionStart(start) = &events[0].event else {
+            panic!("no session start: {events:#?}");
+        };
+        assert!(
+            start
+                .remote
+                .as_deref()
+                .is_some_and(|r| r.starts_with("127.0.0.1:")),
+            "the ssh client's address: {:?}",
+            start.remote
+        );
+    }
+    assert!(
+        execs(&command)
+            .iter()
+            .any(|e| argv(e) == ["cat", "/etc/hostname"]),
+        "cat /etc/hostname was recorded: {command:#?}"
+    );
+    assert!(
+        opens(&command)
+            .iter()
+            .any(|o| o.path.to_string() == "/etc/hostname" && o.fd.is_some()),
+        "its open of /etc/hostname was recorded"
+    );
+    assert!(
+        opens(&transfer)
+            .iter()
+            .any(|o| o.path.to_string() == dest && o.access != Access::Read && o.fd.is_some()),
+        "the upload's open of {dest} for writing was recorded: {transfer:#?}"
     );
 }
 
