@@ -3,7 +3,9 @@
 //! goes on), which matches its events against the rules, limits each rule's rate, and hands
 //! alerts to the sinks.
 //! - [`rules`]: what fires (the customer's rules and the built-ins);
-//! - [`sinks`]: where alerts go (JSON lines, syslog, HTTPS webhook).
+//! - [`networks`]: known networks and CIDR lists in rules;
+//! - [`sinks`]: where alerts go (JSON lines, syslog, HTTPS webhook; [`syslog_tls`] over TLS).
+pub mod networks;
 pub mod rules;
 pub mod sinks;
 pub mod syslog_tls;
@@ -24,6 +26,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use self::{
+    networks::Networks,
     rules::{BuiltinConfig, Builtins, Rule, RuleConfig, SessionContext},
     sinks::{Alert, JsonLog, Sink, Syslog, Webhook, WebhookConfig},
 };
@@ -50,6 +53,9 @@ pub struct AlertsConfig {
     pub rate_limit: u32,
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub rate_window: Duration,
+    /// Networks logins are expected from (CIDR blocks or addresses), for the built-in
+    /// login_from_unknown_network and rules' `remote_in` / `remote_not_in = ["known"]`.
+    pub known_networks: Vec<String>,
     pub builtin: BuiltinConfig,
     pub rules: Vec<RuleConfig>,
     /// Bytes of stored batches (compressed) waiting for the engine at most; beyond, alerting
@@ -66,6 +72,7 @@ impl Default for AlertsConfig {
             webhook: None,
             rate_limit: 20,
             rate_window: Duration::from_secs(60),
+            known_networks: Vec::new(),
             builtin: BuiltinConfig::default(),
             rules: Vec::new(),
             queue_size: bytesize::ByteSize::mib(64),
@@ -76,13 +83,14 @@ impl Default for AlertsConfig {
 impl AlertsConfig {
     /// Compiles the rules; the error names the key.
     pub fn compile(&self) -> Result<(Vec<Rule>, Builtins), String> {
+        let known = Networks::parse("alerts.known_networks", &self.known_networks, None)?;
         let rules = self
             .rules
             .iter()
             .enumerate()
-            .map(|(index, rule)| Rule::compile(index, rule))
+            .map(|(index, rule)| Rule::compile(index, rule, &known))
             .collect::<Result<Vec<_>, _>>()?;
-        let builtins = Builtins::compile(&self.builtin)?;
+        let builtins = Builtins::compile(&self.builtin, &known)?;
         if self.rate_limit == 0 {
             return Err("alerts.rate_limit: must be at least 1".into());
         }
@@ -101,6 +109,7 @@ impl AlertsConfig {
             || b.exfiltration_after_phi
             || b.agent_silent.is_some()
             || b.clock_set
+            || b.login_from_unknown_network
     }
 }
 
@@ -617,161 +626,4 @@ fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-
-    /// A sink that keeps what it is sent.
-    struct Kept(Arc<Mutex<Vec<Alert>>>);
-
-    impl Sink for Kept {
-        fn send(&mut self, alert: &Alert) {
-            self.0.lock().unwrap().push(alert.clone());
-        }
-    }
-
-    fn engine(config: &AlertsConfig) -> (Engine, Arc<Mutex<Vec<Alert>>>) {
-        let (rules, builtins) = config.compile().unwrap();
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let engine = Engine {
-            queue: Arc::new(QueueBytes {
-                queued: AtomicUsize::new(0),
-                limit: usize::MAX,
-            }),
-            rules,
-            builtins,
-            sinks: vec![Box::new(Kept(kept.clone()))],
-            sessions: HashMap::new(),
-            windows: HashMap::new(),
-            limit: config.rate_limit,
-            window: config.rate_window,
-            silent: HashMap::new(),
-            clock_sets: HashMap::new(),
-            store: StoreConfig::default(),
-            metrics: Arc::new(CollectorMetrics::default()),
-        };
-        (engine, kept)
-    }
-
-    #[test]
-    fn the_alert_queue_is_bounded_in_bytes_and_given_back_once_evaluated() {
-        let batch = |bytes: usize| {
-            let mut batch = wire::make_batch(
-                &wire::SpoolId("s".into()),
-                wire::BatchSeq(1),
-                &[Event {
-                    time: Timestamp(1),
-                    host: "web1".into(),
-                    boot_id: BootId("b".into()),
-                    session: custos_proto::AuditSessionId(1),
-                    seq: custos_proto::Seq(1),
-                    process: None,
-                    event: EventBody::SessionEnd(Default::default()),
-                }],
-            )
-            .expect("a batch");
-            batch.events = vec![0; bytes];
-            Arc::new(batch)
-        };
-        let one = batch(1000);
-        let (sender, receiver) = sync_channel(FEED_DEPTH);
-        let metrics = Arc::new(CollectorMetrics::default());
-        let feed = AlertFeed {
-            sender,
-            active: Arc::new(AtomicBool::new(true)),
-            queue: Arc::new(QueueBytes {
-                queued: AtomicUsize::new(0),
-                limit: 2 * queued_size(&one),
-            }),
-            metrics: metrics.clone(),
-        };
-        for _ in 0..3 {
-            feed.offer(one.clone());
-        }
-        assert_eq!(metrics.alert_events_skipped.get(), 1, "the third is over");
-        assert_eq!(Arc::strong_count(&one), 3, "shared, not copied");
-        // The engine evaluates one: its bytes are given back.
-        let (mut engine, _) = engine(&AlertsConfig::default());
-        engine.queue = feed.queue.clone();
-        let Ok(Message::Batch(first)) = receiver.try_recv() else {
-            panic!("a batch queued");
-        };
-        engine.batch(&first);
-        engine.queue.release(queued_size(&first));
-        feed.offer(one.clone());
-        assert_eq!(metrics.alert_events_skipped.get(), 1, "room again");
-    }
-
-    fn cloned() -> ClonedSpool {
-        ClonedSpool {
-            agent: "web2".into(),
-            spool: "6a1f".into(),
-            others: vec!["web1".into()],
-            recording: "web2-0b5e7c2a-3".into(),
-        }
-    }
-
-    /// On by default, with no rule configured, naming both hosts and the spool; off when
-    /// configured off.
-    #[test]
-    fn cloned_agent_state_is_raised_by_default_and_can_be_turned_off() {
-        let (mut on, kept) = engine(&AlertsConfig::default());
-        on.cloned(cloned());
-        let alerts = kept.lock().unwrap().clone();
-        assert_eq!(alerts.len(), 1, "{alerts:?}");
-        let alert = &alerts[0];
-        assert_eq!(alert.rule, "cloned_agent_state");
-        assert_eq!(alert.host, "web2");
-        assert_eq!(alert.session, "web2-0b5e7c2a-3");
-        for named in ["web1", "web2", "6a1f"] {
-            assert!(alert.summary.contains(named), "{named}: {}", alert.summary);
-        }
-
-        let mut config = AlertsConfig::default();
-        config.builtin.cloned_agent = false;
-        let (mut off, kept) = engine(&config);
-        off.cloned(cloned());
-        assert!(kept.lock().unwrap().is_empty());
-    }
-
-    fn clock_set(session: u32, time: i64, step_ns: i64) -> Event {
-        Event {
-            time: Timestamp(time),
-            host: "db1".into(),
-            boot_id: BootId("5d9a0c3e-0000-4000-8000-000000000001".into()),
-            session: custos_proto::AuditSessionId(session),
-            seq: custos_proto::Seq(9),
-            process: None,
-            event: EventBody::ClockSet(custos_proto::event::ClockSet { step_ns }),
-        }
-    }
-
-    /// A clock step raises clock_set by default, once for all the sessions open on the host
-    /// that recorded it, again for the next step; off when configured off.
-    #[test]
-    fn a_clock_step_alerts_once_per_host_and_step() {
-        let (mut on, kept) = engine(&AlertsConfig::default());
-        let now = 1_764_900_000_000_000_000;
-        let back = -3_600_000_000_000;
-        on.event(&clock_set(1, now, back));
-        on.event(&clock_set(2, now + 1_000, back));
-        on.event(&clock_set(1, now + 60_000_000_000, 5_000_000_000));
-        let alerts = kept.lock().unwrap().clone();
-        assert_eq!(alerts.len(), 2, "{alerts:?}");
-        assert_eq!(alerts[0].rule, "clock_set");
-        assert_eq!(alerts[0].host, "db1");
-        assert!(
-            alerts[0].summary.contains("3600.000 s back"),
-            "{}",
-            alerts[0].summary
-        );
-        assert!(alerts[1].summary.contains("5.000 s forward"));
-
-        let mut config = AlertsConfig::default();
-        config.builtin.clock_set = false;
-        let (mut off, kept) = engine(&config);
-        off.event(&clock_set(1, now, back));
-        assert!(kept.lock().unwrap().is_empty());
-    }
-}
+mod tests;

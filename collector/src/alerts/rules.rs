@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use custos_proto::{Event, EventBody, event::Access};
 
+use super::networks::{Networks, remote_address};
+
 /// `[[alerts.rules]]` as written.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +35,12 @@ pub struct RuleConfig {
     pub hours: Option<String>,
     /// Regex on the session's remote address (ssh sessions).
     pub remote: Option<String>,
+    /// The session's remote address is in one of these networks (CIDR, address, or `known`
+    /// for `alerts.known_networks`).
+    pub remote_in: Option<Vec<String>>,
+    /// The session has a remote address and it is in none of these networks (as `remote_in`):
+    /// `remote_not_in = ["known"]` is a login from an unknown network.
+    pub remote_not_in: Option<Vec<String>>,
     /// Regex on terminal data, for output and input events.
     pub data: Option<String>,
 }
@@ -58,7 +66,18 @@ pub struct Rule {
     write: Option<bool>,
     hours: Option<(u32, u32)>,
     remote: Option<Regex>,
+    remote_in: Option<Networks>,
+    remote_not_in: Option<Networks>,
     data: Option<regex::bytes::Regex>,
+}
+
+/// The session's remote address: from its context, or from the start event itself (the
+/// context is the session's before the event).
+fn remote_of<'a>(event: &'a Event, session: &'a SessionContext) -> Option<&'a str> {
+    match &event.event {
+        EventBody::SessionStart(start) => start.remote.as_deref(),
+        _ => session.remote.as_deref(),
+    }
 }
 
 fn glob(key: &str, pattern: &Option<String>) -> Result<Option<GlobMatcher>, String> {
@@ -120,7 +139,8 @@ const KINDS: [&str; 11] = [
 ];
 
 impl Rule {
-    pub fn compile(index: usize, c: &RuleConfig) -> Result<Self, String> {
+    /// Compiles rule number `index`; `known` is `alerts.known_networks`.
+    pub fn compile(index: usize, c: &RuleConfig, known: &Networks) -> Result<Self, String> {
         let key = |field: &str| format!("alerts.rules[{index}].{field}");
         if c.name.trim().is_empty() {
             return Err(format!("{}: required", key("name")));
@@ -163,6 +183,16 @@ impl Rule {
             write,
             hours,
             remote: regex(&key("remote"), &c.remote)?,
+            remote_in: c
+                .remote_in
+                .as_ref()
+                .map(|list| Networks::parse(&key("remote_in"), list, Some(known)))
+                .transpose()?,
+            remote_not_in: c
+                .remote_not_in
+                .as_ref()
+                .map(|list| Networks::parse(&key("remote_not_in"), list, Some(known)))
+                .transpose()?,
             data: c
                 .data
                 .as_ref()
@@ -207,11 +237,20 @@ impl Rule {
                 return false;
             }
         }
-        if let Some(remote) = &self.remote
-            && !session
-                .remote
-                .as_deref()
-                .is_some_and(|r| remote.is_match(r))
+        let remote = remote_of(event, session);
+        if let Some(pattern) = &self.remote
+            && !remote.is_some_and(|r| pattern.is_match(r))
+        {
+            return false;
+        }
+        let address = remote.and_then(remote_address);
+        if let Some(networks) = &self.remote_in
+            && !address.is_some_and(|a| networks.contains(a))
+        {
+            return false;
+        }
+        if let Some(networks) = &self.remote_not_in
+            && address.is_none_or(|a| networks.contains(a))
         {
             return false;
         }
@@ -290,6 +329,9 @@ pub struct BuiltinConfig {
     /// The host's wall clock set while a session was open (`clock_set`; on by default): once
     /// per host and step, whichever sessions were open.
     pub clock_set: bool,
+    /// A session that starts from a remote address outside `alerts.known_networks`
+    /// (`login_from_unknown_network`).
+    pub login_from_unknown_network: bool,
 }
 
 fn silence<'de, D: serde::Deserializer<'de>>(
@@ -322,6 +364,7 @@ impl Default for BuiltinConfig {
             agent_silent: None,
             cloned_agent: true,
             clock_set: true,
+            login_from_unknown_network: false,
         }
     }
 }
@@ -337,10 +380,18 @@ pub struct Builtins {
     pub agent_silent: Option<std::time::Duration>,
     pub cloned_agent: bool,
     clock_set: bool,
+    /// `alerts.known_networks` when login_from_unknown_network is on.
+    unknown_network: Option<Networks>,
 }
 
 impl Builtins {
-    pub fn compile(c: &BuiltinConfig) -> Result<Self, String> {
+    /// Compiles the built-ins; `known` is `alerts.known_networks`.
+    pub fn compile(c: &BuiltinConfig, known: &Networks) -> Result<Self, String> {
+        if c.login_from_unknown_network && known.is_empty() {
+            return Err(
+                "alerts.builtin.login_from_unknown_network: needs alerts.known_networks".into(),
+            );
+        }
         let mut set = globset::GlobSetBuilder::new();
         for p in &c.phi_paths {
             set.add(Glob::new(p).map_err(|err| format!("alerts.builtin.phi_paths: {p:?}: {err}"))?);
@@ -361,6 +412,7 @@ impl Builtins {
             agent_silent: c.agent_silent,
             cloned_agent: c.cloned_agent,
             clock_set: c.clock_set,
+            unknown_network: c.login_from_unknown_network.then(|| known.clone()),
         })
     }
 
@@ -390,6 +442,15 @@ impl Builtins {
                 }
             }
             EventBody::ClockSet(_) if self.clock_set => fired.push("clock_set"),
+            EventBody::SessionStart(start) => {
+                if let (Some(known), Some(address)) = (
+                    &self.unknown_network,
+                    start.remote.as_deref().and_then(remote_address),
+                ) && !known.contains(address)
+                {
+                    fired.push("login_from_unknown_network");
+                }
+            }
             _ => {}
         }
         fired
