@@ -2,11 +2,12 @@
 //! argument, so also in its output, its keystrokes and the index's command lines) is recorded,
 //! and yet no file of the deployment holds it readably: not the collector's store (recordings,
 //! the encrypted index and its write-ahead log, the audit database), not the agent's spool, not
-//! the logs of either daemon, not the alert log.
+//! the logs of either daemon, not the alerts (JSON log and syslog) of rules that fired on it.
 // A package of several targets, each using some of its dependencies: cargo's
 // `unused_crate_dependencies` lint would name the others in every target.
 #![allow(unused_crate_dependencies)]
 use std::{
+    net::UdpSocket,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -15,6 +16,7 @@ use custos_collector::store::Store;
 use custos_proto::EventBody;
 use custos_tests::{
     agent::Agent, contains, deployment::Deployment, free_udp_address, login_shell, marker, users,
+    wait_until,
 };
 
 const DELIVERY: Duration = Duration::from_secs(60);
@@ -58,10 +60,22 @@ fn a_marker_typed_in_a_session_is_on_no_disk_in_the_clear() {
     let deployment = Deployment::new(&[]);
     let listen = free_udp_address();
     let alert_log = deployment.path("alerts.jsonl");
+    let syslog = UdpSocket::bind("127.0.0.1:0").expect("a syslog socket");
+    syslog
+        .set_read_timeout(Some(DELIVERY))
+        .expect("a read timeout");
+    // Rules that fire on the marker in the command line and in the output; their alerts go to
+    // the JSON log and syslog.
     let mut collector = deployment.start_collector_with(
         &listen,
         None,
-        &format!("[alerts]\njson_log = \"{}\"\n", alert_log.display()),
+        &format!(
+            "[alerts]\njson_log = \"{}\"\nsyslog = \"udp:{}\"\n\
+             [[alerts.rules]]\nname = \"phi-command\"\nkind = \"exec\"\nargv = \"PHI-\"\n\
+             [[alerts.rules]]\nname = \"phi-output\"\nkind = \"output\"\ndata = \"PHI-\"\n",
+            alert_log.display(),
+            syslog.local_addr().expect("its address"),
+        ),
     );
     // No [redaction] rules: nothing is redacted, the marker is recorded as typed.
     let agent = Agent::start_shipping(&deployment.agent_config(&listen, SHIPPING));
@@ -102,6 +116,26 @@ fn a_marker_typed_in_a_session_is_on_no_disk_in_the_clear() {
         "the index holds the command line with the marker: {:?}",
         detail.commands
     );
+
+    // The alerts: both rules fired, in both sinks, naming the field, not its value.
+    let mut datagram = vec![0u8; 65536];
+    let mut messages = Vec::new();
+    while !["phi-command", "phi-output"]
+        .iter()
+        .all(|rule| messages.iter().any(|m: &String| m.contains(rule)))
+    {
+        let n = syslog.recv(&mut datagram).expect("the alerts over syslog");
+        messages.push(String::from_utf8_lossy(&datagram[..n]).into_owned());
+    }
+    for message in &messages {
+        assert!(!message.contains(&mark), "syslog: {message}");
+        assert!(message.contains("redacted"), "syslog: {message}");
+    }
+    let logged = wait_until("both alerts in the JSON log", DELIVERY, || {
+        let text = std::fs::read_to_string(&alert_log).ok()?;
+        (text.contains("phi-command") && text.contains("phi-output")).then_some(text)
+    });
+    assert!(logged.contains("\"redacted\":true"), "{logged}");
 
     // Running (the index's last writes in its write-ahead log): no file holds it.
     let (found, files) = holding(deployment.dir.path(), &mark);

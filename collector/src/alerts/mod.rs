@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use self::{
     rules::{BuiltinConfig, Builtins, Rule, RuleConfig, SessionContext},
-    sinks::{Alert, JsonLog, Sink, Syslog, Webhook, WebhookConfig},
+    sinks::{Alert, AlertEvent, JsonLog, MatchedField, Sink, Syslog, Webhook, WebhookConfig},
 };
 use crate::{
     metrics::{CollectorMetrics, RuleLabel},
@@ -349,15 +349,18 @@ impl Engine {
             .clone()
             .or_else(|| event.process.as_ref().and_then(|p| p.login_user.clone()));
         for rule in fired {
+            // Built-ins never include the value; a configured rule may.
+            let include = self.rules.iter().any(|r| r.name == rule && r.include_match);
+            let about = alert_event(event, include);
             let alert = Alert {
                 time: Timestamp::now(),
-                summary: summary(&rule, event, user.as_deref()),
+                summary: summary(&rule, event, user.as_deref(), &about),
                 rule,
                 host: event.host.clone(),
                 show: format!("custos show {id}"),
                 session: id.clone(),
                 user: user.clone(),
-                event: Some(event.clone()),
+                event: Some(about),
                 suppressed: None,
             };
             self.raise(alert);
@@ -524,14 +527,46 @@ impl Engine {
     }
 }
 
-/// What happened, in one line.
-fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
-    let who = user.unwrap_or("an unknown user");
-    let what = match &event.event {
+/// The field of `event` alert rules are about, and its value.
+fn matched_field(event: &Event) -> Option<(&'static str, String)> {
+    match &event.event {
         EventBody::Exec(exec) => {
             let argv: Vec<String> = exec.argv.iter().map(|a| a.to_string()).collect();
-            format!("ran {}", argv.join(" "))
+            Some(("argv", argv.join(" ")))
         }
+        EventBody::Open(open) => Some(("path", open.path.to_string())),
+        EventBody::Output(output) => Some(("data", output.data.to_string())),
+        EventBody::Input(input) => Some(("data", input.data.to_string())),
+        EventBody::SessionStart(start) => start.remote.clone().map(|r| ("remote", r)),
+        _ => None,
+    }
+}
+
+/// What an alert says of the event that fired it: ids and kind, and the matched field's value
+/// only when `include` (the rule's `include_match`).
+fn alert_event(event: &Event, include: bool) -> AlertEvent {
+    AlertEvent {
+        kind: event.kind().to_owned(),
+        time: event.time,
+        seq: event.seq.0,
+        pid: event.process.as_ref().map(|p| p.tgid.0),
+        field: matched_field(event).map(|(name, value)| MatchedField {
+            name: name.to_owned(),
+            value: include.then_some(value),
+            redacted: !include,
+        }),
+    }
+}
+
+/// The longest matched value a summary quotes (the alert's field has it whole).
+const SUMMARY_VALUE_MAX: usize = 200;
+
+/// What happened, in one line: no command line, path or terminal data unless the alert
+/// includes the matched value (`about`).
+fn summary(rule: &str, event: &Event, user: Option<&str>, about: &AlertEvent) -> String {
+    let who = user.unwrap_or("an unknown user");
+    let what = match &event.event {
+        EventBody::Exec(_) => "ran a command".to_owned(),
         EventBody::Open(open) => {
             let access = match open.access {
                 custos_proto::event::Access::Read => "reading",
@@ -539,7 +574,7 @@ fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
                 custos_proto::event::Access::ReadWrite => "reading and writing",
                 custos_proto::event::Access::Path => "its path only",
             };
-            format!("opened {} for {access}", open.path)
+            format!("opened a file for {access}")
         }
         EventBody::ClockSet(set) => {
             let (by, way) = (
@@ -553,7 +588,26 @@ fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
         }
         other => format!("{} event", other.kind()),
     };
-    format!("[{rule}] {who} {what} on {}", event.host)
+    let quoted = match about.field.as_ref() {
+        Some(MatchedField {
+            name,
+            value: Some(value),
+            ..
+        }) => {
+            let mut shown: String = value
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(SUMMARY_VALUE_MAX)
+                .collect();
+            if value.chars().count() > SUMMARY_VALUE_MAX {
+                shown.push('…');
+            }
+            format!(" ({name}: {shown})")
+        }
+        Some(MatchedField { name, .. }) => format!(" ({name} redacted)"),
+        None => String::new(),
+    };
+    format!("[{rule}] {who} {what} on {}{quoted}", event.host)
 }
 
 #[cfg(test)]
@@ -660,5 +714,117 @@ mod tests {
         let (mut off, kept) = engine(&config);
         off.event(&clock_set(1, now, back));
         assert!(kept.lock().unwrap().is_empty());
+    }
+
+    fn of_session(seq: u64, event: EventBody) -> Event {
+        Event {
+            time: Timestamp(1_764_900_000_000_000_000),
+            host: "db1".into(),
+            boot_id: BootId("5d9a0c3e-0000-4000-8000-000000000001".into()),
+            session: custos_proto::AuditSessionId(4),
+            seq: custos_proto::Seq(seq),
+            process: None,
+            event,
+        }
+    }
+
+    const MARK: &str = "MRN-4417-0042";
+
+    /// Alerts carry ids, user, host, rule and which field matched, never the event: the
+    /// command line, path or terminal data reach no sink (nor the collector's log line) unless
+    /// the rule sets `include_match`, and then only that field.
+    #[test]
+    fn alerts_name_the_matched_field_and_carry_its_value_only_when_the_rule_says() {
+        let mut config = AlertsConfig::default();
+        config.builtin.phi_paths = vec!["/srv/phi/**".into()];
+        config.builtin.phi_write = true;
+        config.rules = vec![
+            RuleConfig {
+                name: "grep-mrn".into(),
+                kind: Some("exec".into()),
+                argv: Some("MRN".into()),
+                ..RuleConfig::default()
+            },
+            RuleConfig {
+                name: "shown-mrn".into(),
+                kind: Some("output".into()),
+                data: Some("MRN".into()),
+                include_match: true,
+                ..RuleConfig::default()
+            },
+        ];
+        let (mut engine, kept) = engine(&config);
+        engine.event(&of_session(
+            1,
+            EventBody::SessionStart(
+                serde_json::from_value(serde_json::json!({
+                    "login_uid": 1000, "login_user": "alice", "tty": 34816, "remote": "10.0.0.7",
+                    "leader": 1, "leader_command": "sshd: alice",
+                }))
+                .unwrap(),
+            ),
+        ));
+        let exec: custos_proto::event::Exec = serde_json::from_value(serde_json::json!({
+            "filename": "/usr/bin/grep", "argv": ["grep", MARK, "/srv/phi/list.txt"],
+            "argv_len": 40, "cwd": "/srv/phi",
+        }))
+        .unwrap();
+        engine.event(&of_session(2, EventBody::Exec(exec)));
+        let open: custos_proto::event::Open = serde_json::from_value(serde_json::json!({
+            "path": format!("/srv/phi/{MARK}.txt"), "syscall": "openat", "flags": 1,
+            "access": "write", "mode": 0o644, "fd": 3,
+        }))
+        .unwrap();
+        engine.event(&of_session(3, EventBody::Open(open)));
+        let output: custos_proto::event::Output = serde_json::from_value(serde_json::json!({
+            "tty": 34816, "data": format!("patient {MARK}\r\n"),
+        }))
+        .unwrap();
+        engine.event(&of_session(4, EventBody::Output(output)));
+
+        let alerts = kept.lock().unwrap().clone();
+        let rules: Vec<&str> = alerts.iter().map(|a| a.rule.as_str()).collect();
+        assert_eq!(rules, ["grep-mrn", "phi_write", "shown-mrn"], "{alerts:?}");
+        for alert in &alerts {
+            assert_eq!(alert.host, "db1");
+            assert_eq!(alert.user.as_deref(), Some("alice"));
+            assert_eq!(alert.session, "db1-5d9a0c3e-4");
+        }
+        let line = |alert: &Alert| serde_json::to_string(alert).unwrap();
+        // Redacted: the exec's argv and the open's path, named only.
+        for (alert, field, kind, seq) in [
+            (&alerts[0], "argv", "exec", 2),
+            (&alerts[1], "path", "open", 3),
+        ] {
+            assert!(!line(alert).contains(MARK), "{}", line(alert));
+            assert!(!line(alert).contains("/srv/phi"), "{}", line(alert));
+            let about = alert.event.as_ref().unwrap();
+            assert_eq!((about.kind.as_str(), about.seq), (kind, seq));
+            let matched = about.field.as_ref().unwrap();
+            assert_eq!(matched.name, field);
+            assert_eq!(matched.value, None);
+            assert!(matched.redacted);
+            assert!(
+                alert.summary.contains(&format!("({field} redacted)")),
+                "{}",
+                alert.summary
+            );
+            let syslog = Syslog::new("udp:127.0.0.1:9").unwrap().format(alert);
+            assert!(!syslog.contains(MARK), "{syslog}");
+        }
+        // Included, as the rule asked: the matched data only.
+        let shown = &alerts[2];
+        let matched = shown.event.as_ref().unwrap().field.as_ref().unwrap();
+        assert_eq!(matched.name, "data");
+        assert_eq!(
+            matched.value.as_deref(),
+            Some(format!("patient {MARK}\r\n").as_str())
+        );
+        assert!(!matched.redacted);
+        assert!(
+            shown.summary.contains(&format!("(data: patient {MARK})")),
+            "{}",
+            shown.summary
+        );
     }
 }

@@ -35,6 +35,10 @@ pub struct RuleConfig {
     pub remote: Option<String>,
     /// Regex on terminal data, for output and input events.
     pub data: Option<String>,
+    /// Put the value of the field the rule is about (the command line, the path, the terminal
+    /// data, the remote address) in the alert; by default the alert names the field only.
+    #[serde(default)]
+    pub include_match: bool,
 }
 
 /// What the engine knows of the session an event belongs to.
@@ -59,6 +63,8 @@ pub struct Rule {
     hours: Option<(u32, u32)>,
     remote: Option<Regex>,
     data: Option<regex::bytes::Regex>,
+    /// Its alerts carry the matched field's value (`include_match`).
+    pub include_match: bool,
 }
 
 fn glob(key: &str, pattern: &Option<String>) -> Result<Option<GlobMatcher>, String> {
@@ -176,6 +182,7 @@ impl Rule {
                     })
                 })
                 .transpose()?,
+            include_match: c.include_match,
         })
     }
 
