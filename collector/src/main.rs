@@ -186,8 +186,11 @@ fn export_bundle(
     let recordings = if sessions.is_empty() && from.is_none() && to.is_none() {
         None
     } else {
-        let index =
-            custos_collector::index::Index::open_read_only(&config.store.dir.join("index.sqlite"))?;
+        let keys = trust::keys::KeyRing::load(&config.store.key_file)?;
+        let index = custos_collector::index::Index::open_read_only(
+            &custos_collector::store::index_path(&config.store.dir),
+            &custos_collector::index::IndexKeys::new(&keys),
+        )?;
         let mut ids = sessions.to_vec();
         if from.is_some() || to.is_some() {
             let filter = custos_collector::index::Filter {

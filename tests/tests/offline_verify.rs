@@ -526,7 +526,14 @@ fn an_exported_bundle_verifies_offline_and_each_attack_without_keys_is_named() {
     fs::remove_file(rec(&store, 71, "seal")).expect("seal");
     fs::remove_file(rec(&store, 72, "rec")).expect("recording");
     fs::remove_file(rec(&store, 72, "seal")).expect("seal");
-    let index = rusqlite::Connection::open(store.join("index.sqlite")).expect("index");
+    // The index is encrypted: editing it takes the store key.
+    let index = custos_collector::index::sqlite::crypt::connection(
+        &store.join("index.sqlite"),
+        &custos_collector::index::IndexKeys::new(
+            &KeyRing::load(&store_key_path).expect("store key"),
+        ),
+    )
+    .expect("index");
     index
         .execute(
             "UPDATE recordings SET sealed = 0, chunks = 1, stored_len = ?1, last_hash = ?2

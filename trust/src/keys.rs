@@ -60,10 +60,44 @@ fn parse_hex32(path: &Path, line_no: usize, text: &str) -> Result<[u8; 32], KeyE
     })
 }
 
+/// HKDF-SHA256 of `secret` into 32 bytes, with `salt` and `info`.
+fn hkdf32(salt: &[u8], secret: &[u8], info: &[u8]) -> [u8; 32] {
+    use ring::hkdf;
+    struct Len32;
+    impl hkdf::KeyType for Len32 {
+        fn len(&self) -> usize {
+            32
+        }
+    }
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(secret);
+    let mut out = [0u8; 32];
+    prk.expand(&[info], Len32)
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("HKDF-SHA256 yields 32 bytes");
+    out
+}
+
 /// Encryption keys by id; the last one is current.
 #[derive(Clone)]
 pub struct KeyRing {
     keys: Vec<(String, [u8; 32])>,
+    /// The file it was loaded from (none for [`KeyRing::single`]), for messages.
+    path: Option<PathBuf>,
+}
+
+/// A key for one purpose other than encrypting chunks, derived from one key of a [`KeyRing`]
+/// ([`KeyRing::derive`]).
+#[derive(Clone)]
+pub struct DerivedKey {
+    /// The id of the ring's key it was derived from.
+    pub id: String,
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for DerivedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DerivedKey({})", self.id)
+    }
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -96,14 +130,43 @@ impl KeyRing {
         if keys.is_empty() {
             return Err(err(path, "holds no key"));
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            path: Some(path.to_owned()),
+        })
     }
 
     /// A key ring of one key (tests build chains without key files).
     pub fn single(id: &str, key: [u8; 32]) -> Self {
         Self {
             keys: vec![(id.to_owned(), key)],
+            path: None,
         }
+    }
+
+    /// The key file the ring was loaded from (none for a ring built in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The ids of its keys, oldest first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(id, _)| id.as_str())
+    }
+
+    /// For each key of the ring, newest (the current one) first, a 32-byte key for `purpose`
+    /// derived with HKDF-SHA256 (salt `custos store key derivation v1`, info `purpose`). The
+    /// ring's keys themselves only ever encrypt chunks; each other use of them (the index's
+    /// encryption) gets its own key, which reveals nothing of the chunks' key.
+    pub fn derive(&self, purpose: &[u8]) -> Vec<DerivedKey> {
+        self.keys
+            .iter()
+            .rev()
+            .map(|(id, key)| DerivedKey {
+                id: id.clone(),
+                key: hkdf32(b"custos store key derivation v1", key, purpose),
+            })
+            .collect()
     }
 
     /// The key new chunks are encrypted with.
@@ -216,20 +279,11 @@ impl SealKey {
     /// `custos seal key derivation v1`, info `purpose`): whoever lacks the seal key cannot
     /// compute it, and each purpose gets its own.
     pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
-        use ring::hkdf;
-        struct Len32;
-        impl hkdf::KeyType for Len32 {
-            fn len(&self) -> usize {
-                32
-            }
-        }
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"custos seal key derivation v1")
-            .extract(&self.key.to_bytes());
-        let mut out = [0u8; 32];
-        prk.expand(&[purpose], Len32)
-            .and_then(|okm| okm.fill(&mut out))
-            .expect("HKDF-SHA256 yields 32 bytes");
-        out
+        hkdf32(
+            b"custos seal key derivation v1",
+            &self.key.to_bytes(),
+            purpose,
+        )
     }
 }
 
@@ -268,12 +322,31 @@ mod tests {
         let ring = KeyRing::load(&path).unwrap();
         assert_eq!(ring.current().0, "k2");
         assert!(ring.get("k1").is_some());
+        assert_eq!(ring.path(), Some(path.as_path()));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let message = KeyRing::load(&path).unwrap_err().to_string();
         assert!(
             message.contains("store.key") && message.contains("chmod 600"),
             "{message}"
         );
+    }
+
+    /// Derived keys: newest first, one per ring key, none equal to the ring's key it came
+    /// from, and each purpose its own.
+    #[test]
+    fn derived_keys_are_per_purpose_and_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.key");
+        KeyRing::generate(&path).unwrap();
+        KeyRing::generate(&path).unwrap();
+        let ring = KeyRing::load(&path).unwrap();
+        let index = ring.derive(b"index");
+        let ids: Vec<&str> = index.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["k2", "k1"]);
+        assert_ne!(&index[0].key, ring.get("k2").unwrap());
+        assert_ne!(index[0].key, index[1].key);
+        assert_ne!(index[0].key, ring.derive(b"other")[0].key);
+        assert_eq!(index[0].key, ring.derive(b"index")[0].key);
     }
 
     #[test]

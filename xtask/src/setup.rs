@@ -4,6 +4,8 @@
 //! - the nightly toolchain's rust-src (the programs are built with `-Z build-std=core`);
 //! - bpf-linker, built against the nightly's own libLLVM (it must link the LLVM that emitted the
 //!   bitcode; the library's name changes with the nightly, so it is found by glob);
+//! - the Debian packages the host crates build with (libssl-dev: SQLCipher, which encrypts the
+//!   collector's index, links the system libcrypto);
 //! - tracefs and bpffs mounted;
 //! - the kernel: BTF, ring buffers, the tracepoints the programs attach to. Each missing
 //!   prerequisite gets its own message.
@@ -21,9 +23,17 @@ use crate::cmd;
 /// The bpf-linker release known to work with the pinned aya crates.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Debian packages the host crates need to build, with a file that shows each is installed.
+const BUILD_PACKAGES: [(&str, &str); 1] = [
+    // The headers of the libcrypto SQLCipher (rusqlite's bundled-sqlcipher) is built against;
+    // the collector and `custos` then run with libssl3.
+    ("libssl-dev", "/usr/include/openssl/evp.h"),
+];
+
 /// Installs and checks everything; afterwards builds started by xtask find bpf-linker first on
 /// PATH even when ~/.cargo/bin is not on the caller's PATH.
 pub fn setup() -> anyhow::Result<()> {
+    crate::test::ensure_packages(&BUILD_PACKAGES)?;
     ensure_rust_src()?;
     let cargo_bin = ensure_bpf_linker()?;
     check_kernel()?;

@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use custos_bench::Rng;
 use custos_collector::{
-    index::{ChunkSummary, Index, StoredChunk},
+    index::{ChunkSummary, Index, IndexKeys, StoredChunk},
     trust::chunk::{BatchRef, ChunkHash, RecordingKey},
 };
 use custos_proto::{
@@ -44,6 +44,10 @@ enum Cmd {
     Populate {
         #[arg(long)]
         store: PathBuf,
+        /// The store key file the collector will open the store with (the index is encrypted
+        /// with a key derived from it).
+        #[arg(long)]
+        key_file: PathBuf,
         #[arg(long)]
         sessions: u64,
     },
@@ -77,7 +81,11 @@ fn user(n: u64) -> String {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Populate { store, sessions } => populate(&store, sessions),
+        Cmd::Populate {
+            store,
+            key_file,
+            sessions,
+        } => populate(&store, &key_file, sessions),
         Cmd::Time {
             custos,
             what,
@@ -91,10 +99,16 @@ fn main() -> anyhow::Result<()> {
 /// Sessions added per index transaction.
 const BULK: u64 = 10_000;
 
-fn populate(store: &std::path::Path, sessions: u64) -> anyhow::Result<()> {
+fn populate(
+    store: &std::path::Path,
+    key_file: &std::path::Path,
+    sessions: u64,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(store).with_context(|| format!("creating {}", store.display()))?;
-    let path = store.join("index.sqlite");
-    let mut index = Index::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let path = custos_collector::store::index_path(store);
+    let keys = IndexKeys::new(&custos_collector::trust::keys::KeyRing::load(key_file)?);
+    let mut index =
+        Index::open(&path, &keys).with_context(|| format!("opening {}", path.display()))?;
     let started = Instant::now();
     let mut rng = Rng::new(42);
     let boot = BootId("0d6f1e2a-3b4c-4d5e-8f60-718293a4b5c6".into());

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use self::{
     networks::Networks,
     rules::{BuiltinConfig, Builtins, Rule, RuleConfig, SessionContext},
-    sinks::{Alert, JsonLog, Sink, Syslog, Webhook, WebhookConfig},
+    sinks::{Alert, AlertEvent, JsonLog, MatchedField, Sink, Syslog, Webhook, WebhookConfig},
 };
 use crate::{
     metrics::{CollectorMetrics, RuleLabel},
@@ -418,15 +418,18 @@ impl Engine {
             .clone()
             .or_else(|| event.process.as_ref().and_then(|p| p.login_user.clone()));
         for rule in fired {
+            // Built-ins never include the value; a configured rule may.
+            let include = self.rules.iter().any(|r| r.name == rule && r.include_match);
+            let about = alert_event(event, include);
             let alert = Alert {
                 time: Timestamp::now(),
-                summary: summary(&rule, event, user.as_deref()),
+                summary: summary(&rule, event, user.as_deref(), &about),
                 rule,
                 host: event.host.clone(),
                 show: format!("custos show {id}"),
                 session: id.clone(),
                 user: user.clone(),
-                event: Some(event.clone()),
+                event: Some(about),
                 suppressed: None,
             };
             self.raise(alert);
@@ -593,14 +596,46 @@ impl Engine {
     }
 }
 
-/// What happened, in one line.
-fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
-    let who = user.unwrap_or("an unknown user");
-    let what = match &event.event {
+/// The field of `event` alert rules are about, and its value.
+fn matched_field(event: &Event) -> Option<(&'static str, String)> {
+    match &event.event {
         EventBody::Exec(exec) => {
             let argv: Vec<String> = exec.argv.iter().map(|a| a.to_string()).collect();
-            format!("ran {}", argv.join(" "))
+            Some(("argv", argv.join(" ")))
         }
+        EventBody::Open(open) => Some(("path", open.path.to_string())),
+        EventBody::Output(output) => Some(("data", output.data.to_string())),
+        EventBody::Input(input) => Some(("data", input.data.to_string())),
+        EventBody::SessionStart(start) => start.remote.clone().map(|r| ("remote", r)),
+        _ => None,
+    }
+}
+
+/// What an alert says of the event that fired it: ids and kind, and the matched field's value
+/// only when `include` (the rule's `include_match`).
+fn alert_event(event: &Event, include: bool) -> AlertEvent {
+    AlertEvent {
+        kind: event.kind().to_owned(),
+        time: event.time,
+        seq: event.seq.0,
+        pid: event.process.as_ref().map(|p| p.tgid.0),
+        field: matched_field(event).map(|(name, value)| MatchedField {
+            name: name.to_owned(),
+            value: include.then_some(value),
+            redacted: !include,
+        }),
+    }
+}
+
+/// The longest matched value a summary quotes (the alert's field has it whole).
+const SUMMARY_VALUE_MAX: usize = 200;
+
+/// What happened, in one line: no command line, path or terminal data unless the alert
+/// includes the matched value (`about`).
+fn summary(rule: &str, event: &Event, user: Option<&str>, about: &AlertEvent) -> String {
+    let who = user.unwrap_or("an unknown user");
+    let what = match &event.event {
+        EventBody::Exec(_) => "ran a command".to_owned(),
         EventBody::Open(open) => {
             let access = match open.access {
                 custos_proto::event::Access::Read => "reading",
@@ -608,7 +643,7 @@ fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
                 custos_proto::event::Access::ReadWrite => "reading and writing",
                 custos_proto::event::Access::Path => "its path only",
             };
-            format!("opened {} for {access}", open.path)
+            format!("opened a file for {access}")
         }
         EventBody::ClockSet(set) => {
             let (by, way) = (
@@ -622,7 +657,26 @@ fn summary(rule: &str, event: &Event, user: Option<&str>) -> String {
         }
         other => format!("{} event", other.kind()),
     };
-    format!("[{rule}] {who} {what} on {}", event.host)
+    let quoted = match about.field.as_ref() {
+        Some(MatchedField {
+            name,
+            value: Some(value),
+            ..
+        }) => {
+            let mut shown: String = value
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(SUMMARY_VALUE_MAX)
+                .collect();
+            if value.chars().count() > SUMMARY_VALUE_MAX {
+                shown.push('…');
+            }
+            format!(" ({name}: {shown})")
+        }
+        Some(MatchedField { name, .. }) => format!(" ({name} redacted)"),
+        None => String::new(),
+    };
+    format!("[{rule}] {who} {what} on {}{quoted}", event.host)
 }
 
 #[cfg(test)]

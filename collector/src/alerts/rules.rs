@@ -43,6 +43,10 @@ pub struct RuleConfig {
     pub remote_not_in: Option<Vec<String>>,
     /// Regex on terminal data, for output and input events.
     pub data: Option<String>,
+    /// Put the value of the field the rule is about (the command line, the path, the terminal
+    /// data, the remote address) in the alert; by default the alert names the field only.
+    #[serde(default)]
+    pub include_match: bool,
 }
 
 /// What the engine knows of the session an event belongs to.
@@ -69,6 +73,8 @@ pub struct Rule {
     remote_in: Option<Networks>,
     remote_not_in: Option<Networks>,
     data: Option<regex::bytes::Regex>,
+    /// Its alerts carry the matched field's value (`include_match`).
+    pub include_match: bool,
 }
 
 /// The session's remote address: from its context, or from the start event itself (the
@@ -206,6 +212,7 @@ impl Rule {
                     })
                 })
                 .transpose()?,
+            include_match: c.include_match,
         })
     }
 

@@ -30,12 +30,45 @@ pub struct Alert {
     pub summary: String,
     /// The command that opens the session.
     pub show: String,
-    /// The event that fired the rule (absent for alerts about agents or suppression).
+    /// What fired the rule (absent for alerts about agents or suppression): which event, and
+    /// the field that matched, its value only when the rule says so. Never the event itself:
+    /// alerts leave the collector, and a sink keeps them in the clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<custos_proto::Event>,
+    pub event: Option<AlertEvent>,
     /// For a suppression notice: how many alerts of `rule` were not sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<u64>,
+}
+
+/// The event an alert is about, as far as the alert tells it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// Its kind: exec, open, output...
+    pub kind: String,
+    /// When it happened on the host (the host's clock).
+    pub time: custos_proto::Timestamp,
+    /// Its number in the recording.
+    pub seq: u64,
+    /// The process, when the event names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The field of the event the rule is about (absent for kinds with none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<MatchedField>,
+}
+
+/// The field of an event a rule is about: its name, and its value only when the rule sets
+/// `include_match = true` (command lines, paths and terminal data are what the recording
+/// protects).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MatchedField {
+    /// `argv` (exec), `path` (open), `data` (output, input), `remote` (session start).
+    pub name: String,
+    /// The value, when the rule includes it; otherwise absent and `redacted` true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub redacted: bool,
 }
 
 /// `[alerts.webhook]`.

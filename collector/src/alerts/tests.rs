@@ -259,3 +259,117 @@ fn logins_from_unknown_networks_and_cidr_rules() {
         "{err}"
     );
 }
+
+fn of_session(seq: u64, event: EventBody) -> Event {
+    Event {
+        time: Timestamp(1_764_900_000_000_000_000),
+        host: "db1".into(),
+        boot_id: BootId("5d9a0c3e-0000-4000-8000-000000000001".into()),
+        session: custos_proto::AuditSessionId(4),
+        seq: custos_proto::Seq(seq),
+        process: None,
+        event,
+    }
+}
+
+const MARK: &str = "MRN-4417-0042";
+
+/// Alerts carry ids, user, host, rule and which field matched, never the event: the
+/// command line, path or terminal data reach no sink (nor the collector's log line) unless
+/// the rule sets `include_match`, and then only that field.
+#[test]
+fn alerts_name_the_matched_field_and_carry_its_value_only_when_the_rule_says() {
+    let mut config = AlertsConfig::default();
+    config.builtin.phi_paths = vec!["/srv/phi/**".into()];
+    config.builtin.phi_write = true;
+    config.rules = vec![
+        RuleConfig {
+            name: "grep-mrn".into(),
+            kind: Some("exec".into()),
+            argv: Some("MRN".into()),
+            ..RuleConfig::default()
+        },
+        RuleConfig {
+            name: "shown-mrn".into(),
+            kind: Some("output".into()),
+            data: Some("MRN".into()),
+            include_match: true,
+            ..RuleConfig::default()
+        },
+    ];
+    let (mut engine, kept) = engine(&config);
+    engine.event(&of_session(
+        1,
+        EventBody::SessionStart(
+            serde_json::from_value(serde_json::json!({
+                "login_uid": 1000, "login_user": "alice", "tty": 34816, "remote": "10.0.0.7",
+                "leader": 1, "leader_command": "sshd: alice",
+            }))
+            .unwrap(),
+        ),
+    ));
+    let exec: custos_proto::event::Exec = serde_json::from_value(serde_json::json!({
+        "filename": "/usr/bin/grep", "argv": ["grep", MARK, "/srv/phi/list.txt"],
+        "argv_len": 40, "cwd": "/srv/phi",
+    }))
+    .unwrap();
+    engine.event(&of_session(2, EventBody::Exec(exec)));
+    let open: custos_proto::event::Open = serde_json::from_value(serde_json::json!({
+        "path": format!("/srv/phi/{MARK}.txt"), "syscall": "openat", "flags": 1,
+        "access": "write", "mode": 0o644, "fd": 3,
+    }))
+    .unwrap();
+    engine.event(&of_session(3, EventBody::Open(open)));
+    let output: custos_proto::event::Output = serde_json::from_value(serde_json::json!({
+        "tty": 34816, "data": format!("patient {MARK}\r\n"),
+    }))
+    .unwrap();
+    engine.event(&of_session(4, EventBody::Output(output)));
+
+    let alerts = kept.lock().unwrap().clone();
+    let rules: Vec<&str> = alerts.iter().map(|a| a.rule.as_str()).collect();
+    assert_eq!(rules, ["grep-mrn", "phi_write", "shown-mrn"], "{alerts:?}");
+    for alert in &alerts {
+        assert_eq!(alert.host, "db1");
+        assert_eq!(alert.user.as_deref(), Some("alice"));
+        assert_eq!(alert.session, "db1-5d9a0c3e-4");
+    }
+    let line = |alert: &Alert| serde_json::to_string(alert).unwrap();
+    // Redacted: the exec's argv and the open's path, named only.
+    for (alert, field, kind, seq) in [
+        (&alerts[0], "argv", "exec", 2),
+        (&alerts[1], "path", "open", 3),
+    ] {
+        assert!(!line(alert).contains(MARK), "{}", line(alert));
+        assert!(!line(alert).contains("/srv/phi"), "{}", line(alert));
+        let about = alert.event.as_ref().unwrap();
+        assert_eq!((about.kind.as_str(), about.seq), (kind, seq));
+        let matched = about.field.as_ref().unwrap();
+        assert_eq!(matched.name, field);
+        assert_eq!(matched.value, None);
+        assert!(matched.redacted);
+        assert!(
+            alert.summary.contains(&format!("({field} redacted)")),
+            "{}",
+            alert.summary
+        );
+        let syslog = Syslog::new("udp:127.0.0.1:9", std::path::Path::new("/nonexistent"))
+            .unwrap()
+            .format(alert);
+        assert!(!syslog.contains(MARK), "{syslog}");
+    }
+    // Included, as the rule asked: the matched data only.
+    let shown = &alerts[2];
+    let matched = shown.event.as_ref().unwrap().field.as_ref().unwrap();
+    assert_eq!(matched.name, "data");
+    assert_eq!(
+        matched.value.as_deref(),
+        Some(format!("patient {MARK}\r\n").as_str())
+    );
+    assert!(!matched.redacted);
+    assert!(
+        shown.summary.contains(&format!("(data: patient {MARK})")),
+        "{}",
+        shown.summary
+    );
+}

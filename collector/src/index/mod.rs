@@ -15,13 +15,13 @@
 pub mod sqlite;
 mod summary;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use custos_proto::Timestamp;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub use self::{
-    sqlite::schema::SCHEMA_VERSION,
+    sqlite::{crypt::IndexKeys, schema::SCHEMA_VERSION},
     summary::{ChunkSummary, CommandRow, FileOpenRow, GapRow},
 };
 use crate::trust::chunk::{BatchRef, ChunkHash, RecordingKey};
@@ -40,6 +40,19 @@ pub enum IndexError {
          {SCHEMA_VERSION}); the index is damaged: rebuild it from the recordings"
     )]
     UnknownSchema { found: String },
+    #[error(
+        "index {path}: no key of the store key ring ({key_file}: keys {ids}) opens it: it was \
+         encrypted under a key no longer in that file, or it is damaged; use the key file the \
+         collector wrote it with, or rebuild the index from the recordings \
+         (custos-collector index rebuild)"
+    )]
+    WrongKey {
+        path: PathBuf,
+        key_file: String,
+        ids: String,
+    },
+    #[error("index {path}: {message}")]
+    Io { path: PathBuf, message: String },
 }
 
 /// A recording as the index knows it.
@@ -114,17 +127,18 @@ pub struct Index {
 }
 
 impl Index {
-    /// Opens (creating, or upgrading from an earlier schema) the index at `path`.
-    pub fn open(path: &Path) -> Result<Self, IndexError> {
+    /// Opens (creating, or upgrading from an earlier schema or a plaintext file) the index at
+    /// `path`, encrypted with its key derived from the store key ring.
+    pub fn open(path: &Path, keys: &IndexKeys) -> Result<Self, IndexError> {
         Ok(Self {
-            conn: sqlite::schema::open(path)?,
+            conn: sqlite::schema::open(path, keys)?,
         })
     }
 
     /// Opens the index to read only (safe while a collector writes it).
-    pub fn open_read_only(path: &Path) -> Result<Self, IndexError> {
+    pub fn open_read_only(path: &Path, keys: &IndexKeys) -> Result<Self, IndexError> {
         Ok(Self {
-            conn: sqlite::schema::open_read_only(path)?,
+            conn: sqlite::schema::open_read_only(path, keys)?,
         })
     }
 

@@ -157,7 +157,11 @@ fn an_event_altered_and_reencrypted_with_the_store_key_is_named_by_chunk() {
         prev = hash;
     }
     fs::write(&path, &forged).unwrap();
-    let index = rusqlite::Connection::open(config.dir.join("index.sqlite")).unwrap();
+    let index = crate::index::sqlite::crypt::connection(
+        &super::index_path(&config.dir),
+        &crate::index::IndexKeys::new(&store.keys),
+    )
+    .unwrap();
     index
         .execute(
             "UPDATE recordings SET stored_len = ?1, last_hash = ?2 WHERE id = ?3",
@@ -195,7 +199,11 @@ fn an_event_altered_and_reencrypted_with_the_store_key_is_named_by_chunk() {
         prev = hash;
     }
     fs::write(&path, &chunks).unwrap();
-    let index = rusqlite::Connection::open(config.dir.join("index.sqlite")).unwrap();
+    let index = crate::index::sqlite::crypt::connection(
+        &super::index_path(&config.dir),
+        &crate::index::IndexKeys::new(&store.keys),
+    )
+    .unwrap();
     index
         .execute(
             "UPDATE recordings SET stored_len = ?1, last_hash = ?2 WHERE id = ?3",
@@ -215,7 +223,11 @@ fn an_event_altered_and_reencrypted_with_the_store_key_is_named_by_chunk() {
     );
     // The agent's chain does not count the altered batch, also were the recording missing from
     // the index (the chain check reads the files).
-    let index = rusqlite::Connection::open(config.dir.join("index.sqlite")).unwrap();
+    let index = crate::index::sqlite::crypt::connection(
+        &super::index_path(&config.dir),
+        &crate::index::IndexKeys::new(&store.keys),
+    )
+    .unwrap();
     index
         .execute("DELETE FROM recordings WHERE id = ?1", [&id])
         .unwrap();

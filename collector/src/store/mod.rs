@@ -3,7 +3,8 @@
 //! - `recordings/<host>/<boot id>/<session>.rec`: a recording, append-only, one chunk per
 //!   batch, encrypted and hash-chained ([`crate::trust`]); `<session>.seal`: the collector's
 //!   signature over the final hash and chunk count, written when the session ends.
-//! - `index.sqlite`: the [`crate::index`], rebuildable from the recordings.
+//! - `index.sqlite`: the [`crate::index`], rebuildable from the recordings, encrypted with a
+//!   key derived from the store key ring ([`crate::index::sqlite::crypt`]).
 //! - `agents/<fingerprint>.der`: the certificates whose keys signed stored batches
 //!   ([`certificates`]), so that a verifier has them.
 //!
@@ -37,7 +38,7 @@ pub use self::{
     seal::seal_path,
 };
 use crate::{
-    index::{self, Index},
+    index::{self, Index, IndexKeys},
     trust::{
         chain::ChainReader,
         keys::{self, KeyRing, SealKey},
@@ -142,6 +143,11 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
+/// The index's file in the store directory `dir`.
+pub fn index_path(dir: &Path) -> PathBuf {
+    dir.join("index.sqlite")
+}
+
 impl Store {
     /// Opens (creating) the store, and repairs what a crash left behind.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
@@ -153,11 +159,12 @@ impl Store {
         fs::set_permissions(&config.dir, fs::Permissions::from_mode(0o700))
             .map_err(|e| io_err(&config.dir, e))?;
         let lock = lock(&config.dir)?;
-        let index = Index::open(&config.dir.join("index.sqlite"))?;
+        let keys = KeyRing::load(&config.key_file)?;
+        let index = Index::open(&index_path(&config.dir), &IndexKeys::new(&keys))?;
         let mut store = Store {
             dir: config.dir.clone(),
             index,
-            keys: KeyRing::load(&config.key_file)?,
+            keys,
             seal_key: SealKey::load(&config.seal_key)?,
             certificates: Default::default(),
             agent_ca: config.agent_ca.clone(),
@@ -169,10 +176,11 @@ impl Store {
 
     /// Opens the store to read only: no recovery, no writes (safe while a collector runs).
     pub fn open_read_only(config: &StoreConfig) -> Result<Store, StoreError> {
+        let keys = KeyRing::load(&config.key_file)?;
         Ok(Store {
             dir: config.dir.clone(),
-            index: Index::open_read_only(&config.dir.join("index.sqlite"))?,
-            keys: KeyRing::load(&config.key_file)?,
+            index: Index::open_read_only(&index_path(&config.dir), &IndexKeys::new(&keys))?,
+            keys,
             seal_key: SealKey::load(&config.seal_key)?,
             certificates: Default::default(),
             agent_ca: config.agent_ca.clone(),

@@ -5,7 +5,7 @@ use std::fs;
 
 use super::{StoreConfig, StoreError, group::sync_dir, io_err, lock, seal_path};
 use crate::{
-    index::{ChunkSummary, Index, RecordingRow, StoredChunk},
+    index::{ChunkSummary, Index, IndexKeys, RecordingRow, StoredChunk},
     trust::{chain::ChainReader, keys::KeyRing},
 };
 
@@ -27,7 +27,7 @@ pub fn rebuild_index(config: &StoreConfig) -> Result<Rebuilt, StoreError> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = fs::remove_file(format!("{}{suffix}", new_path.display()));
     }
-    let mut index = Index::open(&new_path)?;
+    let mut index = Index::open(&new_path, &IndexKeys::new(&keys))?;
     let mut rebuilt = Rebuilt::default();
     let recordings = config.dir.join("recordings");
     let mut files = Vec::new();

@@ -313,7 +313,15 @@ mod tests {
     use custos_proto::{AuditSessionId, BootId};
 
     use super::{super::schema::SCHEMA_VERSION, *};
-    use crate::trust::chunk::BatchRef;
+    use crate::{
+        index::IndexKeys,
+        trust::{chunk::BatchRef, keys::KeyRing},
+    };
+
+    /// The index keys of a test store key ring.
+    fn keys() -> IndexKeys {
+        IndexKeys::new(&KeyRing::single("k1", [7; 32]))
+    }
 
     /// A recording with one chunk whose summary counts `uncaptured` bytes.
     fn store_one(index: &mut Index, session: u32, uncaptured: u64) -> String {
@@ -388,7 +396,7 @@ mod tests {
     /// An index with one recording (its id returned), turned back by `downgrades` into what an
     /// earlier collector wrote.
     fn earlier_index(path: &std::path::Path, downgrades: &[&str]) -> String {
-        let mut index = Index::open(path).unwrap();
+        let mut index = Index::open(path, &keys()).unwrap();
         let id = store_one(&mut index, 1, 0);
         for step in downgrades {
             index.conn.execute_batch(step).unwrap();
@@ -405,7 +413,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
         let old = earlier_index(&path, &[DOWN_TO_2]);
-        let mut index = Index::open(&path).unwrap();
+        let mut index = Index::open(&path, &keys()).unwrap();
         assert_eq!(schema_version(&index), SCHEMA_VERSION.to_string());
         assert_eq!(
             index.stored_batches().unwrap(),
@@ -446,7 +454,7 @@ mod tests {
                  UPDATE meta SET value = '1' WHERE key = 'schema_version';",
             ],
         );
-        let mut index = Index::open(&path).unwrap();
+        let mut index = Index::open(&path, &keys()).unwrap();
         assert_eq!(schema_version(&index), SCHEMA_VERSION.to_string());
         assert_eq!(uncaptured(&index, &old), 0);
         let new = store_one(&mut index, 2, 114_688);
@@ -457,7 +465,7 @@ mod tests {
     fn an_index_of_a_newer_schema_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
-        Index::open(&path)
+        Index::open(&path, &keys())
             .unwrap()
             .conn
             .execute(
@@ -465,7 +473,10 @@ mod tests {
                 [],
             )
             .unwrap();
-        let err = Index::open(&path).err().expect("refused").to_string();
+        let err = Index::open(&path, &keys())
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(err.contains("schema version 99 is newer"), "{err}");
     }
 
@@ -474,7 +485,7 @@ mod tests {
     #[test]
     fn exit_finds_its_command_through_the_running_index() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite"), &keys()).unwrap();
         let plan: Vec<String> = index
             .conn
             .prepare(&format!("EXPLAIN QUERY PLAN {EXIT_UPDATE}"))
@@ -499,7 +510,7 @@ mod tests {
     fn a_writer_dropped_uncommitted_rolls_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
-        let mut index = Index::open(&path).unwrap();
+        let mut index = Index::open(&path, &keys()).unwrap();
         let key = RecordingKey {
             host: "h".into(),
             boot_id: BootId("b".into()),
@@ -515,7 +526,7 @@ mod tests {
         }
         assert!(index.recording(&key.id()).unwrap().is_none());
         let id = store_one(&mut index, 2, 0);
-        let reader = Index::open_read_only(&path).unwrap();
+        let reader = Index::open_read_only(&path, &keys()).unwrap();
         assert_eq!(reader.recording(&id).unwrap().unwrap().chunks, 1);
         assert_eq!(
             reader.stored_batches().unwrap(),

@@ -1,9 +1,10 @@
 //! The SQLite index's tables, and opening it: creating them, or upgrading an index an earlier
 //! collector wrote.
-use std::path::Path;
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
+use super::crypt::{self, IndexKeys};
 use crate::index::IndexError;
 
 /// Version 2 added `recordings.bytes_uncaptured`; version 3 keys `batches` by the sending
@@ -179,10 +180,13 @@ ALTER TABLE agents ADD COLUMN clock_offset_ns INTEGER;
 ALTER TABLE agents ADD COLUMN clock_skewed INTEGER NOT NULL DEFAULT 0;
 ";
 
-/// Opens (creating) the index read-write, in write-ahead-log mode with full syncs.
-pub(crate) fn open(path: &Path) -> Result<Connection, IndexError> {
-    let mut conn = Connection::open(path)?;
+/// Opens (creating) the index read-write, in write-ahead-log mode with full syncs, encrypted
+/// under the current key ([`crypt`]), owner-only (its write-ahead log and shared-memory files
+/// take the same mode).
+pub(crate) fn open(path: &Path, keys: &IndexKeys) -> Result<Connection, IndexError> {
+    let mut conn = crypt::open(path, OpenFlags::default(), keys, true)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    owner_only(path)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // Every statement of the ingest path stays prepared (parsing was a visible share of a
@@ -197,8 +201,28 @@ pub(crate) fn open(path: &Path) -> Result<Connection, IndexError> {
     Ok(conn)
 }
 
-pub(crate) fn open_read_only(path: &Path) -> Result<Connection, IndexError> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+/// Sets the index file and its write-ahead log and shared memory (when there) to mode 0600.
+fn owner_only(path: &Path) -> Result<(), IndexError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match fs::set_permissions(&name, fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+            Err(err) => {
+                return Err(IndexError::Io {
+                    path: name.into(),
+                    message: format!("cannot set mode 0600: {err}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the index to read only, with whichever key of the ring opens it.
+pub(crate) fn open_read_only(path: &Path, keys: &IndexKeys) -> Result<Connection, IndexError> {
+    let conn = crypt::open(path, OpenFlags::SQLITE_OPEN_READ_ONLY, keys, false)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)
 }

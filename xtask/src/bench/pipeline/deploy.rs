@@ -50,7 +50,7 @@ impl Deployment {
         self.dir.join("pki")
     }
 
-    fn store_key(&self) -> PathBuf {
+    pub fn store_key(&self) -> PathBuf {
         self.dir.join("store.key")
     }
 

@@ -39,6 +39,8 @@ pub fn run(ctx: &Context, deployment: &Deployment) -> anyhow::Result<QueryResult
             Command::new(ctx.bin_dir.join("custos-bench-query"))
                 .args(["populate", "--store"])
                 .arg(&store)
+                .arg("--key-file")
+                .arg(deployment.store_key())
                 .arg(format!("--sessions={SESSIONS}")),
         )?;
         populate_secs = Some(deploy::number(&deploy::key_values(&out), "secs")?);
