@@ -1,7 +1,9 @@
 //! Which opens `custos show` folds into one counted line per process: reads of system
-//! libraries, locale, time zone and dynamic loader files, which every program makes and which
-//! drown the story of a session (an ordinary ssh login opens ~2,000 of them). Writes, and
-//! reads of anything else, are always listed; `--all-files` lists everything.
+//! libraries, locale, time zone and dynamic loader files, the loader's failed probes for a
+//! library along its search path, and O_PATH lookups (no data read), which every program makes
+//! and which drown the story of a session (an ordinary ssh login opens ~2,000 of them).
+//! Writes, reads of anything else, and a library actually loaded from outside the system's
+//! folders are always listed; `--all-files` lists everything.
 use custos_proto::api::FileInfo;
 
 /// Folders whose reads are routine: what the loader and libc open for any program.
@@ -29,14 +31,27 @@ const ROUTINE_FILES: &[&str] = &[
     "/etc/default/locale",
 ];
 
-/// A read-only (or O_PATH) open of a system library, locale or loader file, failed or not (the
-/// loader probes paths that do not exist).
+/// A routine open: an O_PATH lookup, a read-only open of a system library, locale or loader
+/// file (failed or not), or a failed read-only open of a shared library's name anywhere (the
+/// loader probing its search path, LD_LIBRARY_PATH included).
 pub fn is_routine(file: &FileInfo) -> bool {
-    matches!(file.access.as_str(), "read" | "path")
-        && (ROUTINE_FILES.contains(&file.path.as_str())
-            || ROUTINE_PREFIXES
-                .iter()
-                .any(|prefix| file.path.starts_with(prefix)))
+    match file.access.as_str() {
+        "path" => true,
+        "read" => {
+            ROUTINE_FILES.contains(&file.path.as_str())
+                || ROUTINE_PREFIXES
+                    .iter()
+                    .any(|prefix| file.path.starts_with(prefix))
+                || (file.result < 0 && is_library_name(&file.path))
+        }
+        _ => false,
+    }
+}
+
+/// `libc.so.6`, `libnss_systemd.so.2`, `x.so`: a shared library's file name.
+fn is_library_name(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.ends_with(".so") || name.contains(".so.")
 }
 
 /// The opens to list and how many routine ones were folded (none with `all`).
@@ -56,10 +71,11 @@ pub fn split<'a>(
     (listed, folded)
 }
 
-/// The line standing for `folded` routine reads.
+/// The line standing for `folded` routine opens.
 pub fn folded_line(folded: usize) -> String {
     format!(
-        "{folded} read{} of system libraries, locale and loader files (--all-files lists them)",
+        "{folded} routine open{} (system libraries, locale, loader probes, path lookups; \
+         --all-files lists them)",
         if folded == 1 { "" } else { "s" }
     )
 }
@@ -98,9 +114,13 @@ mod tests {
             open("/lib/x86_64-linux-gnu/libc.so.6", "write", 3),
             open("/usr/lib/evil.so", "read_write", 3),
             open("/home/alice/lib/notes.txt", "read", 3),
+            open("/opt/app/lib/tls/libc.so.6", "read", -2),
+            open("/opt/app/lib/libnss_files.so", "read", -2),
+            open("/tmp/x/libevil.so.1", "read", 3),
+            open("/run/userdb", "path", -2),
         ];
         let (listed, folded) = split(&files, false);
-        assert_eq!(folded, 5);
+        assert_eq!(folded, 8);
         let paths: Vec<&str> = listed.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -108,7 +128,8 @@ mod tests {
                 "/etc/shadow",
                 "/lib/x86_64-linux-gnu/libc.so.6",
                 "/usr/lib/evil.so",
-                "/home/alice/lib/notes.txt"
+                "/home/alice/lib/notes.txt",
+                "/tmp/x/libevil.so.1"
             ]
         );
         let (listed, folded) = split(&files, true);

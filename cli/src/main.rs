@@ -112,8 +112,8 @@ enum Command {
     /// gaps, as a process tree.
     Show {
         id: String,
-        /// List every file opened, also the reads of system libraries, locale and loader
-        /// files that are otherwise folded into one counted line per process.
+        /// List every file opened, also the routine opens (system libraries, locale, the
+        /// loader's probes, O_PATH lookups) otherwise folded into one counted line per process.
         #[arg(long)]
         all_files: bool,
         #[arg(long)]
