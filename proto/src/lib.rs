@@ -18,3 +18,43 @@ pub use bytes::ByteString;
 pub use event::{Event, EventBody};
 pub use ids::{AuditSessionId, BootId, Gid, Pid, Seq, Tty, Uid};
 pub use time::Timestamp;
+
+/// This crate's unit tests refuse any single allocation over 1 GiB (the test process aborts):
+/// a decoder that reserves what an input announces instead of what it holds fails them.
+#[cfg(test)]
+#[global_allocator]
+static CAPPED: capped_alloc::Capped = capped_alloc::Capped;
+
+#[cfg(test)]
+mod capped_alloc {
+    use std::alloc::{GlobalAlloc, Layout, System};
+
+    const LIMIT: usize = 1 << 30;
+
+    pub struct Capped;
+
+    // SAFETY: every call is passed on to the system allocator unchanged, or refused with null
+    // (which callers must handle).
+    unsafe impl GlobalAlloc for Capped {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if layout.size() > LIMIT {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: the caller's contract for `alloc`, passed on.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System` with `layout`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if new_size > LIMIT {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: the caller's contract for `realloc`, passed on.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+}

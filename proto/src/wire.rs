@@ -582,6 +582,34 @@ mod tests {
     }
 
     #[test]
+    fn a_length_announced_inside_a_batch_is_not_reserved_up_front() {
+        // The input the batch fuzz target's harness reported out of memory with: a process's
+        // `comm` announcing 2^32 - 1 bytes (array32 header, then one byte) made decoding the
+        // batch reserve 4 GiB. Now: a malformed batch.
+        let mut one = event(1);
+        one.process = Some(crate::event::Process {
+            pid: crate::Pid(1),
+            tgid: crate::Pid(1),
+            ppid: crate::Pid(0),
+            uid: crate::Uid(0),
+            euid: crate::Uid(0),
+            gid: crate::Gid(0),
+            loginuid: None,
+            login_user: None,
+            user: None,
+            tty: None,
+            comm: "bash".into(),
+        });
+        let raw = rmp_serde::to_vec_named(&vec![one]).unwrap();
+        let comm = b"\xa4comm\xc4\x04bash";
+        let at = raw.windows(comm.len()).position(|w| w == comm).unwrap() + 5;
+        let raw = [&raw[..at], b"\xdd\xff\xff\xff\xff\x01", &raw[at + 6..]].concat();
+        let body = zstd::bulk::compress(&raw, COMPRESSION_LEVEL).unwrap();
+        let err = decode_events(&body, raw.len() as u64, 1 << 20).unwrap_err();
+        assert!(matches!(err, WireError::BadBatch(_)), "{err}");
+    }
+
+    #[test]
     fn batches_round_trip_through_frames() {
         let events = vec![event(1), event(2), event(3)];
         let batch = make_batch(&SpoolId("s".into()), BatchSeq(9), &events).unwrap();

@@ -10,8 +10,10 @@
 //! - `vm-test`: the capture scenario on Debian's kernels under qemu, with each hook backend.
 //! - `bench`: every benchmark, written into BENCHMARKS.md.
 //! - `lint`: rustfmt and clippy, as CI runs them.
+//! - `fuzz`: each fuzz target of fuzz/ for a bounded time, as CI runs them.
 mod bench;
 mod cmd;
+mod fuzz;
 mod login;
 mod package;
 mod pkgtest;
@@ -54,6 +56,8 @@ enum Task {
     Bench(bench::BenchOptions),
     /// Check formatting and clippy lints (the eBPF crate included).
     Lint,
+    /// Run each fuzz target (cargo-fuzz, nightly) for a bounded time on its corpus.
+    Fuzz(fuzz::FuzzOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,5 +75,6 @@ fn main() -> anyhow::Result<()> {
         Task::VmTest => vm::vm_test(),
         Task::Bench(options) => bench::bench(options),
         Task::Lint => test::lint(),
+        Task::Fuzz(options) => fuzz::fuzz(options),
     }
 }

@@ -89,6 +89,8 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
 pub fn lint() -> anyhow::Result<()> {
     setup::setup()?;
     cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
+    // The fuzz targets are their own workspace (built by `cargo xtask fuzz`).
+    cmd::run(cmd::cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
     // The default members (host crates); the eBPF crate is linted for its own target below.
     cmd::run(cmd::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     let components = cmd::output(Command::new("rustup").args([
