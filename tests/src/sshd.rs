@@ -1,6 +1,9 @@
 //! A real OpenSSH server (Debian's openssh-server) on a loopback port, with PAM on, so that
 //! pam_loginuid starts an audit session for each login as on any Debian server.
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use crate::{bin, terminal::Terminal};
 
@@ -9,12 +12,55 @@ pub struct Sshd {
     _server: Terminal,
     dir: tempfile::TempDir,
     pub port: u16,
+    /// The fixture's own PAM service file in /etc/pam.d, removed on drop.
+    pam_service: Option<PathBuf>,
 }
 
 impl Sshd {
     /// Starts sshd; every user may log in with the fixture's key.
     pub fn start() -> Sshd {
+        Self::launch(None)
+    }
+
+    /// Starts sshd with its own PAM service: Debian's `/etc/pam.d/sshd` with `line` before its
+    /// first account line. OpenSSH 9.2 names its PAM service after the program, so this sshd
+    /// runs through a link named after the service.
+    pub fn start_with_account_line(line: &str) -> Sshd {
+        let debian = std::fs::read_to_string("/etc/pam.d/sshd").expect("reading /etc/pam.d/sshd");
+        let mut lines: Vec<&str> = debian.lines().collect();
+        let first_account = lines
+            .iter()
+            .position(|l| {
+                let l = l.trim_start();
+                l.starts_with("account") || l.starts_with("@include common-account")
+            })
+            .expect("an account line in /etc/pam.d/sshd");
+        lines.insert(first_account, line);
+        let service = format!("custos-test-sshd-{}", std::process::id());
+        let pam_file = Path::new("/etc/pam.d").join(&service);
+        std::fs::write(&pam_file, lines.join("\n") + "\n").expect("writing the PAM service");
+        Self::launch(Some(pam_file))
+    }
+
+    /// The PAM service name of this server (`sshd` unless started with its own).
+    pub fn pam_service(&self) -> String {
+        self.pam_service
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map_or_else(|| "sshd".into(), |n| n.to_string_lossy().into_owned())
+    }
+
+    fn launch(pam_service: Option<PathBuf>) -> Sshd {
         let dir = tempfile::tempdir().expect("temp dir");
+        // sshd re-executes itself by this path for every connection.
+        let program = match pam_service.as_deref().and_then(Path::file_name) {
+            Some(service) => {
+                let link = dir.path().join(service);
+                std::os::unix::fs::symlink("/usr/sbin/sshd", &link).expect("linking sshd");
+                link
+            }
+            None => PathBuf::from("/usr/sbin/sshd"),
+        };
         let path = |name: &str| dir.path().join(name);
         for (key, kind) in [("host_key", "ed25519"), ("client_key", "ed25519")] {
             let status = Command::new("ssh-keygen")
@@ -49,7 +95,9 @@ impl Sshd {
         std::fs::create_dir_all("/run/sshd").expect("creating /run/sshd");
         let mut command = Command::new(bin("custos-testkit"));
         command
-            .args(["no-session", "--", "/usr/sbin/sshd", "-D", "-e", "-f"])
+            .args(["no-session", "--"])
+            .arg(&program)
+            .args(["-D", "-e", "-f"])
             .arg(path("sshd_config"));
         let server = Terminal::spawn(command);
         server.stderr_value("Server listening on");
@@ -57,6 +105,7 @@ impl Sshd {
             _server: server,
             dir,
             port,
+            pam_service,
         }
     }
 
@@ -66,6 +115,16 @@ impl Sshd {
 
     /// `ssh -tt user@127.0.0.1`: a remote terminal even though our side is a pipe.
     pub fn login(&self, user: &str) -> Command {
+        self.ssh(user, "ERROR")
+    }
+
+    /// As [`Sshd::login`], with what the server sends before the session (banners, the
+    /// messages of PAM modules refusing the login) shown on ssh's stderr.
+    pub fn login_showing_messages(&self, user: &str) -> Command {
+        self.ssh(user, "INFO")
+    }
+
+    fn ssh(&self, user: &str, log_level: &str) -> Command {
         let mut command = Command::new("ssh");
         command
             .args(["-tt", "-F", "/dev/null", "-i"])
@@ -76,7 +135,7 @@ impl Sshd {
                 "-o",
                 "UserKnownHostsFile=/dev/null",
                 "-o",
-                "LogLevel=ERROR",
+                &format!("LogLevel={log_level}"),
                 "-o",
                 "BatchMode=yes",
                 "-p",
@@ -84,6 +143,14 @@ impl Sshd {
             .arg(self.port.to_string())
             .arg(format!("{user}@127.0.0.1"));
         command
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        if let Some(path) = &self.pam_service {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
