@@ -58,11 +58,14 @@ pub enum RecordKind {
     Fork = 6,
     /// The last thread of a process exited: [`Exit`].
     Exit = 7,
+    /// A route to the terminal or to files that the programs saw but could not capture:
+    /// [`Uncaptured`]. The agent records it as a gap naming the route.
+    Uncaptured = 8,
 }
 
 impl RecordKind {
     /// Every kind, in numeric order.
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         RecordKind::TtyData,
         RecordKind::TtySuppressed,
         RecordKind::ExecArgv,
@@ -70,9 +73,10 @@ impl RecordKind {
         RecordKind::Open,
         RecordKind::Fork,
         RecordKind::Exit,
+        RecordKind::Uncaptured,
     ];
     /// Number of slots a per-kind counter array needs (indexed by the kind's value).
-    pub const SLOTS: u32 = 8;
+    pub const SLOTS: u32 = 9;
 
     pub fn from_u16(value: u16) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| *kind as u16 == value)
@@ -87,6 +91,7 @@ impl RecordKind {
             RecordKind::Open => "open",
             RecordKind::Fork => "fork",
             RecordKind::Exit => "exit",
+            RecordKind::Uncaptured => "uncaptured",
         }
     }
 }
@@ -203,13 +208,23 @@ pub enum OpenSyscall {
     Openat = 2,
     Openat2 = 3,
     Creat = 4,
+    /// `open_by_handle_at(mount_fd, handle, flags)`: no path is passed; the record carries the
+    /// components of the opened file's own path (as base, with an empty path), or none when
+    /// the open failed.
+    OpenByHandleAt = 5,
 }
 
 impl OpenSyscall {
     pub fn from_u16(value: u16) -> Option<Self> {
-        [Self::Open, Self::Openat, Self::Openat2, Self::Creat]
-            .into_iter()
-            .find(|syscall| *syscall as u16 == value)
+        [
+            Self::Open,
+            Self::Openat,
+            Self::Openat2,
+            Self::Creat,
+            Self::OpenByHandleAt,
+        ]
+        .into_iter()
+        .find(|syscall| *syscall as u16 == value)
     }
 
     pub fn name(self) -> &'static str {
@@ -218,6 +233,7 @@ impl OpenSyscall {
             Self::Openat => "openat",
             Self::Openat2 => "openat2",
             Self::Creat => "creat",
+            Self::OpenByHandleAt => "open_by_handle_at",
         }
     }
 }
@@ -251,6 +267,108 @@ pub struct Open {
     pub path_len: u16,
     pub base_len: u16,
     pub _pad: [u8; 6],
+}
+
+/// A route the programs cannot capture on this backend ([`Uncaptured::route`]).
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// sendfile(2) whose output descriptor is a terminal: the bytes come from the page cache
+    /// of the input file, never from user memory the program could read.
+    SendfileToTerminal = 1,
+    /// splice(2) from a pipe to a terminal (the pipe's pages, not user memory).
+    SpliceToTerminal = 2,
+    /// An io_uring request whose opcode opens a file or writes ([`Uncaptured::opcode`]): it
+    /// never passes through the hooked syscalls.
+    IoUring = 3,
+}
+
+impl Route {
+    pub fn from_u16(value: u16) -> Option<Self> {
+        [
+            Self::SendfileToTerminal,
+            Self::SpliceToTerminal,
+            Self::IoUring,
+        ]
+        .into_iter()
+        .find(|route| *route as u16 == value)
+    }
+}
+
+/// A route the programs saw but could not capture.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Uncaptured {
+    /// A [`Route`] value.
+    pub route: u16,
+    /// For [`Route::IoUring`]: the request's `IORING_OP_*` opcode.
+    pub opcode: u16,
+    /// The output descriptor (-1 when not known).
+    pub fd: i32,
+    /// The terminal written to (dev_t encoding), 0 when not known.
+    pub tty: u32,
+    pub _pad: u32,
+    /// Bytes the syscall reported written (0 when not known).
+    pub bytes: u64,
+}
+
+/// `IORING_OP_*` opcodes (include/uapi/linux/io_uring.h) that open files or write data: an
+/// io_uring request with one of them, from a captured task, becomes a [`Route::IoUring`] record
+/// when its bit is set in the programs' `IO_URING_UNCAPTURED` mask.
+pub mod io_uring_op {
+    pub const WRITEV: u16 = 2;
+    pub const WRITE_FIXED: u16 = 5;
+    pub const SENDMSG: u16 = 9;
+    pub const OPENAT: u16 = 18;
+    pub const WRITE: u16 = 23;
+    pub const SEND: u16 = 26;
+    pub const OPENAT2: u16 = 28;
+    pub const SPLICE: u16 = 30;
+    pub const TEE: u16 = 33;
+    pub const SEND_ZC: u16 = 47;
+    pub const SENDMSG_ZC: u16 = 48;
+    pub const WRITEV_FIXED: u16 = 61;
+
+    /// Requests that open files (never through the open syscalls).
+    pub const OPENS: [u16; 2] = [OPENAT, OPENAT2];
+    /// Requests that write data (to a terminal, a file or a socket; the target is not known
+    /// when the request is submitted).
+    pub const WRITES: [u16; 10] = [
+        WRITEV,
+        WRITE_FIXED,
+        SENDMSG,
+        WRITE,
+        SEND,
+        SPLICE,
+        TEE,
+        SEND_ZC,
+        SENDMSG_ZC,
+        WRITEV_FIXED,
+    ];
+
+    /// The kernel's name of an opcode (`IORING_OP_<name>`), for the ones above.
+    pub fn name(opcode: u16) -> Option<&'static str> {
+        Some(match opcode {
+            WRITEV => "WRITEV",
+            WRITE_FIXED => "WRITE_FIXED",
+            SENDMSG => "SENDMSG",
+            OPENAT => "OPENAT",
+            WRITE => "WRITE",
+            SEND => "SEND",
+            OPENAT2 => "OPENAT2",
+            SPLICE => "SPLICE",
+            TEE => "TEE",
+            SEND_ZC => "SEND_ZC",
+            SENDMSG_ZC => "SENDMSG_ZC",
+            WRITEV_FIXED => "WRITEV_FIXED",
+            _ => return None,
+        })
+    }
+
+    /// The mask bit of an opcode.
+    pub const fn bit(opcode: u16) -> u64 {
+        1u64 << (opcode & 63)
+    }
 }
 
 /// A new process (not a thread). The header's task is the parent.
@@ -355,7 +473,9 @@ pub struct Settings {
     /// `READER_PARKED`). While records flow the agent drains on a short timer, so nothing
     /// waits long.
     pub wakeup_bytes: u32,
-    pub _pad: u32,
+    /// Offset of the `opcode` field in the record of the `io_uring` submit tracepoint, from its
+    /// tracefs format file (0 when the kernel has none).
+    pub io_uring_opcode_offset: u32,
 }
 
 /// Value stored in [`KernelOffsets::magic`] once the agent has filled the table.

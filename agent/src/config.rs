@@ -251,6 +251,22 @@ pub struct SpoolConfig {
     /// inspection, then deleted (they hold what sessions did).
     #[serde(deserialize_with = "custos_daemon::duration")]
     pub keep_rejected: Duration,
+    /// The key that seals spooled batches (32 random bytes, 0600; created when missing).
+    /// Default: `spool.key` next to `dir` (/var/lib/custos/spool.key).
+    pub key_file: Option<PathBuf>,
+}
+
+impl SpoolConfig {
+    /// Where the spool key is: `key_file`, or `spool.key` in `dir`'s parent.
+    pub fn key_file(&self) -> PathBuf {
+        self.key_file.clone().unwrap_or_else(|| {
+            self.dir
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
+                .unwrap_or(&self.dir)
+                .join("spool.key")
+        })
+    }
 }
 
 impl Default for SpoolConfig {
@@ -259,6 +275,7 @@ impl Default for SpoolConfig {
             dir: "/var/lib/custos/spool".into(),
             max_size: ByteSize::gib(1),
             keep_rejected: Duration::from_secs(7 * 24 * 3600),
+            key_file: None,
         }
     }
 }
@@ -558,6 +575,9 @@ mod tests {
         documented.collector.address.clear();
         documented.collector.server_name = None;
         documented.redaction.key_file = None;
+        // Derived from spool.dir when not set: the file shows where that puts it.
+        assert_eq!(documented.spool.key_file(), defaults.spool.key_file());
+        documented.spool.key_file = None;
         assert_eq!(format!("{documented:?}"), format!("{defaults:?}"));
     }
 }

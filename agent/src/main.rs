@@ -19,6 +19,7 @@ mod spool;
 mod status;
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex, atomic::AtomicU64},
@@ -72,6 +73,10 @@ struct Cli {
     /// With --apply-notice: the root the files go under.
     #[arg(long, default_value = "/", requires = "apply_notice")]
     root: PathBuf,
+    /// Print the events of a batch the collector refused (a file of the spool's rejected/,
+    /// sealed with the spool key) as JSON lines, and exit.
+    #[arg(long, value_name = "FILE")]
+    read_rejected: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -123,6 +128,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(path) = &cli.read_rejected {
+        return match print_rejected(&config, path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("custos-agent: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let shipping = if cli.stdout {
         None
     } else {
@@ -158,6 +172,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the events of a refused batch kept in `rejected/` as JSON lines.
+fn print_rejected(config: &Config, path: &Path) -> anyhow::Result<()> {
+    let key = spool::seal::SpoolKey::load(&config.spool.key_file())?;
+    let batch = spool::read_rejected(&key, path)?;
+    let events = custos_proto::wire::decode_events(
+        &batch.events,
+        batch.header.raw_len,
+        custos_proto::wire::DEFAULT_MAX_BATCH_RAW,
+    )
+    .with_context(|| format!("{}: events", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    for event in events {
+        serde_json::to_writer(&mut out, &event)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// A configuration the agent cannot honour: one line, exit code 2.
@@ -201,7 +233,8 @@ fn prepare_shipping(
             "the host name differs from the agent certificate's name; recordings carry the certificate's"
         );
     }
-    let (spool, recovered) = Spool::open(&config.spool.dir, config.spool.max_size.as_u64())
+    let key = spool::seal::SpoolKey::load_or_create(&config.spool.key_file())?;
+    let (spool, recovered) = Spool::open(&config.spool.dir, config.spool.max_size.as_u64(), key)
         .context("opening the spool")?;
     Ok((
         Shipping {

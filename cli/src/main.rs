@@ -2,6 +2,7 @@
 //! never opens the store itself, and every request it makes is in the collector's access log.
 mod client;
 mod escape;
+mod offline;
 mod render;
 mod replay;
 mod sanitize;
@@ -148,14 +149,27 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Check recordings' hash chains, seals and agent signatures; with --all, also every
-    /// agent's chain of batches across the store.
+    /// Check recordings' hash chains, seals and agent signatures, and the access log; with
+    /// --all, also every agent's chain of batches across the store. With --offline DIR, check an
+    /// export bundle or a store directory without the collector, with public material only.
     Verify {
         id: Option<String>,
         #[arg(long, conflicts_with = "id")]
         all: bool,
         #[arg(long)]
         json: bool,
+        /// A bundle (`custos-collector export-bundle`) or a store directory, checked from its
+        /// files (never its index), without connecting to the collector.
+        #[arg(long, conflicts_with_all = ["id", "all"])]
+        offline: Option<PathBuf>,
+        /// With --offline: the seal public key (default: the bundle's public/seal.pub). The CA
+        /// certificate is --ca (default: the bundle's public/ca.pem).
+        #[arg(long, requires = "offline")]
+        seal_pub: Option<PathBuf>,
+        /// With --offline: the store key file, to decrypt every chunk and check its events
+        /// against its agent's signature too.
+        #[arg(long, requires = "offline")]
+        store_key: Option<PathBuf>,
     },
     /// Who read what, when (admin).
     AccessLog {
@@ -237,6 +251,26 @@ fn client(connection: &Connection) -> anyhow::Result<Client> {
     Client::new(&settings)
 }
 
+/// Prints a verification report; exit status 1 when anything failed.
+fn report_verify(report: &VerifyReport, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        print_json(report)?;
+    } else {
+        print!("{}", render::verify(&report.results, &report.agents));
+        if let Some(log) = &report.access_log {
+            print!("{}", render::access_log_check(log));
+        }
+    }
+    let failed = report.results.iter().any(|r| !r.ok)
+        || report.agents.iter().any(|a| !a.ok)
+        || report.access_log.as_ref().is_some_and(|log| !log.ok);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", escape::json(&serde_json::to_string_pretty(value)?));
     Ok(())
@@ -264,6 +298,22 @@ fn session_path(template: &str, id: &str) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Verify {
+        offline: Some(dir),
+        seal_pub,
+        store_key,
+        json,
+        ..
+    } = &cli.command
+    {
+        let material = offline::Material {
+            ca: cli.connection.ca.clone(),
+            seal_pub: seal_pub.clone(),
+            store_key: store_key.clone(),
+        };
+        let report = offline::verify(dir, &material)?;
+        return report_verify(&report, *json);
+    }
     let client = client(&cli.connection)?;
     match cli.command {
         Command::Sessions { window, json } => {
@@ -357,27 +407,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Export { id, format, output } => export(&client, &id, format, output)?,
-        Command::Verify { id, all, json } => {
+        Command::Verify { id, all, json, .. } => {
             let query = match (&id, all) {
                 (Some(id), _) => vec![("id", id.clone())],
                 (None, true) => vec![],
-                (None, false) => bail!("give a session id, or --all"),
+                (None, false) => bail!("give a session id, or --all (or --offline DIR)"),
             };
             let report: VerifyReport = client.get(path::VERIFY, &query)?;
-            if json {
-                print_json(&report)?;
-            } else {
-                print!("{}", render::verify(&report.results, &report.agents));
-                if let Some(log) = &report.access_log {
-                    print!("{}", render::access_log_check(log));
-                }
-            }
-            if report.results.iter().any(|r| !r.ok)
-                || report.agents.iter().any(|a| !a.ok)
-                || report.access_log.as_ref().is_some_and(|log| !log.ok)
-            {
-                return Ok(ExitCode::from(1));
-            }
+            return report_verify(&report, json);
         }
         Command::AccessLog { since, limit, json } => {
             let mut query = vec![("limit", limit.to_string())];

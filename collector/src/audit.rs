@@ -3,7 +3,7 @@
 //! is a record in its own right. The access log is hash-chained, MAC-chained with a key derived
 //! from the seal key, and signed at checkpoints ([`chain`]), so an entry edited, inserted or
 //! removed, even from the tail, shows to `custos verify` and `custos access-log`.
-pub mod chain;
+pub use custos_trust::access_log as chain;
 
 use std::path::{Path, PathBuf};
 
@@ -82,7 +82,7 @@ pub struct Audit {
 /// plain hash chain and the signed checkpoints (not the MACs, which need the seal key).
 pub fn check_public(path: &Path, public: &[u8; 32]) -> Result<AccessLogCheck, AuditError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    chain::check(&conn, public, None, None)
+    Ok(chain::check(&conn, public, None, None)?)
 }
 
 /// What checking the access log needs, taken from a running [`Audit`] so that the check runs on
@@ -98,12 +98,12 @@ impl Checker {
     pub fn check(&self) -> Result<AccessLogCheck, AuditError> {
         let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        chain::check(
+        Ok(chain::check(
             &conn,
             &self.public,
             Some(&self.mac),
             self.remembered.as_ref(),
-        )
+        )?)
     }
 }
 

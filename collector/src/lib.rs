@@ -9,6 +9,7 @@
 pub mod alerts;
 pub mod api;
 pub mod audit;
+pub mod bundle;
 pub mod config;
 pub mod index;
 pub mod ingest;
@@ -17,5 +18,5 @@ pub mod pki;
 pub mod retention;
 pub mod store;
 pub mod tls;
-pub mod trust;
+pub use custos_trust as trust;
 pub mod writer;

@@ -49,6 +49,24 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Write a self-contained bundle for an independent verifier (`custos verify --offline
+    /// DIR`): recordings, seals, agents' certificates, tombstones, the access log and the public
+    /// material only (CA certificate, seal public key). Safe while the collector runs.
+    ExportBundle {
+        /// A new (or empty) folder to write it into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this recording (repeat for more); the agents' chains then show the batches of
+        /// the others as missing. Default: every recording.
+        #[arg(long)]
+        session: Vec<String>,
+        /// Only sessions active at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        from: Option<jiff::Timestamp>,
+        /// Only sessions active at or before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<jiff::Timestamp>,
+    },
     /// Manage the index of the recordings.
     Index {
         #[command(subcommand)]
@@ -78,6 +96,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Pki { command }) => pki::run(command),
         Some(Command::Store { command }) => store_command(cli.config.as_deref(), command),
+        Some(Command::ExportBundle {
+            out,
+            session,
+            from,
+            to,
+        }) => load_config(cli.config.as_deref()).and_then(|config| {
+            export_bundle(
+                &config,
+                &out,
+                &session,
+                from.map(Into::into),
+                to.map(Into::into),
+            )
+        }),
         Some(Command::Index {
             command: IndexCommand::Rebuild,
         }) => load_config(cli.config.as_deref()).and_then(|config| {
@@ -136,6 +168,58 @@ fn store_command(config: Option<&std::path::Path>, command: StoreCommand) -> any
             println!("added key {id} to {} (new chunks use it)", path.display());
         }
     }
+    Ok(())
+}
+
+/// `export-bundle`: the recordings asked for are found through the index (to pick them; the
+/// verifier never reads it).
+fn export_bundle(
+    config: &Config,
+    out: &std::path::Path,
+    sessions: &[String],
+    from: Option<custos_proto::Timestamp>,
+    to: Option<custos_proto::Timestamp>,
+) -> anyhow::Result<()> {
+    let recordings = if sessions.is_empty() && from.is_none() && to.is_none() {
+        None
+    } else {
+        let index =
+            custos_collector::index::Index::open_read_only(&config.store.dir.join("index.sqlite"))?;
+        let mut ids = sessions.to_vec();
+        if from.is_some() || to.is_some() {
+            let filter = custos_collector::index::Filter {
+                since: from,
+                until: to,
+                // Every session of the window (the index has no more than this).
+                limit: u32::MAX as usize,
+                ..Default::default()
+            };
+            ids.extend(index.sessions(&filter)?.0.into_iter().map(|s| s.id));
+        }
+        ids.sort();
+        ids.dedup();
+        let mut paths = Vec::new();
+        for id in &ids {
+            let row = index
+                .recording(id)?
+                .with_context(|| format!("no recording {id} in the index"))?;
+            paths.push(PathBuf::from(row.path));
+        }
+        Some(paths)
+    };
+    let source = custos_collector::bundle::Source {
+        store: &config.store.dir,
+        ca: &config.tls.ca,
+        seal_key: &config.store.seal_key,
+        recordings,
+    };
+    let manifest = custos_collector::bundle::export(&source, out)?;
+    println!(
+        "wrote {} files to {} (public material only; check it with: custos verify --offline {})",
+        manifest.files.len(),
+        out.display(),
+        out.display()
+    );
     Ok(())
 }
 

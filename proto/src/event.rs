@@ -319,6 +319,36 @@ pub enum GapReason {
     /// The collector refused a batch for good (the agent's log says why; the batch is kept in
     /// its spool's `rejected/` for a while): its events are not in the recording.
     RefusedByCollector,
+    /// The process sent `bytes` to the session's terminal with sendfile(2), whose data never
+    /// passes through the program's memory; this hook backend cannot capture them.
+    SendfileToTerminal,
+    /// The process moved `bytes` from a pipe to the session's terminal with splice(2); this
+    /// hook backend cannot capture them.
+    SpliceToTerminal,
+    /// The process submitted `records` io_uring requests that open files or write (`detail`
+    /// names the opcode), which bypass the hooked system calls.
+    IoUring,
+    /// The process runs a 32-bit program, whose (compat) system calls this hook backend does
+    /// not see: its opens and terminal writes are missing.
+    Syscalls32Bit,
+    /// An open_by_handle_at(2) whose file could not be named (it failed, or its path could not
+    /// be read); `detail` says which.
+    OpenByHandle,
+}
+
+impl GapReason {
+    /// The route a recording could not see, for the reasons that name one ("sendfile to
+    /// terminal"...); `None` for losses of the recorder itself.
+    pub fn route(self) -> Option<&'static str> {
+        Some(match self {
+            GapReason::SendfileToTerminal => "sendfile to terminal",
+            GapReason::SpliceToTerminal => "splice to terminal",
+            GapReason::IoUring => "io_uring",
+            GapReason::Syscalls32Bit => "32-bit syscalls",
+            GapReason::OpenByHandle => "open_by_handle_at",
+            _ => return None,
+        })
+    }
 }
 
 /// Events that were lost, counted: a recording never has a silent hole.
@@ -332,6 +362,10 @@ pub struct Gap {
     /// First and last loss.
     pub from: Timestamp,
     pub to: Timestamp,
+    /// What else is known of an uncaptured route: the io_uring opcode (`IORING_OP_OPENAT`),
+    /// the terminal written to, an errno.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The host's wall clock was set (a step, not a slew) while the session was open: by `date -s`,

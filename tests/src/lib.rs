@@ -20,6 +20,7 @@
 #![allow(unused_crate_dependencies)]
 pub mod agent;
 pub mod bpf;
+pub mod cprog;
 pub mod daemon;
 pub mod deployment;
 pub mod https;

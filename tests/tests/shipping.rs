@@ -16,6 +16,7 @@ use custos_pki::{
 };
 use custos_proto::{
     Event, EventBody,
+    api::VerifyReport,
     event::GapReason,
     wire::{self, Frame, Hello, SpoolId},
 };
@@ -161,6 +162,159 @@ fn a_batch_refused_for_good_becomes_a_gap_in_its_recording() {
         String::from_utf8_lossy(&output(&events)).contains("after-refusal"),
         "the rest of the session is recorded"
     );
+
+    // The refused batch is kept sealed in rejected/; the agent's key opens it.
+    let rejected = files_under(&deployment.path("spool/rejected"));
+    assert!(!rejected.is_empty(), "nothing kept in rejected/");
+    let config = deployment.path("agent.toml");
+    std::fs::write(&config, deployment.agent_config(&listen, SHIPPING)).expect("writing");
+    let read = std::process::Command::new(bin("custos-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--read-rejected")
+        .arg(&rejected[0].0)
+        .output()
+        .expect("running custos-agent --read-rejected");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let shown: Vec<Event> = String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("an event per line"))
+        .collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| matches!(e.event, EventBody::Output(_))),
+        "{shown:?}"
+    );
+}
+
+/// Every file under `dir` (recursively), with its bytes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("listing a directory") {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            let bytes = std::fs::read(&path).expect("reading a file");
+            found.push((path, bytes));
+        }
+    }
+    found
+}
+
+/// `bytes` and, after them, what every zstd frame found in them decompresses to: a clear spool
+/// record's events are such a frame, whose literals zstd may have Huffman-coded out of sight.
+fn with_decompressed(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let mut all = bytes.to_vec();
+    for (at, _) in bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == ZSTD_MAGIC)
+    {
+        if let Ok(decoder) = zstd::stream::read::Decoder::new(&bytes[at..]) {
+            // What it decodes before the frame ends or turns out not to be one.
+            let _ = decoder.single_frame().read_to_end(&mut all);
+        }
+    }
+    all
+}
+
+/// What a session did is on the agent's disk only sealed: while no collector listens, a typed
+/// marker (in terminal output, argv and a path) sits in the spool, and no file under the spool
+/// directory (segments, state files), the spool key or the agent's log holds it; with its key a
+/// restarted agent ships it whole.
+#[test]
+fn the_agents_spool_holds_nothing_a_session_did_in_clear() {
+    users::ensure("custos-alice");
+    let deployment = Deployment::new(&[]);
+    let listen = free_udp_address();
+    let config = deployment.agent_config(
+        &listen,
+        "[shipping]\nbatch_interval = \"100ms\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\nshutdown_grace = \"1s\"\n",
+    );
+    let agent = Agent::start_shipping(&config);
+    let (mut shell, session) = login_shell("custos-alice");
+    let mark = marker("SEALED-");
+    let (head, tail) = mark.split_at(4);
+    shell.line(&format!(
+        "echo \"{head}\"\"{tail}\"; cat /tmp/\"{head}\"\"{tail}\" 2>/dev/null"
+    ));
+    shell.expect(&format!("{mark}\r\n"));
+    shell.expect("custos$ ");
+    shell.line("exit 0");
+    assert!(shell.wait_exit().success());
+    // Stopping writes what is batched to the spool; nobody acknowledges it.
+    let stopped = agent.stop();
+    assert!(stopped.success, "{}", stopped.stderr);
+    assert!(
+        !stopped.stderr.contains(&mark),
+        "the agent's log holds the marker"
+    );
+    let key = deployment.path("spool.key");
+    let meta = std::fs::metadata(&key).expect("the agent created its spool key");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    let mut files = files_under(&deployment.path("spool"));
+    let segments = files
+        .iter()
+        .filter(|(path, bytes)| path.extension().is_some_and(|e| e == "seg") && !bytes.is_empty())
+        .count();
+    assert!(segments > 0, "nothing spooled: {files:?}");
+    files.push((key.clone(), std::fs::read(&key).expect("reading the key")));
+    for (path, bytes) in &files {
+        assert!(
+            !contains(&with_decompressed(bytes), mark.as_bytes()),
+            "{} holds the marker in clear",
+            path.display()
+        );
+    }
+
+    // With the key, the spooled session arrives whole.
+    let collector = deployment.start_collector(&listen, None);
+    let agent = Agent::start_shipping(&config);
+    deployment.wait_sealed(session, DELIVERY);
+    // A session after the restart: its batches continue the chain from the head the agent read
+    // back from its sealed segments (no segment was deleted, so the state has none).
+    let (mut shell, after) = login_shell("custos-alice");
+    shell.line("exit 0");
+    assert!(shell.wait_exit().success());
+    deployment.wait_sealed(after, DELIVERY);
+    let stopped = agent.stop();
+    assert!(
+        !stopped.stderr.contains(&mark),
+        "the agent's log holds the marker"
+    );
+    // The batches were signed as they were spooled, sealed; the agent's chain verifies unbroken
+    // across the restart.
+    let auditor = deployment.auditor("carol", "auditor");
+    let out = deployment.custos(&auditor, &["verify", "--all", "--json"]);
+    let report: VerifyReport = serde_json::from_str(&out.stdout).expect("JSON report");
+    assert!(out.status.success(), "{report:?}");
+    assert!(
+        report.results.iter().all(|r| r.unsigned_chunks == 0),
+        "{report:?}"
+    );
+    assert!(
+        report.agents.len() == 1 && report.agents[0].ok && report.agents[0].batches > 1,
+        "{report:?}"
+    );
+    drop(collector);
+    let events = deployment.recording(session);
+    assert_complete(&events);
+    assert!(contains(&output(&events), format!("{mark}\r\n").as_bytes()));
+    assert!(events.iter().any(|e| matches!(
+        &e.event,
+        EventBody::Exec(x) if x.argv.iter().any(|a| a.to_string().contains(&mark))
+    )));
 }
 
 #[test]

@@ -66,6 +66,7 @@ pub fn test_packages() -> anyhow::Result<()> {
         ("/etc/custos/agent.toml", "640 root custos-agent"),
         ("/var/lib/custos", "700 custos-agent custos-agent"),
         ("/var/lib/custos/spool", "700 custos-agent custos-agent"),
+        ("/var/lib/custos/spool.key", "600 custos-agent custos-agent"),
         ("/usr/bin/custos-collector", "755 root root"),
         ("/usr/bin/custos", "755 root root"),
         (
@@ -232,6 +233,10 @@ pub fn test_packages() -> anyhow::Result<()> {
     check(
         !root.exists("/var/lib/custos/spool"),
         "purging the agent removes the spool".into(),
+    );
+    check(
+        !root.exists("/var/lib/custos/spool.key"),
+        "purging the agent removes the spool key".into(),
     );
     check(
         !root.exists("/etc/custos/agent.toml"),

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use crate::{cmd, setup};
 
 /// Debian packages the end-to-end tests use, with a file that shows each is installed.
-const TEST_PACKAGES: [(&str, &str); 7] = [
+const TEST_PACKAGES: [(&str, &str); 10] = [
     ("openssh-server", "/usr/sbin/sshd"),
     ("openssh-client", "/usr/bin/ssh"),
     ("sudo", "/usr/bin/sudo"),
@@ -18,6 +18,11 @@ const TEST_PACKAGES: [(&str, &str); 7] = [
     ("nftables", "/usr/sbin/nft"),
     ("iproute2", "/usr/sbin/ip"),
     ("asciinema", "/usr/bin/asciinema"),
+    // The C programs of tests/tests/routes.rs (tests/c): a static 32-bit one and an io_uring
+    // user.
+    ("gcc", "/usr/bin/gcc"),
+    ("gcc-multilib", "/usr/lib32/libc.a"),
+    ("liburing-dev", "/usr/include/liburing.h"),
 ];
 
 pub fn test(filter: Option<&str>) -> anyhow::Result<()> {

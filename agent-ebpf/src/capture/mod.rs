@@ -2,4 +2,5 @@
 pub mod exec;
 pub mod open;
 pub mod process;
+pub mod route;
 pub mod tty;

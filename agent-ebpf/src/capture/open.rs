@@ -1,7 +1,8 @@
-//! File opens (open, openat, openat2, creat), read once at syscall exit: the arguments from the
-//! task's saved user registers, the result from the tracepoint. A relative path is sent with the
-//! components of its base directory (the cwd, or the directory `dirfd` refers to) so that the
-//! agent can make it absolute.
+//! File opens (open, openat, openat2, creat, open_by_handle_at), read once at syscall exit: the
+//! arguments from the task's saved user registers, the result from the tracepoint. A relative
+//! path is sent with the components of its base directory (the cwd, or the directory `dirfd`
+//! refers to) so that the agent can make it absolute; open_by_handle_at, which names no path, is
+//! sent with the components of the file it opened.
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user_str};
 use custos_agent_abi::{
     OPEN_BASE_CWD, OPEN_BASE_DIRFD, OPEN_BASE_TRUNCATED, OPEN_BASE_UNKNOWN, OPEN_PATH_FAULT,
@@ -57,6 +58,14 @@ impl OpenArgs {
                 flags: O_CREAT_WRONLY_TRUNC,
                 mode: arg(off!(pt_regs_si)) as u32,
             },
+            // open_by_handle_at(mount_fd, handle, flags): no path.
+            OpenSyscall::OpenByHandleAt => Self {
+                syscall,
+                dirfd: arg(off!(pt_regs_di)) as i32,
+                path: core::ptr::null(),
+                flags: arg(off!(pt_regs_dx)) as u32,
+                mode: 0,
+            },
             OpenSyscall::Openat2 => {
                 // struct open_how { u64 flags; u64 mode; u64 resolve; } in user memory.
                 let how = arg(off!(pt_regs_dx)) as *const [u64; 2];
@@ -98,39 +107,53 @@ pub fn on_open(task: &Task, args: OpenArgs, ret: i64) {
     };
     let mut flags = 0u16;
     let area_offset = HEADER_SIZE + core::mem::size_of::<Open>();
+    let by_handle = matches!(args.syscall, OpenSyscall::OpenByHandleAt);
     let area = buf.wrapping_add(area_offset);
-    // SAFETY: area has PATH_STR_MAX bytes of room; the helper bounds the copy.
-    let copied = unsafe {
-        bpf_probe_read_user_str(
-            area as *mut c_void,
-            PATH_STR_MAX as u32,
-            args.path as *const c_void,
-        )
-    };
-    let path_len = if copied > 0 {
-        if copied as usize == PATH_STR_MAX {
-            flags |= OPEN_PATH_TRUNCATED;
-        }
-        (copied as usize - 1) & (PATH_STR_MAX - 1)
-    } else {
-        emit::count_error(ProbeError::UserRead);
-        flags |= OPEN_PATH_FAULT;
+    let path_len = if by_handle {
         0
+    } else {
+        // SAFETY: area has PATH_STR_MAX bytes of room; the helper bounds the copy.
+        let copied = unsafe {
+            bpf_probe_read_user_str(
+                area as *mut c_void,
+                PATH_STR_MAX as u32,
+                args.path as *const c_void,
+            )
+        };
+        if copied > 0 {
+            if copied as usize == PATH_STR_MAX {
+                flags |= OPEN_PATH_TRUNCATED;
+            }
+            (copied as usize - 1) & (PATH_STR_MAX - 1)
+        } else {
+            emit::count_error(ProbeError::UserRead);
+            flags |= OPEN_PATH_FAULT;
+            0
+        }
     };
     // SAFETY: area is inside the scratch buffer.
     let first = unsafe { *area };
     let mut base_len = 0usize;
-    if path_len > 0 && first != b'/' {
+    let base = if by_handle {
+        // No path was given: the opened file's own path, when the open succeeded.
+        (ret >= 0).then(|| {
+            task::fd_file(task.ptr, ret as u64).map(|file| file.wrapping_add(off!(file_f_path)))
+        })
+    } else if path_len > 0 && first != b'/' {
         let relative_to_cwd = args.dirfd == AT_FDCWD
             || matches!(args.syscall, OpenSyscall::Open | OpenSyscall::Creat);
-        let base = if relative_to_cwd {
+        Some(if relative_to_cwd {
             flags |= OPEN_BASE_CWD;
             kmem::read_ptr(task.ptr, off!(task_fs)).map(|fs| fs.wrapping_add(off!(fs_pwd)))
         } else {
             flags |= OPEN_BASE_DIRFD;
             task::fd_file(task.ptr, args.dirfd as u64)
                 .map(|file| file.wrapping_add(off!(file_f_path)))
-        };
+        })
+    } else {
+        None
+    };
+    if let Some(base) = base {
         match base.and_then(|base| path::walk_path(base, area_offset, path_len)) {
             Ok(walk) => {
                 if !walk.complete {
@@ -155,10 +178,8 @@ pub fn on_open(task: &Task, args: OpenArgs, ret: i64) {
             _pad: [0; 6],
         },
     );
-    emit::submit(
-        buf,
-        HEADER_SIZE + core::mem::size_of::<Open>() + path_len + base_len,
-        RecordKind::Open,
-        task.sessionid,
-    );
+    // Hidden from the compiler, so that it checks the size it submits against the scratch
+    // size itself, not a part of it the verifier cannot relate to the whole.
+    let size = kmem::opaque(HEADER_SIZE + core::mem::size_of::<Open>() + path_len + base_len);
+    emit::submit(buf, size, RecordKind::Open, task.sessionid);
 }

@@ -92,6 +92,13 @@ pub fn on_tty_write(task: &Task, tty: *const u8, source: Source, written: u64) {
     capture(&target, source, written);
 }
 
+/// The terminal device (dev_t; the slave's for a pty) `fd` refers to, if it is a terminal.
+#[inline(always)]
+pub fn fd_terminal(task: &Task, fd: u64) -> Option<u32> {
+    let tty = fd_tty(task.ptr, fd).ok()??;
+    side(tty).ok().map(|(dev, _)| dev)
+}
+
 /// The terminal (`struct tty_struct`) `fd` writes to, if it is one.
 #[inline(always)]
 fn fd_tty(task: *const u8, fd: u64) -> Result<Option<*const u8>, Fault> {

@@ -11,7 +11,12 @@ use custos_proto::{
     event::{self, Access, EventBody},
 };
 
-use super::decode::{Record, RecordBody};
+use super::{
+    decode::{Record, RecordBody},
+    routes::{self, IoUringCounts},
+};
+use custos_agent_abi::{OpenSyscall, Route};
+use custos_proto::event::GapReason;
 
 /// What a record became: who, when (boot-time ns), what.
 #[derive(Clone, Debug)]
@@ -58,6 +63,8 @@ const PENDING_EXEC_TTL_NS: u64 = 1_000_000_000;
 pub struct Assembler {
     /// Execs waiting for their argv pieces, by thread id.
     pending: HashMap<u32, PendingExec>,
+    /// io_uring requests counted but not reported yet.
+    io_uring: IoUringCounts,
 }
 
 struct PendingExec {
@@ -116,6 +123,43 @@ impl Assembler {
         }
         let body = match body {
             RecordBody::ExecArgv { .. } => return,
+            RecordBody::Uncaptured {
+                route: Route::IoUring,
+                opcode,
+                ..
+            } => {
+                self.io_uring.push(task, opcode, ts_boot_ns, out);
+                return;
+            }
+            RecordBody::Uncaptured {
+                route,
+                opcode,
+                fd,
+                tty,
+                bytes,
+            } => routes::uncaptured(route, opcode, fd, tty, bytes, ts_boot_ns),
+            RecordBody::Open {
+                ret,
+                syscall: OpenSyscall::OpenByHandleAt,
+                open_flags,
+                ..
+            } if ret < 0 || flags & (OPEN_BASE_UNKNOWN | OPEN_BASE_TRUNCATED) != 0 => {
+                let detail = if ret < 0 {
+                    format!(
+                        "failed with {:?}, flags {open_flags:#o}",
+                        nix::errno::Errno::from_raw((-ret) as i32)
+                    )
+                } else {
+                    format!("fd {ret}: its path could not be read, flags {open_flags:#o}")
+                };
+                routes::gap(
+                    GapReason::OpenByHandle,
+                    1,
+                    0,
+                    (ts_boot_ns, ts_boot_ns),
+                    Some(detail),
+                )
+            }
             RecordBody::TtyData {
                 tty,
                 input,
@@ -192,7 +236,10 @@ impl Assembler {
             } => {
                 let incomplete_flags =
                     OPEN_PATH_TRUNCATED | OPEN_PATH_FAULT | OPEN_BASE_TRUNCATED | OPEN_BASE_UNKNOWN;
-                let absolute = if path.first() == Some(&b'/') {
+                let absolute = if syscall == OpenSyscall::OpenByHandleAt {
+                    // No path was given: the opened file's own.
+                    components_to_path(&base)
+                } else if path.first() == Some(&b'/') {
                     normalize(&path)
                 } else if flags & OPEN_BASE_UNKNOWN != 0 || path.is_empty() {
                     path.clone()
@@ -224,7 +271,11 @@ impl Assembler {
             RecordBody::Fork { child_pid } => EventBody::Fork(event::Fork {
                 child: Pid(child_pid),
             }),
-            RecordBody::Exit { status } => EventBody::Exit(event::Exit::from_status(status as i32)),
+            RecordBody::Exit { status } => {
+                // Its io_uring requests counted since the last report come first.
+                self.io_uring.finish_process(task.tgid, out);
+                EventBody::Exit(event::Exit::from_status(status as i32))
+            }
         };
         out.push(Captured {
             task,
@@ -235,11 +286,12 @@ impl Assembler {
 
     /// Nothing waits for more pieces.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && self.io_uring.is_empty()
     }
 
     /// Sends execs whose argv pieces stopped coming, as truncated.
     pub fn flush_stale(&mut self, now_boot_ns: u64, out: &mut Vec<Captured>) {
+        self.io_uring.flush(now_boot_ns, false, out);
         let stale: Vec<u32> = self
             .pending
             .iter()
@@ -257,6 +309,7 @@ impl Assembler {
 
     /// Sends every exec still waiting (at shutdown).
     pub fn flush_all(&mut self, out: &mut Vec<Captured>) {
+        self.io_uring.flush(0, true, out);
         out.extend(self.pending.drain().map(|(_, pending)| pending.finish()));
     }
 }

@@ -52,6 +52,14 @@ pub enum RecordBody {
     Exit {
         status: u32,
     },
+    /// A route the programs saw but could not capture.
+    Uncaptured {
+        route: abi::Route,
+        opcode: u16,
+        fd: i32,
+        tty: u32,
+        bytes: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,6 +74,8 @@ pub enum DecodeError {
     BadLength { kind: &'static str },
     #[error("open record: unknown syscall {0}")]
     UnknownSyscall(u16),
+    #[error("uncaptured record: unknown route {0}")]
+    UnknownRoute(u16),
 }
 
 /// Reads a plain-old-data `T` at `offset` of `bytes`.
@@ -178,6 +188,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             let p: abi::Exit =
                 read(payload(std::mem::size_of::<abi::Exit>())?, 0).ok_or(DecodeError::Short(0))?;
             RecordBody::Exit { status: p.status }
+        }
+        RecordKind::Uncaptured => {
+            let p: abi::Uncaptured = read(payload(std::mem::size_of::<abi::Uncaptured>())?, 0)
+                .ok_or(DecodeError::Short(0))?;
+            RecordBody::Uncaptured {
+                route: abi::Route::from_u16(p.route).ok_or(DecodeError::UnknownRoute(p.route))?,
+                opcode: p.opcode,
+                fd: p.fd,
+                tty: p.tty,
+                bytes: p.bytes,
+            }
         }
     };
     Ok(Record {

@@ -3,11 +3,13 @@
 //! - [`decode`]: ring buffer bytes to typed records;
 //! - [`assemble`]: records to event bodies (argv joined to its exec, absolute paths);
 //! - [`drops`]: the kernel's loss counters, turned into per-session loss reports;
+//! - [`routes`]: routes the programs saw but could not capture, made into gaps;
 //! - [`clock`]: the host's wall clock being set.
 pub mod assemble;
 pub mod clock;
 pub mod decode;
 pub mod drops;
+pub mod routes;
 
 use std::{
     sync::{
@@ -210,10 +212,30 @@ impl Default for PollTimer {
     }
 }
 
-/// Sends captured events on; false when the tracker is gone.
+/// Sends captured events on; false when the tracker is gone. An exec of a 32-bit program is
+/// followed by its gap ([`routes::exec_gap`]).
 async fn send(tx: &mpsc::Sender<Capture>, events: Vec<Captured>) -> bool {
     for captured in events {
+        let compat = match &captured.body {
+            custos_proto::EventBody::Exec(exec) => routes::exec_gap(
+                &captured.task,
+                &exec.filename.0,
+                &exec.cwd.0,
+                captured.ts_boot_ns,
+            )
+            .map(|body| Captured {
+                task: captured.task,
+                ts_boot_ns: captured.ts_boot_ns,
+                body,
+            }),
+            _ => None,
+        };
         if tx.send(Capture::Event(captured)).await.is_err() {
+            return false;
+        }
+        if let Some(gap) = compat
+            && tx.send(Capture::Event(gap)).await.is_err()
+        {
             return false;
         }
     }

@@ -20,7 +20,7 @@ use aya::{
 };
 use custos_agent_abi::{
     KernelOffsets, SETTING_CAPTURE_TTY_TASKS, SETTING_DIRECT_READS,
-    SETTING_SUPPRESS_ECHO_OFF_INPUT, Settings,
+    SETTING_SUPPRESS_ECHO_OFF_INPUT, Settings, io_uring_op,
 };
 use tracing::{debug, error, info, warn};
 
@@ -49,12 +49,12 @@ struct Capture {
 const CAPTURES: [Capture; 2] = [
     Capture {
         name: "terminal",
-        syscall_exits: &["write", "writev"],
+        syscall_exits: &["write", "writev", "pwritev2", "sendfile64", "splice"],
         fexit: ("fexit_n_tty_write", "n_tty_write"),
     },
     Capture {
         name: "opens",
-        syscall_exits: &["open", "openat", "openat2", "creat"],
+        syscall_exits: &["open", "openat", "openat2", "creat", "open_by_handle_at"],
         fexit: ("fexit_do_sys_openat2", "do_sys_openat2"),
     },
 ];
@@ -133,6 +133,14 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
 
     raise_memlock_limit();
     let kernel = btf::read_kernel(Path::new(btf::VMLINUX_BTF))?;
+    tracefs::ensure_mounted()?;
+    let io_uring = tracefs::io_uring_submit();
+    if io_uring.is_none() {
+        warn!(
+            "the kernel has no io_uring submit tracepoint: io_uring requests of recorded \
+             sessions are not reported"
+        );
+    }
     debug!(offsets = ?kernel.offsets, "kernel struct offsets from BTF");
     let mut flags = 0;
     if capture.scope == TaskSelection::LoginSessionsAndTerminals {
@@ -147,14 +155,14 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
         argv_max: capture.argv_max.as_u64() as u32,
         tty_write_max: capture.tty_write_max.as_u64() as u32,
         wakeup_bytes: wakeup_bytes(capture.ring_buffer_size.as_u64() as u32),
-        _pad: 0,
+        io_uring_opcode_offset: io_uring.as_ref().map_or(0, |tp| tp.opcode_offset),
     };
     if capture.direct_reads && kernel.task_btf_helpers {
         let direct = Settings {
             flags: flags | SETTING_DIRECT_READS,
             ..settings
         };
-        match load_with(capture, &kernel.offsets, &direct) {
+        match load_with(capture, &kernel.offsets, &direct, io_uring.as_ref()) {
             Ok(probes) => return Ok(probes),
             // The verifier's log, if it refused, is in the log already.
             Err(err) if err.downcast_ref::<Unhonoured>().is_none() => warn!(
@@ -164,7 +172,7 @@ pub fn load(capture: &CaptureConfig, agent_tgid: u32) -> anyhow::Result<Probes> 
             Err(err) => return Err(err),
         }
     }
-    load_with(capture, &kernel.offsets, &settings)
+    load_with(capture, &kernel.offsets, &settings, io_uring.as_ref())
 }
 
 /// Loads the object with `settings` and attaches every program (see [`load`]).
@@ -172,6 +180,7 @@ fn load_with(
     capture: &CaptureConfig,
     offsets: &KernelOffsets,
     settings: &Settings,
+    io_uring: Option<&tracefs::IoUringSubmit>,
 ) -> anyhow::Result<Probes> {
     let ring_size = capture.ring_buffer_size.as_u64() as u32;
     let mut ebpf = EbpfLoader::new()
@@ -199,6 +208,13 @@ fn load_with(
     for (hooked, backend) in CAPTURES.iter().zip(&mut backends) {
         *backend = attach_capture(&mut ebpf, &kernel_btf, hooked, capture.hooks)?;
     }
+    let io_uring = match io_uring {
+        Some(tracepoint) => {
+            attach_io_uring(&mut ebpf, tracepoint, backends)?;
+            "attached"
+        }
+        None => "absent",
+    };
     let reads = if settings.flags & SETTING_DIRECT_READS != 0 {
         "direct"
     } else {
@@ -209,6 +225,7 @@ fn load_with(
         terminal = backends[0].name(),
         opens = backends[1].name(),
         reads,
+        io_uring,
         "kernel capture attached"
     );
     Ok(Probes { ebpf, backends })
@@ -242,6 +259,45 @@ fn attach_capture(
     attach_tracepoints(ebpf, capture.syscall_exits)
         .with_context(|| format!("attaching the {} capture", capture.name))?;
     Ok(Backend::Tracepoint)
+}
+
+/// The io_uring requests that no attached hook sees: opens always (neither backend's open hooks
+/// are on io_uring's path), writes unless the terminal capture is the line discipline's.
+fn io_uring_uncaptured(backends: [Backend; 2]) -> u64 {
+    let mut opcodes: Vec<u16> = io_uring_op::OPENS.to_vec();
+    if backends[0] == Backend::Tracepoint {
+        opcodes.extend(io_uring_op::WRITES);
+    }
+    opcodes
+        .into_iter()
+        .fold(0, |mask, op| mask | io_uring_op::bit(op))
+}
+
+/// Attaches the program on the io_uring submit tracepoint (it runs only for io_uring requests)
+/// and tells it which opcodes to report.
+fn attach_io_uring(
+    ebpf: &mut Ebpf,
+    tracepoint: &tracefs::IoUringSubmit,
+    backends: [Backend; 2],
+) -> anyhow::Result<()> {
+    let mask = io_uring_uncaptured(backends);
+    let mut map: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
+        ebpf.map_mut("IO_URING_UNCAPTURED")
+            .context("map IO_URING_UNCAPTURED missing from the eBPF object")?,
+    )?;
+    map.set(0, mask, 0)
+        .context("setting the io_uring opcodes to report")?;
+    let name = "io_uring_submit_req";
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?;
+    program.load().map_err(|err| load_failure(name, err))?;
+    program
+        .attach("io_uring", tracepoint.event)
+        .with_context(|| format!("attaching tracepoint io_uring/{}", tracepoint.event))?;
+    log_verifier_cost(name, program.info());
+    Ok(())
 }
 
 fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, (name, function): (&str, &str)) -> anyhow::Result<()> {

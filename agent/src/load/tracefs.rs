@@ -55,6 +55,32 @@ pub fn check_syscall_exit_layout(syscalls: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The io_uring tracepoint that fires as each request is submitted, and where its record keeps
+/// the opcode.
+pub struct IoUringSubmit {
+    /// `io_uring_submit_req` (5.19 and later) or `io_uring_submit_sqe` (earlier kernels).
+    pub event: &'static str,
+    pub opcode_offset: u32,
+}
+
+/// The kernel's io_uring submit tracepoint, if it has one with an `opcode` field.
+pub fn io_uring_submit() -> Option<IoUringSubmit> {
+    ["io_uring_submit_req", "io_uring_submit_sqe"]
+        .into_iter()
+        .find_map(|event| {
+            let path = Path::new(TRACEFS)
+                .join("events/io_uring")
+                .join(event)
+                .join("format");
+            let format = std::fs::read_to_string(path).ok()?;
+            let offset = field_offset(&format, "opcode")?;
+            (offset > 0).then_some(IoUringSubmit {
+                event,
+                opcode_offset: u32::try_from(offset).ok()?,
+            })
+        })
+}
+
 /// Offset of `field` in a tracefs format file.
 fn field_offset(format: &str, field: &str) -> Option<usize> {
     format.lines().find_map(|line| {

@@ -312,6 +312,7 @@ impl Tracker {
             bytes,
             from,
             to,
+            detail: None,
         });
         self.push_own(sessionid, gap, out);
     }
@@ -340,8 +341,13 @@ impl Tracker {
         let Captured {
             task,
             ts_boot_ns,
-            body,
+            mut body,
         } = captured;
+        if let EventBody::Gap(gap) = &mut body {
+            // Routes the programs could not capture are timed in boot-time ns (capture::routes).
+            gap.from = self.clock.wall(gap.from.0 as u64);
+            gap.to = self.clock.wall(gap.to.0 as u64);
+        }
         let sessionid = SessionKey::of(&task).id();
         if let Some(seen) = self.not_recorded.get_mut(&sessionid) {
             // Reached userspace before the kernel's filter knew the uid.

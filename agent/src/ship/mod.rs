@@ -533,7 +533,9 @@ mod tests {
     fn a_spooled_batch_is_signed_again_with_the_connections_key() {
         let ((old_cert, old_key), (new_cert, new_key)) = (identity(), identity());
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let spool_key =
+            crate::spool::seal::SpoolKey::from_bytes(&[7; crate::spool::seal::KEY_LEN]).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, spool_key).unwrap();
         let seq = spool.allocate().unwrap();
         let event = custos_proto::Event {
             time: custos_proto::Timestamp(1),

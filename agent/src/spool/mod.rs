@@ -6,15 +6,23 @@
 //!   starts a new sequence space at the collector. The chain's head (the last signed batch's
 //!   seq and link hash, which the next batch names as its previous) is always either in a
 //!   segment or in the state: the state is written before a segment is deleted, so the chain
-//!   continues across restarts.
+//!   continues across restarts. It holds no session content and is not sealed: a new spool key
+//!   does not start a new chain.
 //! - `segments/<first seq>.seg`: batches appended as [`record`]s and fsynced before they are
 //!   sent. A segment is deleted once every batch in it is acknowledged.
+//! - `rejected/<seq>.batch`: batches the collector refused for good, one record each, kept for
+//!   `spool.keep_rejected`.
+//!
+//! What sessions did is sealed with the agent's [`seal::SpoolKey`] (`spool.key_file`, outside
+//! this directory) before it is written: segments and `rejected/` hold it only encrypted. Clear
+//! segments of agents before sealing are still read, and deleted once shipped.
 //!
 //! The spool is bounded: when a batch would not fit, the oldest segments go, acknowledged or
 //! not, and the batches lost are returned so that they become gap records. At start, every
-//! segment is read back; damaged records are skipped (the records after them are found again)
-//! and reported, a torn last record is cut.
+//! segment is read back; damaged records (and records that do not open with the key) are
+//! skipped (the records after them are found again) and reported, a torn last record is cut.
 pub mod record;
+pub mod seal;
 
 use std::{
     collections::BTreeMap,
@@ -33,7 +41,10 @@ use custos_proto::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use self::record::Found;
+use self::{
+    record::{Found, Place},
+    seal::SpoolKey,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -120,11 +131,18 @@ pub struct Spool {
     chain: Option<ChainHead>,
     /// The head as `spool.state` last recorded it.
     chain_saved: Option<ChainHead>,
+    /// Seals what is written to segments and `rejected/`.
+    key: SpoolKey,
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, bounded to `max_size` bytes of segments.
-    pub fn open(dir: &Path, max_size: u64) -> Result<(Spool, Recovered), SpoolError> {
+    /// Opens (or creates) the spool in `dir`, bounded to `max_size` bytes of segments, its
+    /// batches sealed with `key`.
+    pub fn open(
+        dir: &Path,
+        max_size: u64,
+        key: SpoolKey,
+    ) -> Result<(Spool, Recovered), SpoolError> {
         let segments_dir = dir.join("segments");
         fs::DirBuilder::new()
             .recursive(true)
@@ -160,6 +178,7 @@ impl Spool {
             lost: Vec::new(),
             chain: state.chain,
             chain_saved: None,
+            key,
         };
         let recovered = spool.read_segments()?;
         spool.reserve()?;
@@ -221,8 +240,13 @@ impl Spool {
             let bytes = fs::read(&path).map_err(|e| io(&path, e))?;
             let mut offset = 0usize;
             while offset < bytes.len() {
-                match record::read(&bytes[offset..]) {
-                    Found::Record { header, len } => {
+                let place = Place::Segment {
+                    id,
+                    offset: offset as u64,
+                };
+                match record::read(&bytes[offset..], &self.key, place) {
+                    Found::Record { batch, len } => {
+                        let header = batch.header;
                         self.next_seq = self.next_seq.max(header.seq.0 + 1);
                         self.advance_chain(&header);
                         self.entries.insert(
@@ -241,6 +265,19 @@ impl Spool {
                     Found::DamagedPayload { header, len } => {
                         warn!(segment = %path.display(), seq = header.seq.0, "damaged batch skipped");
                         self.next_seq = self.next_seq.max(header.seq.0 + 1);
+                        self.advance_chain(&header);
+                        recovered.damaged.push(header);
+                        offset += len;
+                    }
+                    Found::Unopened { header, len } => {
+                        warn!(
+                            segment = %path.display(),
+                            seq = header.seq.0,
+                            "batch that does not open with the spool key (another key, or altered) skipped"
+                        );
+                        self.next_seq = self.next_seq.max(header.seq.0 + 1);
+                        // Like a damaged one: it was signed (and may have reached the
+                        // collector), so the next batch names it and the chain shows the loss.
                         self.advance_chain(&header);
                         recovered.damaged.push(header);
                         offset += len;
@@ -372,9 +409,9 @@ impl Spool {
     /// Appends a batch durably. Returns the headers of unacknowledged batches dropped to make
     /// room (the oldest first).
     pub fn append(&mut self, batch: &Batch) -> Result<Vec<BatchHeader>, SpoolError> {
-        let bytes = record::encode(batch);
+        let len = record::sealed_len(batch) as u64;
         let mut dropped = Vec::new();
-        while self.size() + bytes.len() as u64 > self.max_size && !self.segments.is_empty() {
+        while self.size() + len > self.max_size && !self.segments.is_empty() {
             dropped.extend(self.drop_oldest_segment()?);
         }
         let rotate = match &self.active {
@@ -405,6 +442,11 @@ impl Spool {
             .segments
             .get_mut(id)
             .expect("the active segment is known");
+        let place = Place::Segment {
+            id: *id,
+            offset: segment.size,
+        };
+        let bytes = record::encode(&self.key, batch, place);
         file.write_all(&bytes)
             .and_then(|()| file.sync_data())
             .map_err(|e| io(&segment.path, e))?;
@@ -483,17 +525,18 @@ impl Spool {
         File::open(&segment.path)
             .and_then(|f| f.read_exact_at(&mut buf, entry.offset))
             .map_err(|e| io(&segment.path, e))?;
-        match record::read(&buf) {
-            Found::Record { header, len } => Ok(Batch {
-                events: record::payload(&buf, len).to_vec(),
-                header,
-            }),
+        let place = Place::Segment {
+            id: entry.segment,
+            offset: entry.offset,
+        };
+        match record::read(&buf, &self.key, place) {
+            Found::Record { batch, .. } => Ok(batch),
             _ => Err(SpoolError::Damaged(seq)),
         }
     }
 
     /// Takes a batch the collector refused for good out of the queue, keeping a copy in
-    /// `rejected/` for inspection (as a length-prefixed frame). It leaves the queue even when
+    /// `rejected/` for inspection (one sealed [`record`], see [`Spool::read_rejected`]). It leaves the queue even when
     /// the copy cannot be written: resending it could never succeed, and it must not block the
     /// rest.
     /// Its events are reported lost ([`Spool::take_lost`]).
@@ -502,7 +545,7 @@ impl Spool {
             let dir = self.dir.join("rejected");
             fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
             let path = dir.join(format!("{:020}.batch", seq.0));
-            let frame = custos_proto::wire::encode_frame(&custos_proto::wire::Frame::Batch(batch));
+            let frame = record::encode(&self.key, &batch, Place::Rejected);
             fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -585,10 +628,24 @@ impl Spool {
     }
 }
 
+/// Reads back a batch [`Spool::set_aside`] kept in `rejected/` (`custos-agent --read-rejected`).
+pub fn read_rejected(key: &SpoolKey, path: &Path) -> Result<Batch, SpoolError> {
+    let bytes = fs::read(path).map_err(|e| io(path, e))?;
+    match record::read(&bytes, key, Place::Rejected) {
+        Found::Record { batch, len } if len == bytes.len() => Ok(batch),
+        Found::Unopened { .. } => Err(io(
+            path,
+            "does not open with the spool key (another key, or altered)",
+        )),
+        _ => Err(io(path, "not a readable spool record")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use custos_proto::{
-        AuditSessionId, BootId, Event, EventBody, Seq, Timestamp, event::SessionEnd,
+        AuditSessionId, BootId, Event, EventBody, Seq, Timestamp, Tty,
+        event::{Output, SessionEnd},
         wire::make_batch,
     };
 
@@ -606,7 +663,7 @@ mod tests {
     fn signed_batches_chain_across_restarts_and_collected_segments() {
         let dir = tempfile::tempdir().unwrap();
         let signer = signer();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         let first = batch(&mut spool, 1, 10);
         spool.append_signed(first, &signer).unwrap();
         let head = spool.chain_head().unwrap();
@@ -624,7 +681,7 @@ mod tests {
         let head = spool.chain_head().unwrap();
         drop(spool);
         // Restarted with the batch still in its segment: the head is found there.
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         assert_eq!(spool.chain_head(), Some(head));
         // Every batch acknowledged and its segment deleted: the head is in spool.state.
         for (seq, _, _) in spool.pending_batches(10) {
@@ -633,7 +690,7 @@ mod tests {
         spool.collect().unwrap();
         assert_eq!(spool.pending(), 0);
         drop(spool);
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         assert_eq!(spool.chain_head(), Some(head));
         let third = batch(&mut spool, 1, 10);
         spool.append_signed(third, &signer).unwrap();
@@ -642,6 +699,230 @@ mod tests {
         // says which batch came before.)
         assert_eq!(third.link().unwrap().prev, head.hash);
         assert!(third.seq > head.seq);
+    }
+
+    /// A signed batch whose record no longer opens (here: the spool key replaced) is lost, but
+    /// its clear header still moves the chain: it may have reached the collector, and if not the
+    /// collector sees a break where the gap event explains it, never a fork.
+    #[test]
+    fn a_signed_batch_lost_in_the_spool_still_moves_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = signer();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
+        let first = batch(&mut spool, 1, 10);
+        spool.append_signed(first, &signer).unwrap();
+        let before = spool.chain_head().unwrap();
+        let second = batch(&mut spool, 1, 10);
+        spool.append_signed(second, &signer).unwrap();
+        let lost = spool.chain_head().unwrap();
+        // The state holds no head yet (written at open, before any batch): the segment has it.
+        drop(spool);
+        let other = SpoolKey::from_bytes(&[1; seal::KEY_LEN]).unwrap();
+        let (mut spool, recovered) = Spool::open(dir.path(), 1 << 20, other).unwrap();
+        assert_eq!(seqs(&recovered.damaged), [before.seq, lost.seq]);
+        assert_eq!(spool.chain_head(), Some(lost));
+        let next = batch(&mut spool, 1, 10);
+        spool.append_signed(next, &signer).unwrap();
+        let next = spool.read(spool.chain_head().unwrap().seq).unwrap().header;
+        assert_eq!(next.link().unwrap().prev, lost.hash);
+        // Restarted again: the new batch opens and is the head, the two before stay lost.
+        drop(spool);
+        let other = SpoolKey::from_bytes(&[1; seal::KEY_LEN]).unwrap();
+        let (spool, recovered) = Spool::open(dir.path(), 1 << 20, other).unwrap();
+        assert!(recovered.damaged.len() == 2 && spool.pending() == 1);
+        assert_eq!(spool.chain_head().unwrap().seq, next.seq);
+    }
+
+    fn key() -> SpoolKey {
+        SpoolKey::from_bytes(&[9; seal::KEY_LEN]).unwrap()
+    }
+
+    fn only_segment(dir: &Path) -> PathBuf {
+        let mut paths: Vec<PathBuf> = fs::read_dir(dir.join("segments"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert_eq!(paths.len(), 1, "{paths:?}");
+        paths.remove(0)
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// A batch of one terminal write printing `text`.
+    fn output_batch(spool: &mut Spool, text: &str) -> Batch {
+        let seq = spool.allocate().unwrap();
+        let event = Event {
+            time: Timestamp(seq.0 as i64),
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            session: AuditSessionId(7),
+            seq: Seq(seq.0),
+            process: None,
+            event: EventBody::Output(Output {
+                tty: Tty(34816),
+                data: text.into(),
+                uncaptured: 0,
+                redacted: Default::default(),
+            }),
+        };
+        make_batch(spool.id(), seq, &[event]).unwrap()
+    }
+
+    #[test]
+    fn what_a_session_printed_is_sealed_on_disk_and_reads_back() {
+        const MARKER: &str = "MARKER-7f3a-patient-record";
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
+        let b = output_batch(&mut spool, &format!("{MARKER}\r\n"));
+        // The control: the batch's compressed events hold the marker as it was typed, so a
+        // clear record would show it.
+        assert!(contains(&b.events, MARKER.as_bytes()));
+        assert!(contains(&record::encode_clear(&b), MARKER.as_bytes()));
+        spool.append(&b).unwrap();
+        let raw = fs::read(only_segment(dir.path())).unwrap();
+        assert!(
+            !contains(&raw, MARKER.as_bytes()),
+            "the marker is on disk in clear"
+        );
+        assert_eq!(spool.read(b.header.seq).unwrap(), b);
+        // Read back after a restart too.
+        drop(spool);
+        let (mut spool, recovered) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
+        assert!(recovered.damaged.is_empty() && recovered.skipped_bytes == 0);
+        assert_eq!(spool.read(b.header.seq).unwrap(), b);
+        // Refused for good: kept in rejected/, sealed as well, and readable with the key.
+        let kept = spool.set_aside(b.header.seq).unwrap();
+        assert!(!contains(&fs::read(&kept).unwrap(), MARKER.as_bytes()));
+        assert_eq!(read_rejected(&key(), &kept).unwrap(), b);
+        let other = SpoolKey::from_bytes(&[1; seal::KEY_LEN]).unwrap();
+        let err = read_rejected(&other, &kept).unwrap_err().to_string();
+        assert!(err.contains("does not open with the spool key"), "{err}");
+    }
+
+    /// Writes `count` batches to a new spool and returns them with the spool's directory.
+    fn spooled(count: usize) -> (tempfile::TempDir, Vec<Batch>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
+        let batches: Vec<Batch> = (0..count)
+            .map(|i| output_batch(&mut spool, &format!("line {i}")))
+            .collect();
+        for b in &batches {
+            spool.append(b).unwrap();
+        }
+        (dir, batches)
+    }
+
+    fn seqs(headers: &[BatchHeader]) -> Vec<BatchSeq> {
+        headers.iter().map(|h| h.seq).collect()
+    }
+
+    #[test]
+    fn with_another_key_every_record_is_reported_lost() {
+        let (dir, batches) = spooled(3);
+        let other = SpoolKey::from_bytes(&[1; seal::KEY_LEN]).unwrap();
+        let (mut spool, recovered) = Spool::open(dir.path(), 1 << 20, other).unwrap();
+        assert_eq!(
+            seqs(&recovered.damaged),
+            seqs(&batches.iter().map(|b| b.header.clone()).collect::<Vec<_>>())
+        );
+        assert_eq!(spool.pending(), 0, "nothing unreadable is sent");
+        // Numbers continue after them, and new batches are sealed with the new key.
+        assert!(spool.allocate().unwrap() > batches[2].header.seq);
+    }
+
+    #[test]
+    fn an_altered_or_moved_record_is_reported_lost_and_the_rest_kept() {
+        let (dir, batches) = spooled(4);
+        let segment = only_segment(dir.path());
+        let mut bytes = fs::read(&segment).unwrap();
+        let len = record::sealed_len(&batches[0]);
+        assert_eq!(bytes.len(), 4 * len);
+        // Records 0 and 1 swapped; in record 2 a byte of the sealed events flipped and the CRC
+        // made to match (what a deliberate change would do); record 3 untouched.
+        let (first, second) = (bytes[..len].to_vec(), bytes[len..2 * len].to_vec());
+        bytes[..len].copy_from_slice(&second);
+        bytes[len..2 * len].copy_from_slice(&first);
+        let third = &mut bytes[2 * len..3 * len];
+        let hlen = u32::from_le_bytes(third[4..8].try_into().unwrap()) as usize;
+        third[len - 3] ^= 0x01;
+        let crc = crc32c::crc32c(&third[record::PREFIX_LEN + hlen..]);
+        third[16..20].copy_from_slice(&crc.to_le_bytes());
+        fs::write(&segment, &bytes).unwrap();
+        let (spool, recovered) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
+        let mut lost = seqs(&recovered.damaged);
+        lost.sort();
+        assert_eq!(
+            lost,
+            [
+                batches[0].header.seq,
+                batches[1].header.seq,
+                batches[2].header.seq
+            ]
+        );
+        assert_eq!(recovered.skipped_bytes, 0);
+        assert_eq!(spool.pending(), 1);
+        assert_eq!(spool.read(batches[3].header.seq).unwrap(), batches[3]);
+    }
+
+    #[test]
+    fn a_record_altered_after_start_is_unreadable_when_sent() {
+        let (dir, batches) = spooled(2);
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
+        let segment = only_segment(dir.path());
+        let mut bytes = fs::read(&segment).unwrap();
+        // A byte of the first record's nonce: no CRC covers it, the seal does.
+        bytes[record::PREFIX_LEN - 1] ^= 0x01;
+        fs::write(&segment, &bytes).unwrap();
+        assert!(matches!(
+            spool.read(batches[0].header.seq),
+            Err(SpoolError::Damaged(seq)) if seq == batches[0].header.seq
+        ));
+        // What the sender does with it: out of the queue, reported lost.
+        spool.skip_unreadable(batches[0].header.seq);
+        assert_eq!(
+            spool.take_lost(),
+            [(batches[0].header.clone(), GapReason::SpoolCorrupt)]
+        );
+        assert_eq!(spool.read(batches[1].header.seq).unwrap(), batches[1]);
+        // Appended after: sealed at its own place, fine.
+        let b = output_batch(&mut spool, "after");
+        spool.append(&b).unwrap();
+        assert_eq!(spool.read(b.header.seq).unwrap(), b);
+    }
+
+    #[test]
+    fn a_clear_segment_of_an_older_agent_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
+        let old: Vec<Batch> = (0..2)
+            .map(|i| output_batch(&mut spool, &format!("old {i}")))
+            .collect();
+        drop(spool);
+        let clear: Vec<u8> = old.iter().flat_map(record::encode_clear).collect();
+        let path = dir
+            .path()
+            .join("segments")
+            .join(format!("{:020}.seg", old[0].header.seq.0));
+        fs::write(&path, clear).unwrap();
+        let (mut spool, recovered) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
+        assert!(recovered.damaged.is_empty() && recovered.skipped_bytes == 0);
+        assert_eq!(spool.pending(), 2);
+        for b in &old {
+            assert_eq!(&spool.read(b.header.seq).unwrap(), b);
+        }
+        // New batches go to a new, sealed segment; the clear one goes once shipped.
+        let new = output_batch(&mut spool, "new");
+        spool.append(&new).unwrap();
+        assert_eq!(spool.read(new.header.seq).unwrap(), new);
+        for b in &old {
+            spool.ack(b.header.seq);
+        }
+        spool.collect().unwrap();
+        assert!(!path.exists());
+        let sealed = fs::read(only_segment(dir.path())).unwrap();
+        assert_eq!(sealed[..4], record::MAGIC);
     }
 
     fn batch(spool: &mut Spool, session: u32, padding: usize) -> Batch {
@@ -669,7 +950,7 @@ mod tests {
     #[test]
     fn the_oldest_pending_batch_is_the_oldest_not_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         assert_eq!(spool.oldest_pending(), None);
         let b1 = batch(&mut spool, 1, 10);
         spool.append(&b1).unwrap();
@@ -689,7 +970,7 @@ mod tests {
     #[test]
     fn batches_survive_a_restart_until_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         let id = spool.id().clone();
         let b1 = batch(&mut spool, 1, 10);
         let b2 = batch(&mut spool, 1, 10);
@@ -698,7 +979,7 @@ mod tests {
         assert_eq!(spool.read(b2.header.seq).unwrap(), b2);
         spool.ack(b1.header.seq);
         drop(spool);
-        let (mut spool, recovered) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (mut spool, recovered) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         assert_eq!(spool.id(), &id);
         assert!(recovered.damaged.is_empty() && recovered.skipped_bytes == 0);
         // Acks live in memory only: both come back (the collector recognises the resend).
@@ -709,14 +990,14 @@ mod tests {
         assert_eq!(spool.size(), 0);
         drop(spool);
         // Sequence numbers are never reused, even after every segment is gone.
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         assert!(spool.allocate().unwrap() > b2.header.seq);
     }
 
     #[test]
     fn a_refused_batch_is_kept_private_and_expires() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         let b = batch(&mut spool, 1, 100);
         spool.append(&b).unwrap();
         let kept = spool.set_aside(b.header.seq).unwrap();
@@ -748,7 +1029,7 @@ mod tests {
     #[test]
     fn a_full_spool_drops_the_oldest_and_says_what() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 256 * 1024).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 256 * 1024, key()).unwrap();
         let mut dropped = Vec::new();
         let mut seqs = Vec::new();
         for i in 0..40 {
@@ -769,7 +1050,7 @@ mod tests {
     #[test]
     fn damaged_records_are_skipped_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         let batches: Vec<Batch> = (0..4).map(|_| batch(&mut spool, 3, 100)).collect();
         for b in &batches {
             spool.append(b).unwrap();
@@ -782,13 +1063,13 @@ mod tests {
             .unwrap()
             .path();
         let mut bytes = fs::read(&segment).unwrap();
-        let len = record::encode(&batches[0]).len();
+        let len = record::sealed_len(&batches[0]);
         // Flip a payload byte of the second record, a header byte of the third, tear the fourth.
         bytes[len + len - 5] ^= 0xff;
         bytes[2 * len + record::PREFIX_LEN + 3] ^= 0xff;
         bytes.truncate(4 * len - 10);
         fs::write(&segment, &bytes).unwrap();
-        let (spool, recovered) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (spool, recovered) = Spool::open(dir.path(), 1 << 20, key()).unwrap();
         assert_eq!(spool.read(batches[0].header.seq).unwrap(), batches[0]);
         assert_eq!(recovered.damaged.len(), 1);
         assert_eq!(recovered.damaged[0].seq, batches[1].header.seq);

@@ -82,7 +82,18 @@ impl Asciicast {
             }
             EventBody::Gap(gap) => vec![line(
                 "m",
-                &format!("gap: {} records lost ({:?})", gap.records, gap.reason),
+                &match (gap.reason.route(), &gap.detail) {
+                    (Some(route), detail) => format!(
+                        "gap: {route} not recorded ({} times, {} bytes{})",
+                        gap.records,
+                        gap.bytes,
+                        detail
+                            .as_ref()
+                            .map(|d| format!("; {d}"))
+                            .unwrap_or_default()
+                    ),
+                    (None, _) => format!("gap: {} records lost ({:?})", gap.records, gap.reason),
+                },
             )],
             EventBody::InputSuppressed(suppressed) => vec![line(
                 "m",

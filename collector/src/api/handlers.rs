@@ -14,7 +14,7 @@ use custos_proto::{
     Timestamp,
     api::{
         AccessEntry, AccessLog, ApiError, HoldKind, Holds, NewHold, RetentionInfo, SearchResults,
-        SessionList, VerifyReport,
+        SessionList, VerifyReport, VerifyResult,
     },
 };
 use serde::Deserialize;
@@ -432,14 +432,12 @@ pub async fn verify(
     Query(q): Query<VerifyQuery>,
 ) -> Result<Json<VerifyReport>, Failure> {
     let target = q.id.clone().unwrap_or_else(|| "all".into());
-    // The whole store's check covers the access log too.
-    let checker = q.id.is_none().then(|| {
-        state
-            .audit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .checker()
-    });
+    // Every check covers the access log: who looked at what is part of the record.
+    let checker = state
+        .audit
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .checker();
     let outcome = with_store(&state, move |store| {
         let ids = match &q.id {
             Some(id) => {
@@ -452,17 +450,23 @@ pub async fn verify(
             }
             None => store.index().recording_ids().map_err(internal)?,
         };
-        let results = ids
+        let mut results = ids
             .iter()
             .map(|id| store.verify(id).map_err(internal))
             .collect::<Result<Vec<_>, _>>()?;
-        let access_log = checker
-            .map(|checker| checker.check().map_err(internal))
-            .transpose()?;
-        // The agents' chains span recordings: checked when the whole store is.
+        let access_log = Some(checker.check().map_err(internal)?);
+        // The agents' chains span recordings: checked when the whole store is, from the
+        // recording files found (a file the index does not list is reported too).
         let agents = match &q.id {
             Some(_) => Vec::new(),
-            None => store.verify_agents().map_err(internal)?,
+            None => {
+                let (files, agents) = store.verify_files().map_err(internal)?;
+                // Asked again: a recording that began while the files were read is listed by
+                // now.
+                let listed = |id: &str| !matches!(store.index().recording(id), Ok(None));
+                results.extend(unindexed(&ids, files, listed));
+                agents
+            }
         };
         Ok(Json(VerifyReport {
             results,
@@ -472,6 +476,25 @@ pub async fn verify(
     })
     .await;
     state.logged(&caller, "verify", &target, outcome)
+}
+
+/// The recordings found on disk that the index does not list, each with that as a problem.
+fn unindexed(
+    indexed: &[String],
+    files: Vec<VerifyResult>,
+    listed: impl Fn(&str) -> bool,
+) -> impl Iterator<Item = VerifyResult> {
+    files
+        .into_iter()
+        .filter(move |file| !indexed.contains(&file.id) && !listed(&file.id))
+        .map(|mut file| {
+            file.ok = false;
+            file.problems.insert(
+                0,
+                "its recording file is in the store but the index does not list it".into(),
+            );
+            file
+        })
 }
 
 #[derive(Debug, Deserialize)]

@@ -64,6 +64,30 @@ pub struct FileOpenRow {
     pub result: i64,
 }
 
+/// A gap's reason as the index keeps it: the reason's name, and for a route the recording could
+/// not see, the process and what is known (`io_uring by pid 812 (cp): IORING_OP_OPENAT`).
+fn gap_reason(
+    gap: &custos_proto::event::Gap,
+    process: Option<&custos_proto::event::Process>,
+) -> String {
+    let name = serde_json::to_value(gap.reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let Some(route) = gap.reason.route() else {
+        return name;
+    };
+    let mut reason = route.to_owned();
+    if let Some(p) = process {
+        reason.push_str(&format!(" by pid {} ({})", p.tgid.0, p.comm));
+    }
+    if let Some(detail) = &gap.detail {
+        reason.push_str(": ");
+        reason.push_str(detail);
+    }
+    reason
+}
+
 impl ChunkSummary {
     /// What `events` (one chunk's) add to the index.
     pub fn of(events: &[Event]) -> Self {
@@ -98,10 +122,7 @@ impl ChunkSummary {
                 }
                 EventBody::Gap(gap) => summary.gaps.push(GapRow {
                     seq: event.seq.0,
-                    reason: serde_json::to_value(gap.reason)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    reason: gap_reason(gap, process),
                     records: gap.records,
                     bytes: gap.bytes,
                     from: gap.from,
@@ -197,6 +218,60 @@ mod tests {
                 summary.bytes_uncaptured
             ),
             (16, 4, 107)
+        );
+    }
+
+    #[test]
+    fn gaps_of_uncaptured_routes_name_the_route_the_process_and_the_detail() {
+        use custos_proto::{
+            ByteString, Gid, Pid, Seq, Uid,
+            event::{Gap, GapReason, Process},
+        };
+        let gap = |reason, detail: Option<&str>| Gap {
+            reason,
+            records: 2,
+            bytes: 0,
+            from: Timestamp(1),
+            to: Timestamp(2),
+            detail: detail.map(str::to_owned),
+        };
+        let process = Process {
+            pid: Pid(812),
+            tgid: Pid(812),
+            ppid: Pid(1),
+            uid: Uid(0),
+            euid: Uid(0),
+            gid: Gid(0),
+            loginuid: Some(Uid(0)),
+            login_user: None,
+            user: None,
+            tty: None,
+            comm: ByteString::from(b"cp".to_vec()),
+        };
+        let event = |seq: u64, process: Option<Process>, gap: Gap| Event {
+            time: Timestamp(1),
+            host: "h".into(),
+            boot_id: BootId("b".into()),
+            session: AuditSessionId(1),
+            seq: Seq(seq),
+            process,
+            event: EventBody::Gap(gap),
+        };
+        let summary = ChunkSummary::of(&[
+            event(
+                1,
+                Some(process),
+                gap(GapReason::IoUring, Some("IORING_OP_OPENAT")),
+            ),
+            event(2, None, gap(GapReason::RingBufferFull, None)),
+        ]);
+        let reasons: Vec<&str> = summary.gaps.iter().map(|g| g.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "io_uring by pid 812 (cp): IORING_OP_OPENAT",
+                "ring_buffer_full"
+            ]
         );
     }
 }

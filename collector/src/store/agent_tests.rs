@@ -143,7 +143,7 @@ fn an_event_altered_and_reencrypted_with_the_store_key_is_named_by_chunk() {
     for item in ChainReader::new(&bytes, &store.keys) {
         let found = item.unwrap();
         let mut header = found.raw.header.clone();
-        let mut plaintext = found.plaintext.clone();
+        let mut plaintext = found.plaintext.clone().unwrap();
         if header.index == 1 {
             let mut events = found.events().unwrap();
             events[0] = output(7, 2, "ls /srv/data");
@@ -187,10 +187,10 @@ fn an_event_altered_and_reencrypted_with_the_store_key_is_named_by_chunk() {
         if header.index == 1
             && let Some(signed) = &mut header.signed
         {
-            signed.content = BatchHash::of_content(&found.plaintext);
+            signed.content = BatchHash::of_content(found.plaintext.as_deref().unwrap());
         }
         header.prev_hash = prev;
-        let (encoded, hash) = chunk::encode(&header, &found.plaintext, key);
+        let (encoded, hash) = chunk::encode(&header, found.plaintext.as_deref().unwrap(), key);
         chunks.extend_from_slice(&encoded);
         prev = hash;
     }

@@ -3,24 +3,18 @@
 //! durably, before the first chunk naming it, so that a verifier holding only the store
 //! directory can check every agent signature.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs::{self, File},
     io::Write,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use custos_pki::batch_signature;
 
 use super::{StoreError, group::sync_dir, io_err};
 
-/// The folder of the agents' certificates, in the store directory.
-pub const DIR: &str = "agents";
-
-/// The path of the certificate of fingerprint `fingerprint`, relative to the store directory.
-pub fn path(fingerprint: &[u8; 32]) -> PathBuf {
-    Path::new(DIR).join(format!("{}.der", hex::encode(fingerprint)))
-}
+pub use crate::trust::store::{AGENTS_DIR as DIR, certificate_path as path};
 
 /// Which certificates this process knows to be in `agents/` already.
 #[derive(Default)]
@@ -58,42 +52,5 @@ impl AgentCertificates {
         }
         self.written.insert(fingerprint);
         Ok(fingerprint)
-    }
-}
-
-/// The certificates read from a store's `agents/` folder, by fingerprint, for verification.
-#[derive(Default)]
-pub struct CertificateCache {
-    dir: PathBuf,
-    read: HashMap<[u8; 32], Result<Vec<u8>, String>>,
-}
-
-impl CertificateCache {
-    pub fn new(dir: &Path) -> Self {
-        CertificateCache {
-            dir: dir.to_owned(),
-            read: HashMap::new(),
-        }
-    }
-
-    /// The certificate of `fingerprint`, checked to have that fingerprint.
-    pub fn get(&mut self, fingerprint: &[u8; 32]) -> Result<&[u8], String> {
-        let dir = &self.dir;
-        self.read
-            .entry(*fingerprint)
-            .or_insert_with(|| {
-                let file = dir.join(path(fingerprint));
-                let bytes = fs::read(&file)
-                    .map_err(|err| format!("agent certificate {}: {err}", file.display()))?;
-                if batch_signature::fingerprint(&bytes) != *fingerprint {
-                    return Err(format!(
-                        "agent certificate {} is not the certificate of that fingerprint",
-                        file.display()
-                    ));
-                }
-                Ok(bytes)
-            })
-            .as_deref()
-            .map_err(Clone::clone)
     }
 }

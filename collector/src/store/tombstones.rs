@@ -9,20 +9,18 @@ use std::{
 };
 
 use custos_proto::Timestamp;
-use tracing::warn;
 
-use super::{Store, StoreError, group::sync_dir, io_err, verify::files_under};
+use super::{Store, StoreError, group::sync_dir, io_err};
 use crate::{
     index::RecordingRow,
     trust::{
-        agent::AgentChains,
         chunk,
         tombstone::{RemovedBatch, Tombstone, TombstoneBody},
     },
 };
 
 /// The folder of tombstones, in the store directory.
-pub const DIR: &str = "tombstones";
+pub use crate::trust::store::TOMBSTONES_DIR as DIR;
 
 /// Writes the tombstone of `row`'s recording, listing the batches of its committed chunks.
 pub(super) fn write(
@@ -84,43 +82,4 @@ pub(super) fn write(
     write().map_err(|e| io_err(&target, e))?;
     sync_dir(&folder)?;
     sync_dir(&store.dir)
-}
-
-impl Store {
-    /// Adds the batches every tombstone records as removed to `chains`; a tombstone whose
-    /// signature does not verify counts for nothing, and is a problem of each chain it names.
-    pub(super) fn add_tombstones(&self, chains: &mut AgentChains) -> Result<(), StoreError> {
-        let public = self.seal_key.public();
-        for path in files_under(&self.dir.join(DIR), "json")? {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let read = fs::read(&path)
-                .map_err(|err| err.to_string())
-                .and_then(|bytes| {
-                    serde_json::from_slice::<Tombstone>(&bytes).map_err(|err| err.to_string())
-                });
-            let body = match read.and_then(|tombstone| tombstone.open(&public)) {
-                Ok(body) => body,
-                Err(err) => {
-                    warn!(tombstone = name, error = err, "a tombstone does not verify");
-                    chains.add_problem(format!(
-                        "tombstone {name}: {err}; what it records as removed is not accepted"
-                    ));
-                    continue;
-                }
-            };
-            for batch in &body.batches {
-                chains.add_removed(
-                    &body.recording.host,
-                    &batch.spool,
-                    batch.seq,
-                    batch.hashes(),
-                    &format!("{name} ({}, by {})", body.reason, body.by),
-                );
-            }
-        }
-        Ok(())
-    }
 }

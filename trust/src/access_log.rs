@@ -18,8 +18,10 @@ use ring::hmac;
 use rusqlite::{Connection, OptionalExtension as _};
 use sha2::{Digest, Sha256};
 
-use super::AuditError;
-use crate::trust::keys::{SealKey, verify_seal};
+use crate::keys::{SealKey, verify_seal};
+
+/// Errors reading or writing the access log's tables.
+pub type AuditError = rusqlite::Error;
 
 const HASH_LABEL: &[u8] = b"custos access v1\0";
 const MAC_LABEL: &[u8] = b"custos access mac v1\0";
@@ -195,7 +197,7 @@ impl Checkpoint {
                 },
             ))
         })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        rows.collect::<Result<Vec<_>, _>>()
     }
 
     fn describe(&self) -> String {

@@ -12,7 +12,7 @@ use custos_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::{
     chunk::RecordingKey,
     keys::{self, SealKey},
 };

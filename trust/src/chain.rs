@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 use custos_proto::{Event, wire};
 
-use super::{
+use crate::{
     chunk::{self, ChunkError, ChunkHash, RawChunk, RecordingKey},
     keys::KeyRing,
 };
@@ -31,20 +31,25 @@ pub struct ChainChunk {
     /// Where it starts and ends in the bytes read.
     pub start: usize,
     pub end: usize,
-    /// The compressed events.
-    pub plaintext: Vec<u8>,
+    /// The compressed events; `None` when read without the store key ([`ChainReader::public`]),
+    /// which checks everything but the encryption's authentication and the content.
+    pub plaintext: Option<Vec<u8>>,
 }
 
 impl ChainChunk {
     /// The chunk's events.
     pub fn events(&self) -> Result<Vec<Event>, ChainBreak> {
-        wire::decode_events(&self.plaintext, self.raw.header.raw_len, MAX_CHUNK_RAW).map_err(
-            |err| ChainBreak {
-                chunk: self.raw.header.index,
-                offset: self.start,
-                kind: BreakKind::Undecodable(err.to_string()),
-            },
-        )
+        let broke = |why: String| ChainBreak {
+            chunk: self.raw.header.index,
+            offset: self.start,
+            kind: BreakKind::Undecodable(why),
+        };
+        let plaintext = self
+            .plaintext
+            .as_deref()
+            .ok_or_else(|| broke("not decrypted (read without the store key)".into()))?;
+        wire::decode_events(plaintext, self.raw.header.raw_len, MAX_CHUNK_RAW)
+            .map_err(|err| broke(err.to_string()))
     }
 }
 
@@ -92,7 +97,8 @@ pub enum BreakKind {
 /// ChainBreak>`.
 pub struct ChainReader<'a> {
     bytes: &'a [u8],
-    keys: &'a KeyRing,
+    /// `None`: chunks are not decrypted (a check with public material only).
+    keys: Option<&'a KeyRing>,
     recording: Option<&'a RecordingKey>,
     offset: usize,
     next_index: u64,
@@ -108,9 +114,28 @@ impl<'a> ChainReader<'a> {
         Self::resume(bytes, keys, 0, ChunkHash::default())
     }
 
+    /// Reads a whole recording without the store key: every check but decryption (the chunks'
+    /// hashes cover the ciphertext, so the chain, the indexes and the recording still check);
+    /// the chunks yielded carry no plaintext.
+    pub fn public(bytes: &'a [u8]) -> Self {
+        Self::start(bytes, None, 0, ChunkHash::default())
+    }
+
+    /// Reads a whole recording, decrypting when `keys` are given ([`Self::public`] otherwise).
+    pub fn with_keys(bytes: &'a [u8], keys: Option<&'a KeyRing>) -> Self {
+        match keys {
+            Some(keys) => Self::new(bytes, keys),
+            None => Self::public(bytes),
+        }
+    }
+
     /// Reads chunks that follow chunk `next_index - 1`, whose hash is `prev` (the store's
     /// recovery reads what lies past the committed end).
     pub fn resume(bytes: &'a [u8], keys: &'a KeyRing, next_index: u64, prev: ChunkHash) -> Self {
+        Self::start(bytes, Some(keys), next_index, prev)
+    }
+
+    fn start(bytes: &'a [u8], keys: Option<&'a KeyRing>, next_index: u64, prev: ChunkHash) -> Self {
         Self {
             bytes,
             keys,
@@ -181,15 +206,16 @@ impl<'a> ChainReader<'a> {
                 found: header.recording.id(),
             }));
         }
-        let plaintext = match self.keys.get(&header.key_id) {
-            None => {
+        let plaintext = match self.keys.map(|keys| keys.get(&header.key_id)) {
+            None => Some(None),
+            Some(None) => {
                 self.pending.push_back(broke(BreakKind::UnknownKey {
                     key_id: header.key_id.clone(),
                 }));
                 None
             }
-            Some(key) => match chunk::decrypt(&raw, key) {
-                Ok(plain) => Some(plain),
+            Some(Some(key)) => match chunk::decrypt(&raw, key) {
+                Ok(plain) => Some(Some(plain)),
                 Err(_) => {
                     self.pending.push_back(broke(BreakKind::DecryptFailed));
                     None
@@ -235,7 +261,7 @@ impl Iterator for ChainReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::chunk::tests::header;
+    use crate::chunk::tests::header;
 
     const KEY: [u8; 32] = [7; 32];
 
@@ -259,6 +285,31 @@ mod tests {
     }
 
     #[test]
+    fn without_the_key_the_chain_still_checks_but_nothing_is_decrypted() {
+        let (bytes, spans) = chain(3);
+        let public: Vec<_> = ChainReader::public(&bytes).collect();
+        assert_eq!(public.len(), 3);
+        for chunk in &public {
+            let chunk = chunk.as_ref().unwrap();
+            assert!(chunk.plaintext.is_none());
+            assert!(chunk.events().is_err(), "no events without the key");
+        }
+        // A chunk removed from the middle breaks the chain for a public reader too.
+        let mut cut = bytes[..spans[0].1].to_vec();
+        cut.extend_from_slice(&bytes[spans[2].0..]);
+        let breaks: Vec<String> = ChainReader::public(&cut)
+            .filter_map(|item| item.err().map(|b| b.to_string()))
+            .collect();
+        assert_eq!(
+            breaks,
+            vec![
+                "chunk 1: the chunk here says it is chunk 2 (a chunk was removed, added or moved)",
+                "chunk 1: does not chain to the chunk before it (altered, removed or reordered)",
+            ]
+        );
+    }
+
+    #[test]
     fn a_whole_chain_reads_back_in_order() {
         let (bytes, spans) = chain(3);
         assert_eq!(read(&bytes), vec![Ok(0), Ok(1), Ok(2)]);
@@ -266,7 +317,7 @@ mod tests {
         let mut reader = ChainReader::new(&bytes, &keys);
         let first = reader.next().unwrap().unwrap();
         assert_eq!((first.start, first.end), spans[0]);
-        assert_eq!(first.plaintext, b"hello");
+        assert_eq!(first.plaintext.as_deref(), Some(&b"hello"[..]));
         assert_eq!(reader.by_ref().count(), 2);
         assert_eq!(reader.chunks_read(), 3);
     }

@@ -100,8 +100,7 @@ impl KeyRing {
     }
 
     /// A key ring of one key (tests build chains without key files).
-    #[cfg(test)]
-    pub(crate) fn single(id: &str, key: [u8; 32]) -> Self {
+    pub fn single(id: &str, key: [u8; 32]) -> Self {
         Self {
             keys: vec![(id.to_owned(), key)],
         }
@@ -232,6 +231,17 @@ impl SealKey {
             .expect("HKDF-SHA256 yields 32 bytes");
         out
     }
+}
+
+/// Reads a seal public key file (`seal.pub`: 64 hex digits, as `SealKey::generate` writes it).
+pub fn read_seal_public(path: &Path) -> Result<[u8; 32], KeyError> {
+    let text = fs::read_to_string(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    parse_hex32(path, 1, text.trim()).map_err(|_| {
+        err(
+            path,
+            "not a seal public key (64 hex digits, as seal.pub holds)",
+        )
+    })
 }
 
 /// Checks a seal signature against a public key.

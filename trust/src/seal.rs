@@ -4,7 +4,7 @@
 use custos_proto::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::{
     chunk::{ChunkHash, RecordingKey},
     keys::{self, SealKey},
 };
