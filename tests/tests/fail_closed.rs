@@ -1,6 +1,6 @@
 //! Failing closed (`[agent] fail_closed`, issue 19): with the package's PAM account hook
 //! (packaging/scripts/custos-agent-pam-ready) in a real sshd's PAM stack, an ssh login is
-//! refused, with a message to the user and a log line, while the agent does not record (never
+//! refused, with a message to the user and a syslog line, while the agent does not record (never
 //! started, stopped, killed) and allowed once it records again; with the mode off, logins go in
 //! while the agent is stopped.
 #![allow(unused_crate_dependencies)]
@@ -8,11 +8,14 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
+    time::Duration,
 };
 
-use custos_tests::{agent::Agent, bin, marker, sshd::Sshd, users};
+use custos_tests::{agent::Agent, bin, marker, sshd::Sshd, syslog::Syslog, users};
 
 const USER: &str = "custos-fiona";
+/// The hook's syslog tag.
+const TAG: &str = "custos-agent-pam-ready";
 
 /// The package's hook, calling the agent under test instead of /usr/sbin/custos-agent.
 fn install_hook(dir: &Path) -> PathBuf {
@@ -35,12 +38,13 @@ fn install_hook(dir: &Path) -> PathBuf {
 }
 
 /// A folder with the agent's configuration (for the agent and the hook alike) and the hook,
-/// and an sshd whose account stack runs the hook as the package documents it, logging to
-/// `pam.log`.
+/// an sshd whose account stack runs the hook as the package documents it, and what is sent to
+/// syslog.
 struct Setup {
     dir: tempfile::TempDir,
     config: String,
     sshd: Sshd,
+    syslog: Syslog,
 }
 
 impl Setup {
@@ -53,13 +57,18 @@ impl Setup {
         );
         std::fs::write(dir.path().join("agent.toml"), &config).expect("writing the config");
         let hook = install_hook(dir.path());
+        let syslog = Syslog::capture(TAG);
         let sshd = Sshd::start_with_account_line(&format!(
-            "account requisite pam_exec.so quiet stdout log={log} {hook} --config {config}",
-            log = dir.path().join("pam.log").display(),
+            "account requisite pam_exec.so quiet stdout {hook} --config {config}",
             hook = hook.display(),
             config = dir.path().join("agent.toml").display(),
         ));
-        Setup { dir, config, sshd }
+        Setup {
+            dir,
+            config,
+            sshd,
+            syslog,
+        }
     }
 
     /// `ssh USER echo MARK`: whether the command ran, and what ssh printed.
@@ -86,13 +95,13 @@ impl Setup {
         (ran, stderr)
     }
 
-    fn assert_allowed(&self, when: &str) {
+    fn assert_allowed(&mut self, when: &str) {
         let (ran, stderr) = self.login();
         assert!(ran, "{when}: the login was refused: {stderr}");
     }
 
     /// Refused, telling the user why (`reason`), with the hook's log line.
-    fn assert_refused(&self, when: &str, reason: &str) {
+    fn assert_refused(&mut self, when: &str, reason: &str) {
         let (ran, stderr) = self.login();
         assert!(!ran, "{when}: the login went in");
         assert!(
@@ -100,15 +109,21 @@ impl Setup {
                 && stderr.contains(reason),
             "{when}: the user is told why ({reason}): {stderr}"
         );
-        let log = std::fs::read_to_string(self.dir.path().join("pam.log")).unwrap_or_default();
+        // The log line is for the administrators, not the user.
+        assert!(!stderr.contains("refused the login of"), "{when}: {stderr}");
         let expected = format!(
-            "custos-agent-pam-ready: refused the login of {USER} from 127.0.0.1 ({}): ",
+            "{TAG}: refused the login of {USER} from 127.0.0.1 ({}): ",
             self.sshd.pam_service()
         );
+        let line = self.syslog.wait_for(
+            &format!("{expected:?}...{reason:?}"),
+            Duration::from_secs(20),
+            |line| line.contains(&expected) && line.contains(reason),
+        );
+        // authpriv.warning (10 * 8 + 4) where the line is raw syslog.
         assert!(
-            log.lines()
-                .any(|l| l.starts_with(&expected) && l.contains(reason)),
-            "{when}: a log line {expected:?}...{reason:?} in {log}"
+            !line.starts_with('<') || line.starts_with("<84>"),
+            "{when}: logged as authpriv.warning: {line}"
         );
     }
 
@@ -128,7 +143,7 @@ impl Setup {
 
 #[test]
 fn fail_closed_refuses_logins_while_the_agent_does_not_record() {
-    let setup = Setup::new(true);
+    let mut setup = Setup::new(true);
     let (ready, why) = setup.status();
     assert!(!ready && why.trim().lines().count() == 1, "{why}");
     assert!(why.contains("not running (no status file"), "{why}");
@@ -156,12 +171,15 @@ fn fail_closed_refuses_logins_while_the_agent_does_not_record() {
 
 #[test]
 fn with_fail_closed_off_logins_go_in_while_the_agent_is_stopped() {
-    let setup = Setup::new(false);
+    let mut setup = Setup::new(false);
     // The agent does not record, and says so...
     let (ready, why) = setup.status();
     assert!(!ready && why.contains("not running"), "{why}");
     // ...but the hook lets the login in, and logs nothing.
     setup.assert_allowed("never started, fail_closed off");
-    let log = std::fs::read_to_string(setup.dir.path().join("pam.log")).unwrap_or_default();
-    assert!(!log.contains("refused"), "{log}");
+    let logged = setup.syslog.until_now(TAG);
+    assert!(
+        !logged.iter().any(|line| line.contains("refused")),
+        "{logged:#?}"
+    );
 }
