@@ -2,7 +2,8 @@
 //! (packaging/scripts/custos-agent-pam-ready) in a real sshd's PAM stack, an ssh login is
 //! refused, with a message to the user and a syslog line, while the agent does not record (never
 //! started, stopped, killed) and allowed once it records again; with the mode off, logins go in
-//! while the agent is stopped.
+//! while the agent is stopped. A session already open when the agent stops has a gap in its
+//! recording.
 #![allow(unused_crate_dependencies)]
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -11,7 +12,14 @@ use std::{
     time::Duration,
 };
 
-use custos_tests::{agent::Agent, bin, marker, sshd::Sshd, syslog::Syslog, users};
+use custos_proto::{
+    EventBody,
+    event::{Gap, GapReason},
+};
+use custos_tests::{
+    agent::Agent, bin, contains, deployment::Deployment, free_udp_address, login_shell, marker,
+    sshd::Sshd, syslog::Syslog, users,
+};
 
 const USER: &str = "custos-fiona";
 /// The hook's syslog tag.
@@ -37,6 +45,24 @@ fn install_hook(dir: &Path) -> PathBuf {
     hook
 }
 
+/// Where the package installs the hook.
+const SHIPPED_HOOK: &str = "/usr/lib/custos/custos-agent-pam-ready";
+
+/// The account line of the package's PAM snippet (/etc/pam.d/custos-agent-fail-closed).
+fn shipped_pam_line() -> String {
+    let snippet = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/pam/custos-agent-fail-closed"),
+    )
+    .expect("the package's PAM snippet");
+    let lines: Vec<&str> = snippet
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "one PAM line in the snippet: {lines:?}");
+    assert!(lines[0].ends_with(SHIPPED_HOOK), "{}", lines[0]);
+    lines[0].to_owned()
+}
+
 /// A folder with the agent's configuration (for the agent and the hook alike) and the hook,
 /// an sshd whose account stack runs the hook as the package documents it, and what is sent to
 /// syslog.
@@ -59,9 +85,9 @@ impl Setup {
         let hook = install_hook(dir.path());
         let syslog = Syslog::capture(TAG);
         let sshd = Sshd::start_with_account_line(&format!(
-            "account requisite pam_exec.so quiet stdout {hook} --config {config}",
-            hook = hook.display(),
-            config = dir.path().join("agent.toml").display(),
+            "{} --config {}",
+            shipped_pam_line().replace(SHIPPED_HOOK, &hook.display().to_string()),
+            dir.path().join("agent.toml").display(),
         ));
         Setup {
             dir,
@@ -181,5 +207,75 @@ fn with_fail_closed_off_logins_go_in_while_the_agent_is_stopped() {
     assert!(
         !logged.iter().any(|line| line.contains("refused")),
         "{logged:#?}"
+    );
+}
+
+/// Fast batches, so that the recording arrives soon.
+const SHIPPING: &str = "[shipping]\nbatch_interval = \"100ms\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\nshutdown_grace = \"10s\"\n";
+
+/// A session already open when the agent stops (as systemd stops it) goes on, unrecorded: the
+/// hook only decides at login. When the agent records again, the session's recording has a
+/// gap (`agent_not_running`) for the time it was down, then continues in the same numbering.
+#[test]
+fn a_session_open_while_the_agent_is_stopped_has_a_gap_in_its_recording() {
+    users::ensure(USER);
+    let deployment = Deployment::new(&[]);
+    let listen = free_udp_address();
+    let collector = deployment.start_collector(&listen, None);
+    let config = deployment.agent_config(&listen, SHIPPING);
+    let agent = Agent::start_shipping(&config);
+    let (mut shell, session) = login_shell(USER);
+    let say = |shell: &mut custos_tests::terminal::Terminal, what: &str| {
+        let (head, tail) = what.split_at(4);
+        shell.line(&format!("echo \"{head}\"\"{tail}\""));
+        shell.expect(&format!("{what}\r\n"));
+        shell.expect("custos$ ");
+    };
+    say(&mut shell, "before-stop");
+    let stopped = agent.stop();
+    assert!(stopped.success, "{}", stopped.stderr);
+    say(&mut shell, "while-stopped");
+    let agent = Agent::start_shipping(&config);
+    say(&mut shell, "after-restart");
+    shell.line("exit 0");
+    shell.wait_exit();
+    deployment.wait_sealed(session, Duration::from_secs(120));
+    let stopped = agent.stop();
+    assert!(stopped.success, "{}", stopped.stderr);
+    drop(collector);
+
+    let events = deployment.recording(session);
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq.0).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "one numbering through the stop: {seqs:?}"
+    );
+    let position = |what: &[u8]| {
+        events.iter().position(|e| {
+            let refs = [e];
+            contains(&custos_tests::agent::terminal_bytes(&refs, false), what)
+        })
+    };
+    let gaps: Vec<(usize, &Gap)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.event {
+            EventBody::Gap(g) if g.reason == GapReason::AgentNotRunning => Some((i, g)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps.len(), 1, "one gap for the stop: {gaps:?}");
+    let (at, gap) = gaps[0];
+    assert!(gap.from <= gap.to, "{gap:?}");
+    let before = position(b"before-stop").expect("the output before the stop is recorded");
+    let after = position(b"after-restart").expect("the output after the restart is recorded");
+    assert!(
+        before < at && at < after,
+        "the gap lies between: {before} {at} {after}"
+    );
+    assert_eq!(
+        position(b"while-stopped"),
+        None,
+        "what the session did while the agent was stopped is not recorded"
     );
 }
