@@ -121,7 +121,7 @@ impl Setup {
         (ran, stderr)
     }
 
-    fn assert_allowed(&mut self, when: &str) {
+    fn assert_allowed(&self, when: &str) {
         let (ran, stderr) = self.login();
         assert!(ran, "{when}: the login was refused: {stderr}");
     }
