@@ -15,6 +15,8 @@ pub use custos_daemon::config::{ConfigError, ConfigFile};
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The agent itself: failing closed, and where it says whether it records.
+    pub agent: AgentConfig,
     pub capture: CaptureConfig,
     pub collector: CollectorConfig,
     pub spool: SpoolConfig,
@@ -31,6 +33,29 @@ pub struct Config {
     pub notice: NoticeConfig,
     /// The Prometheus endpoint (default 127.0.0.1:9464).
     pub metrics: custos_daemon::metrics::MetricsConfig<9464>,
+}
+
+/// `[agent]`: how the host treats logins while the agent is not recording.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Refuse new logins while the agent is not recording (not running, programs detached, ring
+    /// buffer not read, spool full), through the PAM account hook that calls
+    /// `custos-agent status --ready --if-fail-closed`. Off: the hook allows every login.
+    pub fail_closed: bool,
+    /// The file the running agent keeps fresh (every second) for `custos-agent status`: its pid,
+    /// a heartbeat, whether its programs are attached, when it last read the ring buffer and how
+    /// full its spool is. Mode 0644, no secrets; removed when the agent stops.
+    pub status_file: PathBuf,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            fail_closed: false,
+            status_file: "/run/custos-agent/status.json".into(),
+        }
+    }
 }
 
 /// Include and exclude rules by user and group (like SSSD's session recording scope).

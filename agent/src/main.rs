@@ -16,12 +16,13 @@ mod policy;
 mod session;
 mod ship;
 mod spool;
+mod status;
 
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -56,8 +57,10 @@ const CAPTURE_QUEUE: usize = 2048;
 #[command(name = "custos-agent", version, about)]
 struct Cli {
     /// Configuration file (TOML). Without it, /etc/custos/agent.toml if present, else defaults.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Print events as JSON lines on standard output instead of shipping them.
     #[arg(long)]
     stdout: bool,
@@ -76,6 +79,20 @@ struct Cli {
     read_rejected: Option<PathBuf>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Whether the running agent records (programs attached, ring buffer read, spool not full),
+    /// from its status file ([agent] status_file). Exit 0 when it does, 1 when it does not.
+    Status {
+        /// Print nothing when recording, else one line on stderr: for scripts and PAM.
+        #[arg(long)]
+        ready: bool,
+        /// Exit 0 without looking when [agent] fail_closed is off (the PAM hook's question).
+        #[arg(long)]
+        if_fail_closed: bool,
+    },
+}
+
 fn main() -> ExitCode {
     if let Some(code) = custos_clidoc::generate_if_asked(Cli::command) {
         return code;
@@ -87,6 +104,19 @@ fn main() -> ExitCode {
         Ok(loaded) => loaded,
         Err(err) => return refuse(err.into()),
     };
+    if let Some(Command::Status {
+        ready,
+        if_fail_closed,
+    }) = cli.command
+    {
+        return status::command::run(
+            &config,
+            status::command::Ask {
+                ready,
+                if_fail_closed,
+            },
+        );
+    }
     if cli.apply_notice {
         return match notice::apply(&config.notice, &cli.root) {
             Ok(done) => {
@@ -313,14 +343,17 @@ async fn run(
     // What loading needed (the kernel's BTF above all) is freed; give it back.
     memory::release_free();
 
+    let tracker_boot_id = tracker.boot_id().0.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(CAPTURE_QUEUE);
+    let ring_emptied = Arc::new(AtomicU64::new(capture::boot_now_ns()));
     let reader = tokio::spawn(capture::read_ring(
         ring,
         parking,
         tx.clone(),
         stop_rx.clone(),
         metrics.records_read.clone(),
+        ring_emptied.clone(),
         capture::clock::ClockWatch::new(),
     ));
     let losses = tokio::spawn(capture::watch_losses(
@@ -341,6 +374,14 @@ async fn run(
     ));
     let (ship_stop, ship_stop_rx) = watch::channel(false);
     let reconnect = Arc::new(Notify::new());
+    let status_sources = status::writer::Sources {
+        pid: agent_tgid,
+        boot_id: tracker_boot_id,
+        ring_emptied,
+        spool: sender
+            .as_ref()
+            .map(|(_, spool, _)| (spool.clone(), config.spool.max_size.as_u64())),
+    };
     let ship_task = sender.map(|(shipping, spool, wake)| {
         tokio::spawn(ship::run(
             shipping,
@@ -355,6 +396,9 @@ async fn run(
         custos_daemon::metrics::serve(&config.metrics, metrics.registry(), stop_rx).await?;
     // Signal handlers before saying ready: a SIGHUP right after must reload, not kill.
     let mut signals = custos_daemon::Signals::new()?;
+    // From here `custos-agent status` says the agent records (the PAM hook lets logins in).
+    let status_writer =
+        status::writer::StatusWriter::start(config.agent.status_file.clone(), status_sources);
     info!(host = %HostIdentity::read()?.hostname, "recording login sessions");
     custos_daemon::metrics::notify_ready();
 
@@ -379,6 +423,8 @@ async fn run(
         reconnect.notify_one();
     }
     custos_daemon::metrics::notify_stopping();
+    // Not recording from here on: new logins wait (with fail_closed) until an agent records.
+    status_writer.stop().await;
     info!("stopping: detaching programs and draining the ring buffer");
     // Detach first, so that nothing new enters the ring buffer while it drains.
     drop(probes);

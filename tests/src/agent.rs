@@ -84,7 +84,7 @@ impl Agent {
                 .to_owned()
         };
         let user = setting("User");
-        crate::users::ensure_system(&user);
+        let account = crate::users::ensure_system(&user);
         let caps: Vec<String> = setting("AmbientCapabilities")
             .split_whitespace()
             .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
@@ -105,11 +105,11 @@ impl Agent {
             format!("--bounding-set={caps}"),
             "--no-new-privs".to_owned(),
         ];
-        Self::launch_wrapped(config, true, None, &wrapper)
+        Self::launch_wrapped(config, true, None, &wrapper, Some(account.uid))
     }
 
     fn launch(config: &str, stdout: bool, netns: Option<&str>) -> Agent {
-        Self::launch_wrapped(config, stdout, netns, &[])
+        Self::launch_wrapped(config, stdout, netns, &[], None)
     }
 
     fn launch_wrapped(
@@ -117,10 +117,19 @@ impl Agent {
         stdout: bool,
         netns: Option<&str>,
         wrapper: &[String],
+        owner: Option<nix::unistd::Uid>,
     ) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("agent.toml");
-        std::fs::write(&config_path, with_metrics_port(config)).expect("writing agent config");
+        // The status file in the test's folder (the unit's /run/custos-agent is not there),
+        // in a folder the agent's user may write.
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).expect("creating the status file's folder");
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&run, Some(uid.as_raw()), None).expect("chown run");
+        }
+        let config = with_status_file(&with_metrics_port(config), &run.join("status.json"));
+        std::fs::write(&config_path, config).expect("writing agent config");
         if !wrapper.is_empty() {
             // Readable by the unprivileged user the wrapper switches to.
             use std::os::unix::fs::PermissionsExt as _;
@@ -323,6 +332,21 @@ pub fn ended(events: &[Event], id: AuditSessionId) -> bool {
 }
 
 /// Unless `config` sets it, the metrics endpoint on a free port: several daemons may run at once.
+/// `config` with `[agent] status_file` set to `path`, unless it sets one.
+pub fn with_status_file(config: &str, path: &std::path::Path) -> String {
+    if config.contains("status_file") {
+        return config.to_owned();
+    }
+    let key = format!("status_file = {:?}\n", path.display().to_string());
+    match config.find("[agent]\n") {
+        Some(at) => {
+            let (head, tail) = config.split_at(at + "[agent]\n".len());
+            format!("{head}{key}{tail}")
+        }
+        None => format!("{config}\n[agent]\n{key}"),
+    }
+}
+
 pub fn with_metrics_port(config: &str) -> String {
     if config.contains("[metrics]") {
         config.to_owned()

@@ -30,6 +30,7 @@ pub mod netns;
 pub mod quic;
 pub mod shared;
 pub mod sshd;
+pub mod syslog;
 pub mod terminal;
 pub mod users;
 pub mod webhook;

@@ -6,6 +6,10 @@
 //! only, and purge of the collector keeps the recordings. The .rpm packages' metadata (modes,
 //! configuration files, scriptlets) is checked with rpm.
 //!
+//! Failing closed ([`fail_closed`]): a real ssh login into the root's sshd is let in, refused
+//! and let in again as `[agent] fail_closed` and the packaged agent say. That part loads the
+//! agent's eBPF programs: run the package test under the kernel lock.
+//!
 //! The Debian root is built once and cached under target/debian-root/; each run installs into a
 //! fresh copy of it.
 use std::{
@@ -17,11 +21,14 @@ use anyhow::{Context as _, bail};
 
 use crate::{cmd, package, test::ensure_packages};
 
+mod fail_closed;
+
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
-/// What the root needs beyond minbase: systemd (systemd-analyze, deb-systemd-helper) and
-/// procps (/bin/kill, for the units' ExecReload).
-const INCLUDE: &str = "systemd,procps";
+/// What the root needs beyond minbase: systemd (systemd-analyze, deb-systemd-helper),
+/// procps (/bin/kill, for the units' ExecReload) and openssh-server (logins through PAM, for
+/// failing closed).
+const INCLUDE: &str = "systemd,procps,openssh-server";
 
 pub fn test_packages() -> anyhow::Result<()> {
     ensure_packages(&[
@@ -65,6 +72,8 @@ pub fn test_packages() -> anyhow::Result<()> {
             "644 root root",
         ),
         ("/etc/custos/agent.toml", "640 root custos-agent"),
+        ("/usr/lib/custos/custos-agent-pam-ready", "755 root root"),
+        ("/etc/pam.d/custos-agent-fail-closed", "644 root root"),
         ("/var/lib/custos", "700 custos-agent custos-agent"),
         ("/var/lib/custos/spool", "700 custos-agent custos-agent"),
         ("/var/lib/custos/spool.key", "600 custos-agent custos-agent"),
@@ -242,6 +251,18 @@ pub fn test_packages() -> anyhow::Result<()> {
         ),
     );
 
+    let conffiles = root.sh("dpkg-query -W -f '${Conffiles}' custos-agent")?;
+    check(
+        conffiles
+            .output
+            .contains("/etc/pam.d/custos-agent-fail-closed"),
+        format!(
+            "/etc/pam.d/custos-agent-fail-closed is a configuration file ({})",
+            conffiles.output.trim()
+        ),
+    );
+    fail_closed::check_fail_closed(&root, &mut check)?;
+
     // Upgrade (the same package again) keeps a local configuration.
     root.sh("echo '# local edit' >> /etc/custos/agent.toml")?;
     let again = root.sh(&format!("dpkg -i {}", debs[0]))?;
@@ -325,8 +346,9 @@ pub fn test_packages() -> anyhow::Result<()> {
         )?;
         let configs = cmd::output(Command::new("rpm").args(["-qpc"]).arg(rpm))?;
         let scripts = cmd::output(Command::new("rpm").args(["-qp", "--scripts"]).arg(rpm))?;
-        let (config, binary, setup) = if name.starts_with("custos-agent") {
+        let (configs_expected, config, binary, setup) = if name.starts_with("custos-agent") {
             (
+                "/etc/custos/agent.toml\n/etc/pam.d/custos-agent-fail-closed",
                 "/etc/custos/agent.toml",
                 "-rwxr-xr-x root /usr/sbin/custos-agent",
                 "custos-agent-setup",
@@ -334,14 +356,29 @@ pub fn test_packages() -> anyhow::Result<()> {
         } else {
             (
                 "/etc/custos/collector.toml",
+                "/etc/custos/collector.toml",
                 "-rwxr-xr-x root /usr/bin/custos-collector",
                 "custos-collector-setup",
             )
         };
+        let mut listed: Vec<&str> = configs.lines().map(str::trim).collect();
+        listed.sort_unstable();
+        let mut wanted: Vec<&str> = configs_expected.lines().collect();
+        wanted.sort_unstable();
         check(
-            files.contains(&format!("-rw-r----- root {config}")) && configs.trim() == config,
-            format!("{name}: {config} is a 0640 configuration file"),
+            files.contains(&format!("-rw-r----- root {config}")) && listed == wanted,
+            format!(
+                "{name}: {config} is a 0640 configuration file, the configuration files are {wanted:?} ({listed:?})"
+            ),
         );
+        if name.starts_with("custos-agent") {
+            for file in [
+                "-rwxr-xr-x root /usr/lib/custos/custos-agent-pam-ready",
+                "-rw-r--r-- root /etc/pam.d/custos-agent-fail-closed",
+            ] {
+                check(files.contains(file), format!("{name}: {file}"));
+            }
+        }
         check(files.contains(binary), format!("{name}: {binary}"));
         check(
             scripts.contains(setup) && scripts.contains("systemctl"),
@@ -439,6 +476,18 @@ impl Root {
         )?;
         root.proc_mounted = true;
         Ok(root)
+    }
+
+    /// `program` in the root, with the environment [`Root::sh`] gives.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("chroot");
+        command
+            .arg(&self.path)
+            .arg(program)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LANG", "C.UTF-8");
+        command
     }
 
     /// Runs a shell command in the root (stdout and stderr together).

@@ -11,7 +11,13 @@ pub mod decode;
 pub mod drops;
 pub mod routes;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::maps::{Array, MapData, RingBuf};
 use tokio::{
@@ -44,6 +50,9 @@ pub struct ReaderStats {
     /// before its batch can be acknowledged).
     read: Counter,
     pub undecodable: u64,
+    /// When the reader last emptied the ring buffer (`CLOCK_BOOTTIME`, ns): the status file's
+    /// sign that the ring is being read.
+    emptied: Arc<AtomicU64>,
 }
 
 impl ReaderStats {
@@ -88,6 +97,7 @@ pub async fn read_ring(
     tx: mpsc::Sender<Capture>,
     mut stop: watch::Receiver<bool>,
     read: Counter,
+    emptied: Arc<AtomicU64>,
     mut clock: Option<clock::ClockWatch>,
 ) -> anyhow::Result<ReaderStats> {
     // SAFETY: the ring buffer owns its file descriptor, which stays open as long as the AsyncFd
@@ -97,6 +107,7 @@ pub async fn read_ring(
     let mut assembler = Assembler::default();
     let mut stats = ReaderStats {
         read,
+        emptied,
         ..ReaderStats::default()
     };
     let mut poll = PollTimer::default();
@@ -242,6 +253,7 @@ async fn drain(
         // The item borrows the ring: decode it before awaiting the send.
         let record = {
             let Some(item) = ring.next() else {
+                stats.emptied.store(boot_now_ns(), Ordering::Relaxed);
                 break;
             };
             stats.read.inc();
