@@ -8,7 +8,11 @@
 //! recording files found on disk and the tombstones (not from the index): a batch or a whole
 //! recording removed from the middle of a host's stream is a break naming the sequence numbers
 //! around it.
-use std::{fs, path::Path};
+use std::{
+    fs::{self, File},
+    io::{BufReader, Read},
+    path::Path,
+};
 
 use custos_pki::batch_signature::AgentCertificates;
 use custos_proto::api::{AgentChainResult, VerifyResult};
@@ -41,9 +45,9 @@ impl Store {
         let mut chains = AgentChains::default();
         let recordings = self.dir().join("recordings");
         for path in files_under(&recordings, "rec")? {
-            let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
+            let file = File::open(&path).map_err(|e| io_err(&path, e))?;
             // Chunks that do not read are not links; their breaks are the recording's.
-            for chunk in ChainReader::new(&bytes, &self.keys).flatten() {
+            for chunk in ChainReader::new(BufReader::new(file), &self.keys).flatten() {
                 let header = &chunk.raw.header;
                 if let Some(signed) = &header.signed {
                     let problems = agent::check_chunk(
@@ -73,17 +77,18 @@ impl Store {
             })?;
         let mut problems = Vec::new();
         let path = self.dir().join(&row.path);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
+        // Read one chunk at a time, as it is checked.
+        let file: Box<dyn Read> = match File::open(&path) {
+            Ok(file) => Box::new(BufReader::new(file)),
             Err(err) => {
                 problems.push(format!("recording file {}: {err}", path.display()));
-                Vec::new()
+                Box::new(std::io::empty())
             }
         };
         let trust = self.agent_trust()?;
         let mut certificates = CertificateCache::new(self.dir());
         let mut unsigned_chunks = 0;
-        let mut chain = ChainReader::new(&bytes, &self.keys).expecting(&row.key);
+        let mut chain = ChainReader::new(file, &self.keys).expecting(&row.key);
         for item in chain.by_ref() {
             match item {
                 Err(broken) => problems.push(broken.to_string()),
