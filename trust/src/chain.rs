@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn without_the_key_the_chain_still_checks_but_nothing_is_decrypted() {
         let (bytes, spans) = chain(3);
-        let public: Vec<_> = ChainReader::public(&bytes).collect();
+        let public: Vec<_> = ChainReader::public(&bytes[..]).collect();
         assert_eq!(public.len(), 3);
         for chunk in &public {
             let chunk = chunk.as_ref().unwrap();
