@@ -436,13 +436,18 @@ pub async fn verify(
         }
         None => Ok(()),
     };
-    state.logged(&caller, "verify", &target, outcome)?;
-    // Every check covers the access log: who looked at what is part of the record.
+    // Every check covers the access log: who looked at what is part of the record. It is
+    // checked as it was before this request's own entry, which is logged next.
     let checker = state
         .audit
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .checker();
+    let access_log = tokio::task::spawn_blocking(move || checker.check())
+        .await
+        .map_err(internal)?
+        .map_err(|err| err.to_string());
+    state.logged(&caller, "verify", &target, outcome)?;
     let config = state.store.clone();
     // One line per result, as each is checked (a recording read one chunk at a time).
     let body = stream::body(format!("verify {target}"), move |lines| {
@@ -461,8 +466,7 @@ pub async fn verify(
                 return Ok(());
             }
         }
-        let check = checker.check().map_err(|err| err.to_string())?;
-        if !lines.send(line(VerifyLine::AccessLog(check))) {
+        if !lines.send(line(VerifyLine::AccessLog(access_log?))) {
             return Ok(());
         }
         if q.id.is_some() {
