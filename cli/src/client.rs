@@ -5,7 +5,7 @@ use std::{io::Read, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
 use custos_pki::{Role, tls::TlsFiles};
-use custos_proto::api::ApiError;
+use custos_proto::api::{ApiError, StreamEnd};
 use serde::{Serialize, de::DeserializeOwned};
 use ureq::{
     http::Response,
@@ -186,4 +186,133 @@ fn tls_config(files: &TlsFiles<'_>) -> anyhow::Result<TlsConfig> {
         .client_cert(Some(ClientCert::new_with_certs(&chain, key)))
         .unversioned_rustls_crypto_provider(Arc::new(custos_pki::tls::provider()))
         .build())
+}
+
+/// The lines of a streamed answer (`/events`, `/export`, `/verify`), read as they come, up to
+/// its end line ([`StreamEnd`]). An end line saying the collector failed midway, or no end line
+/// at all (the connection was cut), is an error after the lines read so far: what was read is
+/// never taken for the whole answer.
+pub struct StreamLines<R> {
+    reader: R,
+    what: String,
+    read: u64,
+    ended: bool,
+}
+
+impl<R: std::io::BufRead> StreamLines<R> {
+    pub fn new(reader: R, what: &str) -> Self {
+        StreamLines {
+            reader,
+            what: what.to_owned(),
+            read: 0,
+            ended: false,
+        }
+    }
+}
+
+impl StreamLines<std::io::BufReader<Box<dyn std::io::Read + Send + Sync + 'static>>> {
+    /// The lines of a streamed response.
+    pub fn of(response: Streamed, what: &str) -> Self {
+        let reader: Box<dyn std::io::Read + Send + Sync> =
+            Box::new(response.into_body().into_reader());
+        StreamLines::new(std::io::BufReader::new(reader), what)
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for StreamLines<R> {
+    type Item = anyhow::Result<String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ended {
+            return None;
+        }
+        let mut line = String::new();
+        let got = match self.reader.read_line(&mut line) {
+            Ok(got) => got,
+            Err(err) => {
+                self.ended = true;
+                return Some(Err(anyhow!(
+                    "{}: reading the answer failed after {} lines: {err}",
+                    self.what,
+                    self.read
+                )));
+            }
+        };
+        if got == 0 || !line.ends_with('\n') {
+            self.ended = true;
+            return Some(Err(anyhow!(
+                "{}: the answer was cut off after {} lines (no end line from the collector): incomplete",
+                self.what,
+                self.read
+            )));
+        }
+        line.pop();
+        match StreamEnd::parse(&line) {
+            None => {
+                self.read += 1;
+                Some(Ok(line))
+            }
+            Some(end) => {
+                self.ended = true;
+                match end {
+                    Err(err) => Some(Err(anyhow!("{}: {err}", self.what))),
+                    Ok(StreamEnd {
+                        ok: true, lines, ..
+                    }) if lines == self.read => None,
+                    Ok(StreamEnd {
+                        ok: true, lines, ..
+                    }) => Some(Err(anyhow!(
+                        "{}: the collector sent {lines} lines, {} arrived: incomplete",
+                        self.what,
+                        self.read
+                    ))),
+                    Ok(StreamEnd { error, .. }) => Some(Err(anyhow!(
+                        "{}: the collector failed after {} lines: {}: incomplete",
+                        self.what,
+                        self.read,
+                        error.unwrap_or_default()
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(body: &str) -> (Vec<String>, Option<String>) {
+        let mut ok = Vec::new();
+        for line in StreamLines::new(body.as_bytes(), "export") {
+            match line {
+                Ok(line) => ok.push(line),
+                Err(err) => return (ok, Some(err.to_string())),
+            }
+        }
+        (ok, None)
+    }
+
+    #[test]
+    fn only_an_ok_end_line_ends_a_stream_well() {
+        assert_eq!(
+            lines("a\nb\n{\"custos_end\":{\"ok\":true,\"lines\":2}}\n"),
+            (vec!["a".to_owned(), "b".to_owned()], None)
+        );
+        let (read, error) = lines(
+            "a\n{\"custos_end\":{\"ok\":false,\"lines\":1,\"error\":\"chunk 1: fails authentication\"}}\n",
+        );
+        assert_eq!(read, ["a"]);
+        let error = error.expect("a failure midway is an error");
+        assert!(
+            error.contains("failed after 1 lines: chunk 1: fails authentication"),
+            "{error}"
+        );
+        for cut in ["a\nb\n", "a\nb", ""] {
+            let (_, error) = lines(cut);
+            assert!(error.expect("cut").contains("cut off"), "{cut:?}");
+        }
+        let (_, error) = lines("a\n{\"custos_end\":{\"ok\":true,\"lines\":2}}\n");
+        assert!(error.expect("a line lost").contains("2 lines, 1 arrived"));
+    }
 }

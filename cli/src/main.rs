@@ -11,7 +11,7 @@ mod settings;
 mod timeexpr;
 
 use std::{
-    io::{BufRead, BufReader, IsTerminal, Write},
+    io::{IsTerminal, Write},
     path::PathBuf,
     process::ExitCode,
     time::Duration,
@@ -23,12 +23,12 @@ use custos_proto::{
     Event,
     api::{
         AccessLog, Agents, Hold, Holds, NewHold, PurgeReport, RetentionInfo, SearchResults,
-        SessionDetail, SessionList, SessionSummary, VerifyReport, path,
+        SessionDetail, SessionList, SessionSummary, VerifyLine, VerifyReport, path,
     },
 };
 
 use crate::{
-    client::{Client, encode},
+    client::{Client, StreamLines, encode},
     settings::Given,
 };
 
@@ -373,12 +373,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("--speed must be more than 0");
             }
             let response = client.stream(&session_path(path::SESSION_EVENTS, &id), &[])?;
-            let events = BufReader::new(response.into_body().into_reader())
-                .lines()
-                .map(|line| {
-                    let line = line.context("reading the recording")?;
-                    serde_json::from_str::<Event>(&line).context("unreadable event")
-                });
+            let events = StreamLines::of(response, "replay")
+                .map(|line| serde_json::from_str::<Event>(&line?).context("unreadable event"));
             let options = replay::Options {
                 speed,
                 from: from.unwrap_or_default(),
@@ -425,7 +421,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, true) => vec![],
                 (None, false) => bail!("give a session id, or --all (or --offline DIR)"),
             };
-            let report: VerifyReport = client.get(path::VERIFY, &query)?;
+            // One line per result, as the collector checks them.
+            let mut report = VerifyReport {
+                results: Vec::new(),
+                access_log: None,
+                agents: Vec::new(),
+            };
+            for line in StreamLines::of(client.stream(path::VERIFY, &query)?, "verify") {
+                report.add(
+                    serde_json::from_str::<VerifyLine>(&line?).context("unreadable verify line")?,
+                );
+            }
             return report_verify(&report, json);
         }
         Command::AccessLog { since, limit, json } => {
@@ -556,7 +562,14 @@ fn export(
         &session_path(path::SESSION_EXPORT, id),
         &[("format", format_name.to_owned())],
     )?;
-    let mut sink: Box<dyn Write> = match &output {
+    // A file is written under a `.partial` name and renamed once the collector's end line says
+    // the export is whole: a cut or failed export never has the name asked for.
+    let partial = output.as_ref().map(|path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        PathBuf::from(name)
+    });
+    let mut sink: Box<dyn Write> = match &partial {
         Some(path) => Box::new(std::io::BufWriter::new(private_file(path)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
@@ -574,15 +587,31 @@ fn export(
         indicatif::ProgressBar::hidden()
     };
     let mut lines = 0u64;
-    for line in BufReader::new(response.into_body().into_reader()).lines() {
-        let line = line.context("reading the export")?;
-        sink.write_all(line.as_bytes())?;
-        sink.write_all(b"\n")?;
-        lines += 1;
-        progress.set_position(lines);
-    }
-    sink.flush()?;
+    let written = (|| -> anyhow::Result<()> {
+        for line in StreamLines::of(response, "export") {
+            sink.write_all(line?.as_bytes())?;
+            sink.write_all(b"\n")?;
+            lines += 1;
+            progress.set_position(lines);
+        }
+        sink.flush()?;
+        Ok(())
+    })();
     progress.finish_and_clear();
+    drop(sink);
+    if let Err(err) = written {
+        return Err(match &partial {
+            Some(partial) => err.context(format!(
+                "{} holds only the {lines} lines before the failure",
+                partial.display()
+            )),
+            None => err.context(format!("only {lines} lines were written")),
+        });
+    }
+    if let (Some(path), Some(partial)) = (&output, &partial) {
+        std::fs::rename(partial, path)
+            .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?;
+    }
     if let Some(path) = output {
         eprintln!(
             "custos: wrote {} ({lines} lines, {format_name})",

@@ -7,7 +7,7 @@
 //! `manifest.json` lists every file with its size and SHA-256.
 use std::{
     fs::{self, File},
-    io::Write as _,
+    io::{Read, Write},
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
@@ -100,15 +100,20 @@ pub fn export(source: &Source, out: &Path) -> Result<Manifest, BundleError> {
     let mut copied = recordings;
     copied.extend(relative(source.store, AGENTS_DIR, "der")?);
     copied.extend(relative(source.store, TOMBSTONES_DIR, "json")?);
+    // Copied through a buffer, not read whole: a recording can be far larger than memory.
     for path in &copied {
-        let bytes =
-            fs::read(source.store.join(path)).map_err(|e| err(&source.store.join(path), e))?;
-        files.push(write_file(out, path, &bytes)?);
+        let from = source.store.join(path);
+        let file = File::open(&from).map_err(|e| err(&from, e))?;
+        files.push(write_file(out, path, file)?);
     }
     let seal = SealKey::load(source.seal_key)?;
     files.push(copy_audit(source.store, out, &seal)?);
     let ca = fs::read(source.ca).map_err(|e| err(source.ca, e))?;
-    files.push(write_file(out, &Path::new(PUBLIC_DIR).join(CA_FILE), &ca)?);
+    files.push(write_file(
+        out,
+        &Path::new(PUBLIC_DIR).join(CA_FILE),
+        &ca[..],
+    )?);
     let public = seal.public();
     let public = format!("{}\n", hex::encode(public));
     files.push(write_file(
@@ -130,7 +135,7 @@ pub fn export(source: &Source, out: &Path) -> Result<Manifest, BundleError> {
         files,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| err(out, e))?;
-    write_file(out, Path::new(MANIFEST), &json)?;
+    write_file(out, Path::new(MANIFEST), &json[..])?;
     Ok(manifest)
 }
 
@@ -151,8 +156,13 @@ fn make_dir(path: &Path) -> Result<(), BundleError> {
         .map_err(|e| err(path, e))
 }
 
-/// Writes `bytes` to `out/relative` (0600, its folders 0700) and returns its manifest line.
-fn write_file(out: &Path, relative: &Path, bytes: &[u8]) -> Result<ManifestFile, BundleError> {
+/// Writes what `source` reads to `out/relative` (0600, its folders 0700), a buffer at a time,
+/// and returns its manifest line.
+fn write_file(
+    out: &Path,
+    relative: &Path,
+    mut source: impl Read,
+) -> Result<ManifestFile, BundleError> {
     let target = out.join(relative);
     if let Some(parent) = target.parent() {
         make_dir(parent)?;
@@ -163,14 +173,51 @@ fn write_file(out: &Path, relative: &Path, bytes: &[u8]) -> Result<ManifestFile,
         .mode(0o600)
         .open(&target)
         .map_err(|e| err(&target, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
+    let mut hashing = Hashing::new(&mut file);
+    std::io::copy(&mut source, &mut hashing)
+        .and_then(|_| hashing.flush())
         .map_err(|e| err(&target, e))?;
-    Ok(ManifestFile {
-        path: relative.display().to_string(),
-        bytes: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(bytes)),
-    })
+    let line = hashing.manifest_line(relative);
+    file.sync_all().map_err(|e| err(&target, e))?;
+    Ok(line)
+}
+
+/// A writer that hashes and counts what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    fn manifest_line(self, relative: &Path) -> ManifestFile {
+        ManifestFile {
+            path: relative.display().to_string(),
+            bytes: self.bytes,
+            sha256: hex::encode(self.hash.finalize()),
+        }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Copies the audit database as one consistent snapshot (`VACUUM INTO`, safe while the
@@ -200,14 +247,13 @@ fn copy_audit(store: &Path, out: &Path, seal: &SealKey) -> Result<ManifestFile, 
                 format!("cannot sign a checkpoint of the copy: {e}"),
             )
         })?;
-    let bytes = fs::read(&target).map_err(|e| err(&target, e))?;
     fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).map_err(|e| err(&target, e))?;
+    let mut hashing = Hashing::new(std::io::sink());
     File::open(&target)
-        .and_then(|file| file.sync_all())
+        .and_then(|mut file| {
+            std::io::copy(&mut file, &mut hashing)?;
+            file.sync_all()
+        })
         .map_err(|e| err(&target, e))?;
-    Ok(ManifestFile {
-        path: AUDIT_DB.into(),
-        bytes: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(&bytes)),
-    })
+    Ok(hashing.manifest_line(Path::new(AUDIT_DB)))
 }

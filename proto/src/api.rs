@@ -352,6 +352,63 @@ pub struct AgentInfo {
     pub clock_skewed: bool,
 }
 
+/// One line of `/v1/verify`'s streamed answer: a recording's check, an agent chain's, or the
+/// access log's (`{"result": ...}`, `{"agent": ...}`, `{"access_log": ...}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyLine {
+    Result(VerifyResult),
+    Agent(AgentChainResult),
+    AccessLog(AccessLogCheck),
+}
+
+impl VerifyReport {
+    /// Adds one streamed line to the report.
+    pub fn add(&mut self, line: VerifyLine) {
+        match line {
+            VerifyLine::Result(result) => self.results.push(result),
+            VerifyLine::Agent(agent) => self.agents.push(agent),
+            VerifyLine::AccessLog(check) => self.access_log = Some(check),
+        }
+    }
+}
+
+/// The last line of every streamed answer (`/events`, `/export`, `/verify`), written as
+/// `{"custos_end": {"ok": ..., "lines": ..., "error": ...}}`: whether the lines before it are
+/// the whole answer. The status (200) and the first lines are sent before the collector knows
+/// how reading a recording ends; a failure after them (a chunk that does not decrypt or chain, a
+/// file that cannot be read) is this line with `ok: false` and the error, and a connection cut
+/// before it leaves no end line at all. Either way a client must treat what it read as
+/// incomplete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEnd {
+    pub ok: bool,
+    /// Lines sent before this one.
+    pub lines: u64,
+    /// What ended the answer early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How an end line starts. No other line does: an event's JSON starts `{"time"`, an asciicast
+/// line `[` or `{"version"`, a verify line `{"result"`, `{"agent"` or `{"access_log"`.
+pub const STREAM_END_PREFIX: &str = "{\"custos_end\":";
+
+impl StreamEnd {
+    /// The end line (without its newline).
+    pub fn line(&self) -> String {
+        let body = serde_json::to_string(self).unwrap_or_else(|_| "{\"ok\":false}".into());
+        format!("{STREAM_END_PREFIX}{body}}}")
+    }
+
+    /// `None` when `line` is not an end line; else the end it says, or why it is unreadable.
+    pub fn parse(line: &str) -> Option<Result<StreamEnd, String>> {
+        let body = line.trim_end().strip_prefix(STREAM_END_PREFIX)?;
+        let body = body.strip_suffix('}').unwrap_or(body);
+        Some(serde_json::from_str(body).map_err(|err| format!("unreadable end line: {err}")))
+    }
+}
+
 /// The body of every error response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
@@ -374,5 +431,35 @@ mod tests {
             path::with_id(path::SESSION_EVENTS, "h-1-2"),
             "/v1/sessions/h-1-2/events"
         );
+    }
+
+    #[test]
+    fn an_end_line_reads_back_and_no_other_line_is_one() {
+        let end = StreamEnd {
+            ok: false,
+            lines: 3,
+            error: Some("chunk 1: fails authentication (altered)".into()),
+        };
+        let line = end.line();
+        assert!(line.starts_with(r#"{"custos_end":{"ok":false"#), "{line}");
+        assert_eq!(StreamEnd::parse(&line), Some(Ok(end)));
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["custos_end"]["lines"], 3, "the line is JSON too");
+        let verify = serde_json::to_string(&VerifyLine::Agent(AgentChainResult {
+            agent: "db1".into(),
+            spool: "s".into(),
+            ok: true,
+            batches: 1,
+            removed: 0,
+            problems: vec![],
+        }))
+        .unwrap();
+        for other in [r#"{"time":1,"host":"h"}"#, r#"[0.5,"o","x"]"#, &verify] {
+            assert_eq!(StreamEnd::parse(other), None, "{other}");
+        }
+        assert!(matches!(
+            StreamEnd::parse(r#"{"custos_end":{"ok":"#),
+            Some(Err(_))
+        ));
     }
 }

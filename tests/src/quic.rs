@@ -179,6 +179,15 @@ impl Held {
         })
     }
 
+    /// Sends one request on its own stream and waits (at most 60 s) for the collector's answer.
+    pub fn request(&self, bytes: &[u8]) -> Answer {
+        self.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), exchange(&self.connection, bytes))
+                .await
+                .unwrap_or(Answer::Other("no answer".into()))
+        })
+    }
+
     /// Waits up to `timeout` for the connection to close; why it closed, if it did.
     pub fn closed_within(&self, timeout: Duration) -> Option<quinn::ConnectionError> {
         // The timer is made inside the runtime (it needs its time driver).

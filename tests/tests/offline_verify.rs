@@ -452,7 +452,7 @@ fn an_exported_bundle_verifies_offline_and_each_attack_without_keys_is_named() {
         let bytes = fs::read(&path).expect("recording");
         let (key_id, key) = keys.current();
         let (mut forged, mut prev) = (Vec::new(), ChunkHash::default());
-        for item in ChainReader::new(&bytes, &keys) {
+        for item in ChainReader::new(&bytes[..], &keys) {
             let found = item.expect("a clean chunk");
             let mut header = found.raw.header.clone();
             let mut plaintext = found.plaintext.clone().expect("decrypted");

@@ -9,13 +9,14 @@
 //! cuts the tail at the first break, reading for auditors fails, an index rebuild stops and
 //! marks the recording damaged, and verification lists them all.
 //!
-//! Pure: bytes in, chunks out; the file I/O is the caller's.
-use std::collections::VecDeque;
+//! It reads from any [`Read`] (a recording file, or bytes in memory), one chunk at a time: only
+//! the chunk being checked is ever in memory, whatever the recording's size.
+use std::{collections::VecDeque, io::Read};
 
 use custos_proto::{Event, wire};
 
 use crate::{
-    chunk::{self, ChunkError, ChunkHash, RawChunk, RecordingKey},
+    chunk::{self, ChunkError, ChunkHash, Next, RawChunk, RecordingKey},
     keys::KeyRing,
 };
 
@@ -28,7 +29,7 @@ pub struct ChainChunk {
     pub raw: RawChunk,
     /// Its hash, which the next chunk must name.
     pub hash: ChunkHash,
-    /// Where it starts and ends in the bytes read.
+    /// Where it starts and ends in the bytes read (from where the reader started).
     pub start: usize,
     pub end: usize,
     /// The compressed events; `None` when read without the store key ([`ChainReader::public`]),
@@ -95,8 +96,8 @@ pub enum BreakKind {
 
 /// Walks a recording's chunks (see the module doc). An iterator of `Result<ChainChunk,
 /// ChainBreak>`.
-pub struct ChainReader<'a> {
-    bytes: &'a [u8],
+pub struct ChainReader<'a, R> {
+    source: R,
     /// `None`: chunks are not decrypted (a check with public material only).
     keys: Option<&'a KeyRing>,
     recording: Option<&'a RecordingKey>,
@@ -108,36 +109,33 @@ pub struct ChainReader<'a> {
     ended: bool,
 }
 
-impl<'a> ChainReader<'a> {
+impl<'a, R: Read> ChainReader<'a, R> {
     /// Reads a whole recording, from its first chunk.
-    pub fn new(bytes: &'a [u8], keys: &'a KeyRing) -> Self {
-        Self::resume(bytes, keys, 0, ChunkHash::default())
+    pub fn new(source: R, keys: &'a KeyRing) -> Self {
+        Self::resume(source, keys, 0, ChunkHash::default())
     }
 
     /// Reads a whole recording without the store key: every check but decryption (the chunks'
     /// hashes cover the ciphertext, so the chain, the indexes and the recording still check);
     /// the chunks yielded carry no plaintext.
-    pub fn public(bytes: &'a [u8]) -> Self {
-        Self::start(bytes, None, 0, ChunkHash::default())
+    pub fn public(source: R) -> Self {
+        Self::start(source, None, 0, ChunkHash::default())
     }
 
     /// Reads a whole recording, decrypting when `keys` are given ([`Self::public`] otherwise).
-    pub fn with_keys(bytes: &'a [u8], keys: Option<&'a KeyRing>) -> Self {
-        match keys {
-            Some(keys) => Self::new(bytes, keys),
-            None => Self::public(bytes),
-        }
+    pub fn with_keys(source: R, keys: Option<&'a KeyRing>) -> Self {
+        Self::start(source, keys, 0, ChunkHash::default())
     }
 
     /// Reads chunks that follow chunk `next_index - 1`, whose hash is `prev` (the store's
     /// recovery reads what lies past the committed end).
-    pub fn resume(bytes: &'a [u8], keys: &'a KeyRing, next_index: u64, prev: ChunkHash) -> Self {
-        Self::start(bytes, Some(keys), next_index, prev)
+    pub fn resume(source: R, keys: &'a KeyRing, next_index: u64, prev: ChunkHash) -> Self {
+        Self::start(source, Some(keys), next_index, prev)
     }
 
-    fn start(bytes: &'a [u8], keys: Option<&'a KeyRing>, next_index: u64, prev: ChunkHash) -> Self {
+    fn start(source: R, keys: Option<&'a KeyRing>, next_index: u64, prev: ChunkHash) -> Self {
         Self {
-            bytes,
+            source,
             keys,
             recording: None,
             offset: 0,
@@ -164,8 +162,9 @@ impl<'a> ChainReader<'a> {
         self.prev
     }
 
-    /// Reads the next chunk: `Ok` when it passes every check, its breaks otherwise.
-    fn read(&mut self) -> Result<ChainChunk, ()> {
+    /// Reads the next chunk: `Ok` when it passes every check, its breaks otherwise; `None` at
+    /// the end of the file.
+    fn read(&mut self) -> Option<Result<ChainChunk, ()>> {
         let index = self.next_index;
         let start = self.offset;
         let broke = |kind| ChainBreak {
@@ -173,20 +172,20 @@ impl<'a> ChainReader<'a> {
             offset: start,
             kind,
         };
-        let raw = match chunk::parse(&self.bytes[start..]) {
-            Ok(Some(raw)) => raw,
-            Ok(None) => {
-                self.pending.push_back(broke(BreakKind::Truncated {
-                    remaining: self.bytes.len() - start,
-                }));
-                return Err(());
+        let raw = match chunk::read(&mut self.source) {
+            Ok(Next::Chunk(raw)) => *raw,
+            Ok(Next::End) => return None,
+            Ok(Next::Cut(remaining)) => {
+                self.pending
+                    .push_back(broke(BreakKind::Truncated { remaining }));
+                return Some(Err(()));
             }
             Err(err) => {
                 self.pending.push_back(broke(BreakKind::Unreadable {
                     at: start,
                     error: err,
                 }));
-                return Err(());
+                return Some(Err(()));
             }
         };
         let header = &raw.header;
@@ -227,7 +226,7 @@ impl<'a> ChainReader<'a> {
         self.prev = hash;
         self.offset = end;
         self.next_index += 1;
-        match plaintext {
+        Some(match plaintext {
             Some(plaintext) if self.pending.is_empty() => Ok(ChainChunk {
                 raw,
                 hash,
@@ -236,11 +235,11 @@ impl<'a> ChainReader<'a> {
                 plaintext,
             }),
             _ => Err(()),
-        }
+        })
     }
 }
 
-impl Iterator for ChainReader<'_> {
+impl<R: Read> Iterator for ChainReader<'_, R> {
     type Item = Result<ChainChunk, ChainBreak>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -248,12 +247,16 @@ impl Iterator for ChainReader<'_> {
             self.ended |= broken.ends_chain();
             return Some(Err(broken));
         }
-        if self.ended || self.offset >= self.bytes.len() {
+        if self.ended {
             return None;
         }
         match self.read() {
-            Ok(chunk) => Some(Ok(chunk)),
-            Err(()) => self.next(),
+            None => {
+                self.ended = true;
+                None
+            }
+            Some(Ok(chunk)) => Some(Ok(chunk)),
+            Some(Err(())) => self.next(),
         }
     }
 }
@@ -287,7 +290,7 @@ mod tests {
     #[test]
     fn without_the_key_the_chain_still_checks_but_nothing_is_decrypted() {
         let (bytes, spans) = chain(3);
-        let public: Vec<_> = ChainReader::public(&bytes).collect();
+        let public: Vec<_> = ChainReader::public(&bytes[..]).collect();
         assert_eq!(public.len(), 3);
         for chunk in &public {
             let chunk = chunk.as_ref().unwrap();
@@ -297,7 +300,7 @@ mod tests {
         // A chunk removed from the middle breaks the chain for a public reader too.
         let mut cut = bytes[..spans[0].1].to_vec();
         cut.extend_from_slice(&bytes[spans[2].0..]);
-        let breaks: Vec<String> = ChainReader::public(&cut)
+        let breaks: Vec<String> = ChainReader::public(&cut[..])
             .filter_map(|item| item.err().map(|b| b.to_string()))
             .collect();
         assert_eq!(
@@ -314,7 +317,7 @@ mod tests {
         let (bytes, spans) = chain(3);
         assert_eq!(read(&bytes), vec![Ok(0), Ok(1), Ok(2)]);
         let keys = KeyRing::single("k1", KEY);
-        let mut reader = ChainReader::new(&bytes, &keys);
+        let mut reader = ChainReader::new(&bytes[..], &keys);
         let first = reader.next().unwrap().unwrap();
         assert_eq!((first.start, first.end), spans[0]);
         assert_eq!(first.plaintext.as_deref(), Some(&b"hello"[..]));
@@ -371,7 +374,7 @@ mod tests {
     fn an_unknown_key_and_another_recording_are_breaks() {
         let (bytes, _) = chain(1);
         let other_keys = KeyRing::single("k2", KEY);
-        let breaks: Vec<_> = ChainReader::new(&bytes, &other_keys).collect();
+        let breaks: Vec<_> = ChainReader::new(&bytes[..], &other_keys).collect();
         assert!(
             matches!(&breaks[..], [Err(ChainBreak { chunk: 0, kind: BreakKind::UnknownKey { key_id }, .. })] if key_id == "k1"),
             "{breaks:?}"
@@ -379,7 +382,7 @@ mod tests {
         let keys = KeyRing::single("k1", KEY);
         let mut elsewhere = header(0, ChunkHash::default()).recording;
         elsewhere.host = "db2".into();
-        let breaks: Vec<_> = ChainReader::new(&bytes, &keys)
+        let breaks: Vec<_> = ChainReader::new(&bytes[..], &keys)
             .expecting(&elsewhere)
             .collect();
         assert!(

@@ -6,7 +6,9 @@
 //! of the previous chunk, which chains a recording's chunks together: a flipped bit, a removed or
 //! reordered chunk, all break the chain.
 //!
-//! Pure functions over bytes; the store does the file I/O.
+//! Functions over bytes and readers; the store opens the files.
+use std::io::Read;
+
 use chacha20poly1305::{XChaCha20Poly1305, XNonce, aead::Aead, aead::KeyInit, aead::Payload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -140,6 +142,8 @@ pub enum ChunkError {
     Unauthentic,
     #[error("chunk encrypted under unknown key {0}")]
     UnknownKey(String),
+    #[error("the recording file could not be read: {0}")]
+    Io(String),
 }
 
 /// A chunk as read: its header (parsed and as bytes) and its encrypted body.
@@ -196,34 +200,88 @@ pub fn encode(header: &ChunkHeader, plaintext: &[u8], key: &[u8; 32]) -> (Vec<u8
     (out, chunk_hash)
 }
 
-/// Parses the chunk at the start of `buf`. `Ok(None)`: `buf` ends before the chunk does (a
-/// torn write at the end of a file).
-pub fn parse(buf: &[u8]) -> Result<Option<RawChunk>, ChunkError> {
-    if buf.len() < PREFIX_LEN {
-        return Ok(None);
+/// What reading a recording file at a chunk's start found.
+#[derive(Debug)]
+pub enum Next {
+    Chunk(Box<RawChunk>),
+    /// The file ends here, between chunks.
+    End,
+    /// The file ends inside the chunk (a torn write at its end), after this many bytes of it.
+    Cut(usize),
+}
+
+/// Reads the chunk at the reader's position, and only it: a recording is read one chunk at a
+/// time, whatever its size. Lengths are checked before anything is allocated for them, and
+/// what is allocated grows only with the bytes actually there.
+pub fn read(source: &mut impl Read) -> Result<Next, ChunkError> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    let got = fill(source, &mut prefix)?;
+    if got == 0 {
+        return Ok(Next::End);
     }
-    if buf[..4] != MAGIC {
+    if got < PREFIX_LEN {
+        return Ok(Next::Cut(got));
+    }
+    if prefix[..4] != MAGIC {
         return Err(ChunkError::BadMagic);
     }
-    let hlen = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
-    let blen = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    let hlen = u32::from_be_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
+    let blen = u32::from_be_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize;
     for len in [hlen, blen] {
         if len > MAX_PART {
             return Err(ChunkError::TooLarge(len));
         }
     }
-    if buf.len() < PREFIX_LEN + hlen + blen {
-        return Ok(None);
+    let header_bytes = read_part(source, hlen)?;
+    let body = if header_bytes.len() == hlen {
+        read_part(source, blen)?
+    } else {
+        Vec::new()
+    };
+    if header_bytes.len() < hlen || body.len() < blen {
+        return Ok(Next::Cut(PREFIX_LEN + header_bytes.len() + body.len()));
     }
-    let header_bytes = buf[PREFIX_LEN..PREFIX_LEN + hlen].to_vec();
     let header: ChunkHeader = rmp_serde::from_slice(&header_bytes)
         .map_err(|err| ChunkError::BadHeader(err.to_string()))?;
-    let body = buf[PREFIX_LEN + hlen..PREFIX_LEN + hlen + blen].to_vec();
-    Ok(Some(RawChunk {
+    Ok(Next::Chunk(Box::new(RawChunk {
         header,
         header_bytes,
         body,
-    }))
+    })))
+}
+
+/// Fills `buf` from `source` as far as it goes: the number of bytes read.
+fn fill(source: &mut impl Read, buf: &mut [u8]) -> Result<usize, ChunkError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match source.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(ChunkError::Io(err.to_string())),
+        }
+    }
+    Ok(got)
+}
+
+/// Up to `len` bytes of `source` (fewer at its end).
+fn read_part(source: &mut impl Read, len: usize) -> Result<Vec<u8>, ChunkError> {
+    // What a damaged length announces is not reserved up front: the buffer grows with the data.
+    let mut part = Vec::with_capacity(len.min(1024 * 1024));
+    source
+        .take(len as u64)
+        .read_to_end(&mut part)
+        .map_err(|err| ChunkError::Io(err.to_string()))?;
+    Ok(part)
+}
+
+/// Parses the chunk at the start of `buf`. `Ok(None)`: `buf` ends before the chunk does (a
+/// torn write at the end of a file).
+pub fn parse(mut buf: &[u8]) -> Result<Option<RawChunk>, ChunkError> {
+    match read(&mut buf)? {
+        Next::Chunk(raw) => Ok(Some(*raw)),
+        Next::End | Next::Cut(_) => Ok(None),
+    }
 }
 
 /// Decrypts a chunk's body with `key`.

@@ -12,7 +12,8 @@
 //! [`verify_dir`].
 use std::{
     collections::HashMap,
-    fs,
+    fs::{self, File},
+    io::{BufReader, Read},
     path::{Path, PathBuf},
 };
 
@@ -145,18 +146,19 @@ pub struct RecordingCheck {
 }
 
 impl Verifier<'_> {
-    /// Reads a recording's `bytes` with the chain reader (expecting every chunk to be of
-    /// `recording`), checks each chunk's agent signature, and adds each chunk's batch to
-    /// `chains` (a chunk that does not verify as a problem of its agent's chain instead).
+    /// Reads a recording (a file, or bytes) with the chain reader, one chunk at a time
+    /// (expecting every chunk to be of `recording`), checks each chunk's agent signature, and
+    /// adds each chunk's batch to `chains` (a chunk that does not verify as a problem of its
+    /// agent's chain instead). Memory holds one chunk, whatever the recording's size.
     pub fn check_recording(
         &self,
-        bytes: &[u8],
+        source: impl Read,
         recording: &RecordingKey,
         certificates: &mut CertificateCache,
         chains: &mut AgentChains,
     ) -> RecordingCheck {
         let mut check = RecordingCheck::default();
-        let mut chain = ChainReader::with_keys(bytes, self.keys).expecting(recording);
+        let mut chain = ChainReader::with_keys(source, self.keys).expecting(recording);
         for item in chain.by_ref() {
             let chunk = match item {
                 Ok(chunk) => chunk,
@@ -280,14 +282,14 @@ impl Verifier<'_> {
                 ));
                 continue;
             };
-            let bytes = match fs::read(&path) {
-                Ok(bytes) => bytes,
+            let file = match File::open(&path) {
+                Ok(file) => BufReader::new(file),
                 Err(err) => {
                     results.push(failed(&path, &err.to_string()));
                     continue;
                 }
             };
-            let mut read = self.check_recording(&bytes, &key, &mut certificates, &mut chains);
+            let mut read = self.check_recording(file, &key, &mut certificates, &mut chains);
             let seal = self.check_seal(&seal_path(&path), &key, &read);
             let sealed = seal.is_some();
             read.problems.extend(seal.into_iter().flatten());

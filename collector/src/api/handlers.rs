@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::{
     Extension, Json,
-    body::{Body, Bytes},
+    body::Body,
     extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -14,13 +14,12 @@ use custos_proto::{
     Timestamp,
     api::{
         AccessEntry, AccessLog, ApiError, HoldKind, Holds, NewHold, RetentionInfo, SearchResults,
-        SessionList, VerifyReport, VerifyResult,
+        SessionList, VerifyLine, VerifyResult,
     },
 };
 use serde::Deserialize;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ApiState, Caller, export};
+use super::{ApiState, Caller, export, stream};
 use crate::{index::Filter, retention, store::Store};
 
 /// An error response: a status and a message for the auditor.
@@ -265,30 +264,19 @@ pub async fn show(
     state.logged(&caller, "show", &id, outcome)
 }
 
-/// Streams lines made from a recording's events by `render`, after a first `header` line.
+/// Streams lines made from a recording's events by `render`, after a first `header` line,
+/// then the end line ([`stream`]).
 fn stream_events(
     state: &Arc<ApiState>,
     id: String,
     header: Option<String>,
     mut render: impl FnMut(&custos_proto::Event) -> Vec<String> + Send + 'static,
 ) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let config = state.store.clone();
-    tokio::task::spawn_blocking(move || {
-        let send = |line: String| tx.blocking_send(Ok(Bytes::from(line + "\n"))).is_ok();
-        if let Some(header) = header
-            && !send(header)
-        {
-            return;
-        }
-        let result = Store::open_read_only(&config).and_then(|store| {
-            store.for_each_chunk(&id, |events| events.iter().flat_map(&mut render).all(&send))
-        });
-        if let Err(err) = result {
-            let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
-        }
-    });
-    Body::from_stream(ReceiverStream::new(rx))
+    stream::body(format!("recording {id}"), move |lines| {
+        let store = Store::open_read_only(&config).map_err(|err| err.to_string())?;
+        stream::recording(&store, &id, header, &mut render, lines)
+    })
 }
 
 async fn existing(
@@ -426,56 +414,78 @@ pub struct VerifyQuery {
     id: Option<String>,
 }
 
+/// Checks one recording or all of them (and then the agents' chains and the access log),
+/// streaming one line per result as it is found ([`VerifyLine`]), then the end line.
 pub async fn verify(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<VerifyQuery>,
-) -> Result<Json<VerifyReport>, Failure> {
+) -> Result<Response, Failure> {
     let target = q.id.clone().unwrap_or_else(|| "all".into());
-    // Every check covers the access log: who looked at what is part of the record.
+    let outcome = match q.id.clone() {
+        Some(id) => {
+            with_store(&state, move |store| {
+                store
+                    .index()
+                    .recording(&id)
+                    .map_err(internal)?
+                    .map(|_| ())
+                    .ok_or_else(|| unknown(&id))
+            })
+            .await
+        }
+        None => Ok(()),
+    };
+    // Every check covers the access log: who looked at what is part of the record. It is
+    // checked as it was before this request's own entry, which is logged next.
     let checker = state
         .audit
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .checker();
-    let outcome = with_store(&state, move |store| {
+    let access_log = tokio::task::spawn_blocking(move || checker.check())
+        .await
+        .map_err(internal)?
+        .map_err(|err| err.to_string());
+    state.logged(&caller, "verify", &target, outcome)?;
+    let config = state.store.clone();
+    // One line per result, as each is checked (a recording read one chunk at a time).
+    let body = stream::body(format!("verify {target}"), move |lines| {
+        let store = Store::open_read_only(&config).map_err(|err| err.to_string())?;
+        let line = |line: VerifyLine| serde_json::to_string(&line).unwrap_or_default();
         let ids = match &q.id {
-            Some(id) => {
-                store
-                    .index()
-                    .recording(id)
-                    .map_err(internal)?
-                    .ok_or_else(|| unknown(id))?;
-                vec![id.clone()]
-            }
-            None => store.index().recording_ids().map_err(internal)?,
+            Some(id) => vec![id.clone()],
+            None => store
+                .index()
+                .recording_ids()
+                .map_err(|err| err.to_string())?,
         };
-        let mut results = ids
-            .iter()
-            .map(|id| store.verify(id).map_err(internal))
-            .collect::<Result<Vec<_>, _>>()?;
-        let access_log = Some(checker.check().map_err(internal)?);
+        for id in &ids {
+            let result = store.verify(id).map_err(|err| err.to_string())?;
+            if !lines.send(line(VerifyLine::Result(result))) {
+                return Ok(());
+            }
+        }
+        if !lines.send(line(VerifyLine::AccessLog(access_log?))) {
+            return Ok(());
+        }
+        if q.id.is_some() {
+            return Ok(());
+        }
         // The agents' chains span recordings: checked when the whole store is, from the
         // recording files found (a file the index does not list is reported too).
-        let agents = match &q.id {
-            Some(_) => Vec::new(),
-            None => {
-                let (files, agents) = store.verify_files().map_err(internal)?;
-                // Asked again: a recording that began while the files were read is listed by
-                // now.
-                let listed = |id: &str| !matches!(store.index().recording(id), Ok(None));
-                results.extend(unindexed(&ids, files, listed));
-                agents
+        let (files, agents) = store.verify_files().map_err(|err| err.to_string())?;
+        // Asked again: a recording that began while the files were read is listed by now.
+        let listed = |id: &str| !matches!(store.index().recording(id), Ok(None));
+        let results = unindexed(&ids, files, listed).map(VerifyLine::Result);
+        for item in results.chain(agents.into_iter().map(VerifyLine::Agent)) {
+            if !lines.send(line(item)) {
+                return Ok(());
             }
-        };
-        Ok(Json(VerifyReport {
-            results,
-            access_log,
-            agents,
-        }))
-    })
-    .await;
-    state.logged(&caller, "verify", &target, outcome)
+        }
+        Ok(())
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
 /// The recordings found on disk that the index does not list, each with that as a problem.

@@ -4,6 +4,7 @@
 //! are listed in docs/api.md; the store knows nothing of this module.
 mod export;
 mod handlers;
+mod stream;
 
 use std::{
     net::SocketAddr,

@@ -140,7 +140,7 @@ fn an_event_altered_and_reencrypted_with_the_store_key_is_named_by_chunk() {
     let bytes = fs::read(&path).unwrap();
     let (key_id, key) = store.keys.current();
     let (mut forged, mut prev) = (Vec::new(), chunk::ChunkHash::default());
-    for item in ChainReader::new(&bytes, &store.keys) {
+    for item in ChainReader::new(&bytes[..], &store.keys) {
         let found = item.unwrap();
         let mut header = found.raw.header.clone();
         let mut plaintext = found.plaintext.clone().unwrap();
@@ -185,7 +185,7 @@ fn an_event_altered_and_reencrypted_with_the_store_key_is_named_by_chunk() {
     // Claiming the altered content in the stored signature instead: the signature fails.
     let mut chunks = Vec::new();
     let mut prev = chunk::ChunkHash::default();
-    for item in ChainReader::new(&forged, &store.keys) {
+    for item in ChainReader::new(&forged[..], &store.keys) {
         let found = item.unwrap();
         let mut header = found.raw.header.clone();
         if header.index == 1

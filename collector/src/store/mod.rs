@@ -25,6 +25,7 @@ mod verify;
 
 use std::{
     fs::{self, File, OpenOptions},
+    io::{BufReader, Read as _},
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
@@ -106,6 +107,30 @@ impl Default for StoreConfig {
             seal_key: "/etc/custos/pki/seal.key".into(),
             agent_ca: None,
         }
+    }
+}
+
+/// A recording's chunks as [`Store::chunks`] reads them: the events of each, or the break
+/// that ended the reading.
+pub struct RecordingChunks<'a> {
+    id: String,
+    /// `None` once the chain broke.
+    chain: Option<ChainReader<'a, BufReader<std::io::Take<File>>>>,
+}
+
+impl Iterator for RecordingChunks<'_> {
+    type Item = Result<Vec<Event>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let chunk = self.chain.as_mut()?.next()?;
+        let events = chunk.and_then(|chunk| chunk.events()).map_err(|broken| {
+            self.chain = None;
+            StoreError::Recording {
+                recording: self.id.clone(),
+                message: format!("{broken} (run custos verify)"),
+            }
+        });
+        Some(events)
     }
 }
 
@@ -202,24 +227,21 @@ impl Store {
         &self.dir
     }
 
-    /// Every event of a recording, in order, after checking its chain.
+    /// Every event of a recording, in order, after checking its chain (all in memory: for
+    /// tests and tools; the API streams with [`Store::chunks`]).
     pub fn read_events(&self, id: &str) -> Result<Vec<Event>, StoreError> {
         let mut events = Vec::new();
-        self.for_each_chunk(id, |chunk| {
-            events.extend(chunk);
-            true
-        })?;
+        for chunk in self.chunks(id)? {
+            events.extend(chunk?);
+        }
         Ok(events)
     }
 
-    /// Calls `each` with the events of each committed chunk of a recording, in order, checking
-    /// the chain as it goes; stops early when `each` returns false. A break in the chain is an
-    /// error.
-    pub fn for_each_chunk(
-        &self,
-        id: &str,
-        mut each: impl FnMut(Vec<Event>) -> bool,
-    ) -> Result<(), StoreError> {
+    /// The events of each committed chunk of a recording, in order, read from its file one
+    /// chunk at a time as they are asked for (decrypted, decompressed and checked against the
+    /// chain as they come): memory holds one chunk, whatever the recording's size. A break in
+    /// the chain is an error, and the last item.
+    pub fn chunks(&self, id: &str) -> Result<RecordingChunks<'_>, StoreError> {
         let row = self
             .index
             .recording(id)?
@@ -228,16 +250,26 @@ impl Store {
                 message: "no such recording".into(),
             })?;
         let path = self.dir.join(&row.path);
-        let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
-        let committed = &bytes[..(row.stored_len as usize).min(bytes.len())];
-        let broken = |broken| StoreError::Recording {
-            recording: id.to_owned(),
-            message: format!("{broken} (run custos verify)"),
-        };
-        for chunk in ChainReader::new(committed, &self.keys) {
-            let events = chunk.and_then(|chunk| chunk.events()).map_err(broken)?;
-            if !each(events) {
-                return Ok(());
+        let file = File::open(&path).map_err(|e| io_err(&path, e))?;
+        // Only what the index committed: a chunk being written is not read.
+        let committed = BufReader::new(file.take(row.stored_len));
+        Ok(RecordingChunks {
+            id: id.to_owned(),
+            chain: Some(ChainReader::new(committed, &self.keys)),
+        })
+    }
+
+    /// Calls `each` with the events of each committed chunk of a recording, in order (see
+    /// [`Store::chunks`]); stops early when `each` returns false. A break in the chain is an
+    /// error.
+    pub fn for_each_chunk(
+        &self,
+        id: &str,
+        mut each: impl FnMut(Vec<Event>) -> bool,
+    ) -> Result<(), StoreError> {
+        for chunk in self.chunks(id)? {
+            if !each(chunk?) {
+                break;
             }
         }
         Ok(())

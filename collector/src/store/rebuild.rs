@@ -51,14 +51,14 @@ pub fn rebuild_index(config: &StoreConfig) -> Result<Rebuilt, StoreError> {
     }
     files.sort();
     for path in files {
-        let bytes = fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let file = fs::File::open(&path).map_err(|e| io_err(&path, e))?;
         let relative = path
             .strip_prefix(&config.dir)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let mut writer = index.writer()?;
         let mut row: Option<RecordingRow> = None;
-        for item in ChainReader::new(&bytes, &keys) {
+        for item in ChainReader::new(std::io::BufReader::new(file), &keys) {
             let Ok((events, chunk)) = item.and_then(|chunk| Ok((chunk.events()?, chunk))) else {
                 rebuilt.damaged.push(relative.clone());
                 break;

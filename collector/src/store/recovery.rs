@@ -43,7 +43,7 @@ impl Store {
             let mut writer = self.index.writer()?;
             let mut chunks = row.chunks;
             let mut ended = false;
-            for item in ChainReader::resume(&tail, &self.keys, row.chunks, row.last_hash) {
+            for item in ChainReader::resume(&tail[..], &self.keys, row.chunks, row.last_hash) {
                 let replayed = item
                     .and_then(|chunk| Ok((chunk.events()?, chunk)))
                     .map_err(|broken| (broken.offset, broken.to_string()))

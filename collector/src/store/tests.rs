@@ -27,7 +27,7 @@ fn event(seq: u64, body: EventBody) -> Event {
     }
 }
 
-fn output(seq: u64, text: &str) -> Event {
+pub(crate) fn output(seq: u64, text: &str) -> Event {
     event(
         seq,
         EventBody::Output(Output {
@@ -57,7 +57,7 @@ pub(crate) fn fixture() -> (tempfile::TempDir, StoreConfig) {
     (dir, config)
 }
 
-fn batch(seq: u64, events: &[Event]) -> Batch {
+pub(crate) fn batch(seq: u64, events: &[Event]) -> Batch {
     make_batch(&SpoolId("spool-a".into()), BatchSeq(seq), events).unwrap()
 }
 

@@ -4,7 +4,7 @@
 //! gone.
 use std::{
     fs::{self, File},
-    io::Write,
+    io::{Read as _, Write},
     os::unix::fs::{DirBuilderExt, PermissionsExt},
 };
 
@@ -30,24 +30,24 @@ pub(super) fn write(
     by: &str,
 ) -> Result<(), StoreError> {
     let path = store.dir.join(&row.path);
-    let bytes = match fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(err) => return Err(io_err(&path, err)),
-    };
-    let committed = &bytes[..(row.stored_len as usize).min(bytes.len())];
     let mut batches = Vec::new();
-    let mut offset = 0;
-    while let Ok(Some(raw)) = chunk::parse(&committed[offset..]) {
-        let header = &raw.header;
-        let link = header.link();
-        batches.push(RemovedBatch {
-            spool: header.batch.spool.clone(),
-            seq: header.batch.seq,
-            link: link.map(|link| link.hash().hex()),
-            prev: link.map(|link| link.prev.hex()),
-        });
-        offset += raw.encoded_len();
+    match fs::File::open(&path) {
+        Ok(file) => {
+            // The committed chunks' headers, one chunk at a time.
+            let mut committed = std::io::BufReader::new(file.take(row.stored_len));
+            while let Ok(chunk::Next::Chunk(raw)) = chunk::read(&mut committed) {
+                let header = &raw.header;
+                let link = header.link();
+                batches.push(RemovedBatch {
+                    spool: header.batch.spool.clone(),
+                    seq: header.batch.seq,
+                    link: link.map(|link| link.hash().hex()),
+                    prev: link.map(|link| link.prev.hex()),
+                });
+            }
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_err(&path, err)),
     }
     let body = TombstoneBody {
         version: 1,

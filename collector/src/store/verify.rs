@@ -8,7 +8,11 @@
 //! recording files found on disk and the tombstones (not from the index): a batch or a whole
 //! recording removed from the middle of a host's stream is a break naming the sequence numbers
 //! around it.
-use std::{fs, path::Path};
+use std::{
+    fs::File,
+    io::{BufReader, Read},
+    path::Path,
+};
 
 use custos_pki::batch_signature::AgentCertificates;
 use custos_proto::api::{AgentChainResult, VerifyResult};
@@ -65,10 +69,11 @@ impl Store {
                 message: "no such recording".into(),
             })?;
         let path = self.dir().join(&row.path);
-        let (bytes, unreadable) = match fs::read(&path) {
-            Ok(bytes) => (bytes, None),
+        // Read one chunk at a time, as it is checked.
+        let (file, unreadable): (Box<dyn Read>, _) = match File::open(&path) {
+            Ok(file) => (Box::new(BufReader::new(file)), None),
             Err(err) => (
-                Vec::new(),
+                Box::new(std::io::empty()),
                 Some(format!("recording file {}: {err}", path.display())),
             ),
         };
@@ -76,7 +81,7 @@ impl Store {
         let verifier = self.verifier(trust.as_ref());
         let mut certificates = CertificateCache::new(self.dir());
         let mut read = verifier.check_recording(
-            &bytes,
+            file,
             &row.key,
             &mut certificates,
             &mut AgentChains::default(),
