@@ -142,3 +142,18 @@ pub fn login_shell(user: &str) -> (terminal::Terminal, custos_proto::AuditSessio
     shell.expect("custos$ ");
     (shell, custos_proto::AuditSessionId(session))
 }
+
+/// Every file under `dir` (recursively), with its bytes.
+pub fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("listing a directory") {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            let bytes = std::fs::read(&path).expect("reading a file");
+            found.push((path, bytes));
+        }
+    }
+    found
+}
