@@ -152,8 +152,7 @@ fn a_batch_over_the_collectors_max_batch_size_is_refused_and_recorded_as_a_gap()
 
     let (mut shell, session) = login_shell("custos-alice");
     // 200 KB of one repeated line: a few KiB compressed, far over 64 KiB unpacked.
-    shell.line("yes custos-line | head -c 200000; echo after-\"\"refusal");
-    shell.expect("after-refusal\r\n");
+    shell.line("yes custos-line | head -c 200000; echo");
     shell.expect("custos$ ");
     collector
         .daemon
@@ -161,6 +160,10 @@ fn a_batch_over_the_collectors_max_batch_size_is_refused_and_recorded_as_a_gap()
     agent
         .daemon
         .wait_log(&["refused a batch for good"], DELIVERY);
+    // What the session does after the refused batch is recorded.
+    shell.line("echo after-\"\"refusal");
+    shell.expect("after-refusal\r\n");
+    shell.expect("custos$ ");
     shell.line("exit 0");
     assert!(shell.wait_exit().success());
     deployment.wait_sealed(session, DELIVERY);
